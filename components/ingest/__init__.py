@@ -1,0 +1,1 @@
+"""Ingest step: read, validate, deduplicate and split the raw data."""

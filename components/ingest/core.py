@@ -1,0 +1,403 @@
+"""Ingest: read CSV/Parquet from any supported URI, validate against the config schema, drop exact duplicate rows,
+split deterministically, and write train/validation/test Parquet files. No KFP here: paths and values only.
+
+Every check runs before anything is written; outputs go to temporary names and are renamed together at the end,
+so bad input leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared.config import DataConfig, PipelineConfig, SchemaConfig, SplitConfig
+from kfp_mlops.components.shared.errors import InputError
+
+SPLITS = ("train", "validation", "test")
+TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+_TOP_VALUES = 5
+
+
+@dataclass(frozen=True)
+class SplitPaths:
+    """Where the three splits are written (local paths, e.g. KFP ``Output[Dataset].path``)."""
+
+    train: str
+    validation: str
+    test: str
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(name, getattr(self, name)) for name in SPLITS]
+
+
+@dataclass
+class IngestResult:
+    """What ingest read, dropped and wrote; the component records it as artifact metadata."""
+
+    files: list[str]
+    content_hash: str
+    bytes_read: int
+    rows_read: int
+    duplicates_dropped: int
+    features: list[str]
+    categorical: list[str]
+    rows: dict[str, int] = field(default_factory=dict)
+    statistics: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> column -> stats
+
+
+def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
+    """Read, validate, deduplicate, split and write; raises InputError naming file/column/row/value."""
+    files = resolve_files(config.data)
+    schema = config.schema_
+    digest = hashlib.sha256()
+    tables, bytes_read, features = [], 0, schema.features
+    for uri in files:
+        data = storage.read_bytes(uri)
+        bytes_read += len(data)
+        digest.update(hashlib.sha256(data).digest())
+        raw = _parse(uri, data, _format_of(uri, config.data))
+        if features is None:
+            features = [c for c in raw.column_names if c not in (schema.entity, schema.timestamp, schema.label)]
+        tables.append(_validate(uri, raw, schema, features))
+    categorical = list(schema.categorical)
+    table = pa.concat_tables(tables, promote_options="permissive")
+    rows_read = table.num_rows
+    table = drop_exact_duplicates(table)
+    splits = split(table, schema, config.split)
+    result = IngestResult(
+        files=files,
+        content_hash=f"sha256:{digest.hexdigest()}",
+        bytes_read=bytes_read,
+        rows_read=rows_read,
+        duplicates_dropped=rows_read - table.num_rows,
+        features=list(features or []),
+        categorical=categorical,
+        rows={name: part.num_rows for name, part in splits.items()},
+        statistics={name: column_statistics(part, schema, categorical) for name, part in splits.items()},
+    )
+    _write_all({path: splits[name] for name, path in outputs.items()})
+    return result
+
+
+def resolve_files(data: DataConfig) -> list[str]:
+    """The data files a source names, in a stable order; hidden files and markers like _SUCCESS are skipped."""
+    try:
+        uris = storage.list_uris(data.source)
+    except FileNotFoundError:
+        uris = []
+    uris = [u for u in uris if not os.path.basename(storage.parse(u).key).startswith((".", "_"))]
+    if data.format is None:
+        uris = [u for u in uris if _extension(u) in _EXTENSIONS] if len(uris) > 1 else uris
+    if not uris:
+        raise InputError(f"data.source {data.source}: no data files found")
+    return uris
+
+
+def _extension(uri: str) -> str:
+    return os.path.splitext(storage.parse(uri).key)[1].lower()
+
+
+def _format_of(uri: str, data: DataConfig) -> str:
+    if data.format:
+        return data.format
+    try:
+        return _EXTENSIONS[_extension(uri)]
+    except KeyError:
+        raise InputError(f"{uri}: cannot tell the format from the extension; set data.format to parquet or csv") from None
+
+
+def _parse(uri: str, data: bytes, fmt: str) -> pa.Table:
+    if not data:
+        raise InputError(f"{uri}: file is empty (0 bytes)")
+    try:
+        if fmt == "parquet":
+            return pq.read_table(pa.BufferReader(data))
+        return pacsv.read_csv(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{uri}: not a readable {fmt.upper()} file ({exc})") from None
+
+
+def _row_label(uri: str, index: int) -> str:
+    row = f"row {index + 1}"
+    return f"{row} (line {index + 2})" if _extension(uri) == ".csv" else row
+
+
+def _validate(uri: str, table: pa.Table, schema: SchemaConfig, features: list[str]) -> pa.Table:
+    """Check one file and return it with normalised columns, in the order entity, timestamp, features, label."""
+    if table.num_rows == 0:
+        raise InputError(f"{uri}: no data rows")
+    expected = [schema.entity, schema.timestamp, *features, schema.label]
+    missing = [c for c in [*expected, *schema.categorical] if c not in table.column_names]
+    if missing:
+        raise InputError(f"{uri}: missing column(s) {missing}; the file has {table.column_names}")
+    extra = [c for c in table.column_names if c not in expected]
+    if extra and not schema.allow_extra_columns:
+        raise InputError(
+            f"{uri}: unexpected column(s) {extra}; list them in schema.features or set schema.allow_extra_columns"
+        )
+    columns = {}
+    entity = table[schema.entity]
+    _no_nulls(uri, schema.entity, entity, "entity id")
+    columns[schema.entity] = entity
+    columns[schema.timestamp] = _timestamps(uri, schema.timestamp, table[schema.timestamp])
+    for name in features:
+        if name in schema.categorical:
+            columns[name] = table[name].cast(pa.string())
+        else:
+            columns[name] = _numeric(uri, name, table[name])
+    label = table[schema.label]
+    _no_nulls(uri, schema.label, label, "label")
+    columns[schema.label] = label
+    return pa.table(columns)
+
+
+def _first_index(mask: pa.ChunkedArray | pa.Array) -> int:
+    return int(pc.index(mask, True).as_py())
+
+
+def _no_nulls(uri: str, column: str, values: pa.ChunkedArray, role: str) -> None:
+    missing = pc.is_null(values, nan_is_null=True)
+    if pc.any(missing).as_py():
+        raise InputError(f"{uri}: column {column!r} {_row_label(uri, _first_index(missing))}: {role} is null or NaN")
+
+
+def _first_failing_cast(values: pa.ChunkedArray, target: pa.DataType) -> int:
+    """Index of the first value that does not cast to ``target`` (bisects chunks; runs only on the error path)."""
+    flat = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    lo, hi = 0, len(flat)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            flat.slice(lo, mid - lo).cast(target)
+            lo = mid
+        except pa.ArrowException:
+            hi = mid
+    return lo
+
+
+def _numeric(uri: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_null(values.type):
+        return values if not pa.types.is_null(values.type) else values.cast(pa.float64())
+    if pa.types.is_boolean(values.type):
+        return values.cast(pa.int64())
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        raise InputError(f"{uri}: column {column!r} is a numeric feature but holds {values.type}")
+    try:
+        return values.cast(pa.float64())
+    except pa.ArrowException:
+        index = _first_failing_cast(values, pa.float64())
+        value = values[index].as_py()
+        raise InputError(
+            f"{uri}: column {column!r} {_row_label(uri, index)}: value {value!r} is not numeric "
+            "(list the column in schema.categorical if it is a category)"
+        ) from None
+
+
+_ZONE_SUFFIX = re.compile(r"(Z|[+-]\d{2}(:?\d{2})?)$")
+
+
+def _timestamps(uri: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_timestamp(values.type):
+        if values.type.tz is None:
+            raise InputError(
+                f"{uri}: column {column!r} holds timestamps without a timezone ({values.type}); store them in UTC"
+            )
+        converted = pc.cast(values, TIMESTAMP_TYPE, safe=False)  # nanoseconds truncate to microseconds
+    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        try:
+            converted = values.cast(TIMESTAMP_TYPE)
+        except pa.ArrowException:
+            index = _first_failing_cast(values, TIMESTAMP_TYPE)
+            value = values[index].as_py()
+            problem = "has no timezone" if _parses_without_zone(value) else "is not an ISO 8601 timestamp"
+            raise InputError(f"{uri}: column {column!r} {_row_label(uri, index)}: value {value!r} {problem}") from None
+    else:
+        raise InputError(f"{uri}: column {column!r} must hold timestamps, not {values.type}")
+    missing = pc.is_null(converted)
+    if pc.any(missing).as_py():
+        raise InputError(f"{uri}: column {column!r} {_row_label(uri, _first_index(missing))}: timestamp is null")
+    return converted
+
+
+def _parses_without_zone(value: str) -> bool:
+    try:
+        pa.scalar(value).cast(pa.timestamp("us"))
+    except pa.ArrowException:
+        return False
+    return not _ZONE_SUFFIX.search(value.strip())
+
+
+def drop_exact_duplicates(table: pa.Table) -> pa.Table:
+    """Keep the first occurrence of every fully identical row, in the original order."""
+    indexed = table.append_column("__row", pa.array(np.arange(table.num_rows)))
+    first = indexed.group_by(table.column_names, use_threads=False).aggregate([("__row", "min")])
+    keep = np.sort(first["__row_min"].to_numpy())
+    return table if len(keep) == table.num_rows else table.take(pa.array(keep))
+
+
+def split(table: pa.Table, schema: SchemaConfig, config: SplitConfig) -> dict[str, pa.Table]:
+    """Deterministic split: by time (the latest rows to test) or by a seeded hash of the entity id."""
+    if config.by == "time":
+        return _split_by_time(table, schema, config)
+    return _split_by_entity(table, schema, config)
+
+
+def _split_by_time(table: pa.Table, schema: SchemaConfig, config: SplitConfig) -> dict[str, pa.Table]:
+    n = table.num_rows
+    n_test = int(n * config.test)
+    n_validation = int(n * config.validation)
+    n_train = n - n_test - n_validation
+    needed = _rows_needed(config)
+    if n_test < 1 or n_train < 1 or (config.validation > 0 and n_validation < 1):
+        raise InputError(
+            f"{n} rows after removing duplicates are too few for the split "
+            f"(validation {config.validation}, test {config.test}): it needs at least {needed}"
+        )
+    ordered = table.sort_by([(schema.timestamp, "ascending"), (schema.entity, "ascending")])
+    return {
+        "train": ordered.slice(0, n_train),
+        "validation": ordered.slice(n_train, n_validation),
+        "test": ordered.slice(n_train + n_validation),
+    }
+
+
+def _rows_needed(config: SplitConfig) -> int:
+    fractions = [f for f in (config.validation, config.test, 1 - config.validation - config.test) if f > 0]
+    return int(np.ceil(1 / min(fractions) + 1e-9)) + 1
+
+
+def entity_buckets(entities: pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A stable value in [0, 1) per row from blake2b of (seed, entity id): same entity, same bucket, every run."""
+    unique = pc.unique(entities)
+    scale = float(2**64)
+    per_entity = np.array(
+        [
+            int.from_bytes(hashlib.blake2b(f"{seed}:{value}".encode(), digest_size=8).digest(), "big") / scale
+            for value in unique.to_pylist()
+        ],
+        dtype=np.float64,
+    )
+    return per_entity[pc.index_in(entities, value_set=unique).to_numpy()]
+
+
+def _split_by_entity(table: pa.Table, schema: SchemaConfig, config: SplitConfig) -> dict[str, pa.Table]:
+    bucket = entity_buckets(table[schema.entity], config.seed)
+    masks = {
+        "test": bucket < config.test,
+        "validation": (bucket >= config.test) & (bucket < config.test + config.validation),
+        "train": bucket >= config.test + config.validation,
+    }
+    parts = {name: table.filter(pa.array(masks[name])) for name in SPLITS}
+    empty = [name for name in SPLITS if parts[name].num_rows == 0 and (name != "validation" or config.validation > 0)]
+    if empty:
+        entities = len(pc.unique(table[schema.entity]))
+        raise InputError(
+            f"{table.num_rows} rows from {entities} entities are too few for an entity_hash split: "
+            f"the {', '.join(empty)} split(s) would be empty"
+        )
+    return parts
+
+
+def column_statistics(table: pa.Table, schema: SchemaConfig, categorical: list[str]) -> dict[str, dict[str, Any]]:
+    """Per-column statistics, JSON-serialisable: numeric moments, category counts, timestamp range, label balance."""
+    stats: dict[str, dict[str, Any]] = {}
+    for name in table.column_names:
+        values = table[name]
+        entry: dict[str, Any] = {"type": str(values.type), "count": len(values), "nulls": values.null_count}
+        if name == schema.timestamp:
+            entry |= {"min": _iso(pc.min(values)), "max": _iso(pc.max(values))}
+        elif name == schema.label or name in categorical or name == schema.entity:
+            counts = pc.value_counts(values).to_pylist()
+            entry["distinct"] = len(counts)
+            if name != schema.entity:
+                top = sorted(counts, key=lambda c: (-c["counts"], str(c["values"])))[:_TOP_VALUES]
+                entry["top"] = [{"value": _plain(c["values"]), "count": c["counts"]} for c in top]
+        else:
+            floats = values.cast(pa.float64())
+            finite = pc.filter(floats, pc.is_finite(floats))
+            entry |= {
+                "nan": int(pc.sum(pc.is_nan(floats)).as_py() or 0),
+                "mean": _round(pc.mean(finite)),
+                "std": _round(pc.stddev(finite)),
+                "min": _round(pc.min(finite)),
+                "max": _round(pc.max(finite)),
+            }
+        stats[name] = entry
+    return stats
+
+
+def render_summary(result: IngestResult, config: PipelineConfig) -> str:
+    """A Markdown summary for the Kubeflow UI: splits, label balance, data hash, per-column statistics."""
+    schema = config.schema_
+    lines = [
+        "# Ingest summary",
+        "",
+        f"- Source: `{config.data.source}` ({len(result.files)} file(s), {result.bytes_read:,} bytes)",
+        f"- Content hash: `{result.content_hash}`",
+        f"- Rows read: {result.rows_read:,}; exact duplicates dropped: {result.duplicates_dropped:,}",
+        f"- Split: by {config.split.by} (validation {config.split.validation}, test {config.split.test}, "
+        f"seed {config.split.seed})",
+        "",
+        "| split | rows | label balance |",
+        "|---|---:|---|",
+    ]
+    for name in SPLITS:
+        label = result.statistics[name][schema.label]
+        total = max(label["count"], 1)
+        balance = ", ".join(f"{t['value']}: {t['count'] / total:.1%}" for t in label.get("top", []))
+        lines.append(f"| {name} | {result.rows[name]:,} | {balance} |")
+    lines += ["", "## Columns (train split)", "", "| column | type | nulls | summary |", "|---|---|---:|---|"]
+    for column, entry in result.statistics["train"].items():
+        if "mean" in entry:
+            summary = f"mean {entry['mean']}, std {entry['std']}, min {entry['min']}, max {entry['max']}"
+        elif "top" in entry:
+            summary = f"{entry['distinct']} distinct; top: " + ", ".join(f"{t['value']}" for t in entry["top"])
+        elif "min" in entry:
+            summary = f"{entry['min']} … {entry['max']}"
+        else:
+            summary = f"{entry.get('distinct', 0):,} distinct"
+        lines.append(f"| {column} | {entry['type']} | {entry['nulls']} | {summary} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+
+def _round(scalar: pa.Scalar) -> float | None:
+    value = scalar.as_py()
+    return None if value is None else round(float(value), 6)
+
+
+def _iso(scalar: pa.Scalar) -> str | None:
+    value = scalar.as_py()
+    return None if value is None else value.isoformat()
+
+
+def _write_all(targets: dict[str, pa.Table]) -> None:
+    """Write every table to a temporary name, then rename them all: all outputs or none."""
+    written: list[tuple[str, str]] = []
+    try:
+        for path, table in targets.items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp")
+            pq.write_table(table, tmp)
+            written.append((tmp, path))
+        for tmp, path in written:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in written:
+            Path(tmp).unlink(missing_ok=True)

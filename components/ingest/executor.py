@@ -1,0 +1,44 @@
+"""Ingest executor: unpacks the KFP artifacts (duck-typed: ``.path``, ``.metadata``, ``.log_metric``), calls
+``core.ingest`` and records its result. Imports no KFP, so the component body stays a single call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kfp_mlops.components.ingest.core import IngestResult, SplitPaths, ingest, render_summary
+from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
+from kfp_mlops.components.shared.config import PipelineConfig, load_config
+
+
+def run(config: str, data_source: str, train: Any, validation: Any, test: Any, metrics: Any, summary: Any) -> None:
+    pipeline_config = load_config(config, data_source=data_source)
+    result = ingest(pipeline_config, SplitPaths(train.path, validation.path, test.path))
+    publish(result, pipeline_config, {"train": train, "validation": validation, "test": test}, metrics, summary)
+
+
+def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, Any], metrics: Any, summary: Any) -> None:
+    """Dataset metadata (rows, hash, column roles, statistics), Metrics, and the Markdown summary."""
+    schema = config.schema_
+    for name, artifact in datasets.items():
+        artifact.metadata.update(
+            {
+                "rows": result.rows[name],
+                "content_hash": result.content_hash,
+                "entity": schema.entity,
+                "timestamp": schema.timestamp,
+                "label": schema.label,
+                "features": result.features,
+                "categorical": result.categorical,
+                "statistics": result.statistics[name],
+            }
+        )
+    log_metrics(
+        metrics,
+        {
+            "rows_read": result.rows_read,
+            "duplicates_dropped": result.duplicates_dropped,
+            **{f"rows_{name}": rows for name, rows in result.rows.items()},
+        },
+    )
+    metrics.metadata["content_hash"] = result.content_hash
+    write_text_atomically(summary.path, render_summary(result, config))

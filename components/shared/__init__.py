@@ -1,0 +1,1 @@
+"""Code every step shares: typed pipeline config, object storage, image references, artifact helpers."""

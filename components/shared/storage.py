@@ -1,0 +1,233 @@
+"""Object storage behind one set of functions: local paths and ``file://``, ``s3://`` (boto3) and ``gs://``
+(google-cloud-storage).
+
+S3 takes its endpoint, region and credentials from the standard AWS environment variables and config files
+(``AWS_ENDPOINT_URL`` for SeaweedFS, MinIO or Ceph). GCS honours ``STORAGE_EMULATOR_HOST`` (then it connects
+anonymously) and otherwise uses Application Default Credentials. Clients are created on first use.
+
+Writes are atomic: a local file is written to a temporary name in the same directory and renamed; an S3 or GCS
+object becomes visible only when its upload completes, so a failed write never leaves a partial object.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REMOTE_SCHEMES = ("s3", "gs")
+_GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed URI: ``scheme`` is "file", "s3" or "gs"; ``bucket`` is empty for local paths."""
+
+    scheme: str
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return self.key if self.scheme == "file" else f"{self.scheme}://{self.bucket}/{self.key}"
+
+    def child(self, relative: str) -> Location:
+        if self.scheme == "file":
+            return Location("file", "", os.path.join(self.key, relative))
+        prefix = self.key.rstrip("/")
+        return Location(self.scheme, self.bucket, f"{prefix}/{relative}" if prefix else relative)
+
+
+def parse(uri: str | os.PathLike[str]) -> Location:
+    """Parse a local path, ``file://``, ``s3://bucket/key`` or ``gs://bucket/key`` URI."""
+    text = os.fspath(uri)
+    if text.startswith("file://"):
+        return Location("file", "", text[len("file://") :])
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return Location("file", "", text)
+    if scheme not in REMOTE_SCHEMES:
+        raise ValueError(f"unsupported URI scheme {scheme!r} in {text!r}: use a local path, file://, s3:// or gs://")
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"{text!r} names no bucket")
+    return Location(scheme, bucket, key)
+
+
+def is_remote(uri: str) -> bool:
+    return parse(uri).scheme in REMOTE_SCHEMES
+
+
+@functools.cache
+def _s3_client():
+    import boto3
+
+    return boto3.session.Session().client("s3")
+
+
+@functools.cache
+def _gcs_client():
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        project = os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator")
+        return storage.Client(project=project, credentials=AnonymousCredentials())
+    return storage.Client()
+
+
+def _gcs_blob(loc: Location):
+    return _gcs_client().bucket(loc.bucket).blob(loc.key)
+
+
+def _is_missing(exc: Exception) -> bool:
+    response = getattr(exc, "response", None)  # botocore ClientError
+    if isinstance(response, dict):
+        return response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}
+    return type(exc).__name__ == "NotFound"  # google.api_core.exceptions.NotFound
+
+
+def read_bytes(uri: str) -> bytes:
+    """Read a whole object; raises FileNotFoundError naming the URI when it does not exist."""
+    loc = parse(uri)
+    try:
+        if loc.scheme == "file":
+            return Path(loc.key).read_bytes()
+        if loc.scheme == "s3":
+            return _s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+        return _gcs_blob(loc).download_as_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri} does not exist") from None
+    except Exception as exc:
+        if _is_missing(exc):
+            raise FileNotFoundError(f"{uri} does not exist") from None
+        raise
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write an object atomically (see the module docstring)."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        _atomic_local_write(Path(loc.key), lambda handle: handle.write(data))
+    elif loc.scheme == "s3":
+        _s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+    else:
+        _gcs_blob(loc).upload_from_string(data)
+
+
+def upload_file(path: str | os.PathLike[str], uri: str) -> None:
+    """Copy a local file to ``uri`` (any scheme), atomically."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        with open(path, "rb") as source:
+            _atomic_local_write(Path(loc.key), lambda handle: shutil.copyfileobj(source, handle, 1 << 20))
+    elif loc.scheme == "s3":
+        _s3_client().upload_file(os.fspath(path), loc.bucket, loc.key)
+    else:
+        _gcs_blob(loc).upload_from_filename(os.fspath(path))
+
+
+def download_file(uri: str, path: str | os.PathLike[str]) -> None:
+    """Copy ``uri`` (any scheme) to a local file, atomically."""
+    loc = parse(uri)
+    target = Path(path)
+    if loc.scheme == "file":
+        with open(loc.key, "rb") as source:
+            _atomic_local_write(target, lambda handle: shutil.copyfileobj(source, handle, 1 << 20))
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        if loc.scheme == "s3":
+            _s3_client().download_file(loc.bucket, loc.key, tmp)
+        else:
+            _gcs_blob(loc).download_to_filename(tmp)
+        os.replace(tmp, target)
+    except Exception as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if _is_missing(exc):
+            raise FileNotFoundError(f"{uri} does not exist") from None
+        raise
+
+
+def _atomic_local_write(target: Path, write) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _list_prefix(loc: Location) -> list[str]:
+    """Every object under a prefix (S3/GCS) or every file under a directory, as URIs, sorted."""
+    if loc.scheme == "file":
+        root = Path(loc.key)
+        if root.is_file():
+            return [loc.key]
+        return sorted(str(p) for p in root.rglob("*") if p.is_file())
+    if loc.scheme == "s3":
+        pages = _s3_client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key)
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+    else:
+        keys = [blob.name for blob in _gcs_client().list_blobs(loc.bucket, prefix=loc.key)]
+    return sorted(Location(loc.scheme, loc.bucket, key).uri for key in keys if not key.endswith("/"))
+
+
+def list_uris(uri: str) -> list[str]:
+    """The files a URI names, sorted: the file itself, everything under a directory or prefix, or a glob's matches.
+
+    A prefix matches whole path segments: ``s3://b/data`` lists ``s3://b/data/x`` but not ``s3://b/database``.
+    """
+    loc = parse(uri)
+    glob_at = min((i for i, ch in enumerate(loc.key) if ch in _GLOB_CHARS), default=-1)
+    if glob_at >= 0:
+        static = loc.key[:glob_at].rsplit("/", 1)[0] if "/" in loc.key[:glob_at] else ""
+        base = Location(loc.scheme, loc.bucket, static)
+        pattern = loc.key
+        return [u for u in _list_prefix(base) if fnmatch.fnmatchcase(parse(u).key, pattern)]
+    if loc.scheme == "file":
+        return _list_prefix(loc)
+    exact_or_under = [u for u in _list_prefix(loc) if parse(u).key == loc.key or _is_under(parse(u).key, loc.key)]
+    return exact_or_under
+
+
+def _is_under(key: str, prefix: str) -> bool:
+    return not prefix or key.startswith(prefix.rstrip("/") + "/")
+
+
+def exists(uri: str) -> bool:
+    return bool(list_uris(uri))
+
+
+def copy_tree(source: str, destination: str) -> list[str]:
+    """Copy every file under ``source`` to the same relative path under ``destination``; returns the new URIs.
+
+    Works in every direction (local ↔ S3 ↔ GCS); each file is written atomically.
+    """
+    src = parse(source)
+    dst = parse(destination)
+    copied = []
+    for uri in list_uris(source):
+        key = parse(uri).key
+        relative = os.path.relpath(key, src.key) if src.scheme == "file" else key[len(src.key) :].lstrip("/")
+        if relative in ("", "."):
+            relative = os.path.basename(key)
+        target = dst.child(relative)
+        if src.scheme == "file":
+            upload_file(key, target.uri)
+        elif target.scheme == "file":
+            download_file(uri, target.key)
+        else:
+            write_bytes(target.uri, read_bytes(uri))
+        copied.append(target.uri)
+    return copied

@@ -1,0 +1,133 @@
+"""The ``kfp-mlops`` command line: compile pipelines, run them locally, make sample data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+DEFAULT_COMPILE_DIR = "build/pipelines"
+DEFAULT_PIPELINE_ROOT = "build/local-runs"
+
+
+def _images(args: argparse.Namespace):
+    from kfp_mlops.components.shared.images import ImageConfig
+
+    return ImageConfig.from_env(registry=args.image_registry, tag=args.image_tag)
+
+
+def _add_image_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-registry", help="registry of the step images (env KFP_MLOPS_IMAGE_REGISTRY)")
+    parser.add_argument("--image-tag", help="tag of the step images (env KFP_MLOPS_IMAGE_TAG; default: version)")
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from kfp_mlops.pipelines import PIPELINES, compile_all, compile_pipeline
+
+    images = _images(args)
+    if args.pipeline:
+        paths = [compile_pipeline(args.pipeline, Path(args.output_dir) / f"{args.pipeline}.yaml", images)]
+    else:
+        paths = compile_all(args.output_dir, images)
+    for path in paths:
+        print(path)
+    return 0 if len(paths) == (1 if args.pipeline else len(PIPELINES)) else 1
+
+
+def config_text(path: Path) -> str:
+    """Read a config file and make relative local data paths absolute, resolved against the file's directory."""
+    from kfp_mlops.components.shared import storage
+    from kfp_mlops.components.shared.config import parse_config
+
+    config = parse_config(yaml.safe_load(path.read_text()), str(path))
+    source = config.data.source
+    if not storage.is_remote(source) and not source.startswith("file://") and not Path(source).is_absolute():
+        resolved = str((path.parent / source).resolve())
+        config = config.with_source(resolved + ("/" if source.endswith("/") else ""))
+    return config.to_yaml()
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {pair!r}: expected key=value")
+        params[key] = value
+    return params
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kfp_mlops.local_run import coerce_arguments, format_summary, run_local
+    from kfp_mlops.pipelines import compile_pipeline
+
+    if not args.local:
+        print("only --local runs are available: submitting to a KFP server comes with `kfp-mlops submit`", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="kfp-mlops-compile-") as tmp:
+        package = Path(args.package) if args.package else compile_pipeline(args.pipeline, Path(tmp) / "p.yaml", _images(args))
+        raw = parse_params(args.param)
+        if args.config:
+            raw["config"] = config_text(Path(args.config))
+        arguments = coerce_arguments(package, raw)
+        result = run_local(package, arguments, Path(args.pipeline_root))
+    print()
+    print(format_summary(result))
+    return 0 if result.succeeded else 1
+
+
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    from kfp_mlops.sample_data import write_sample_data
+
+    print(write_sample_data(args.output, rows=args.rows, seed=args.seed, drift=args.drift))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kfp_mlops import __version__
+
+    parser = argparse.ArgumentParser(prog="kfp-mlops", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kfp-mlops {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compile_ = commands.add_parser("compile", help="compile every pipeline (or one) to YAML")
+    compile_.add_argument("pipeline", nargs="?", help="compile only this pipeline")
+    compile_.add_argument("--output-dir", default=DEFAULT_COMPILE_DIR, help=f"default: {DEFAULT_COMPILE_DIR}")
+    _add_image_flags(compile_)
+    compile_.set_defaults(func=cmd_compile)
+
+    run = commands.add_parser("run", help="run a pipeline locally from its compiled YAML")
+    run.add_argument("pipeline", help="pipeline name, e.g. training")
+    run.add_argument("--local", action="store_true", help="run here with kfp.local (SubprocessRunner)")
+    run.add_argument("--config", help="pipeline config YAML file; relative data paths resolve against its folder")
+    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
+    run.add_argument("--pipeline-root", default=DEFAULT_PIPELINE_ROOT, help=f"default: {DEFAULT_PIPELINE_ROOT}")
+    run.add_argument("--package", help="compiled pipeline YAML to run instead of compiling now")
+    _add_image_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    sample = commands.add_parser("sample-data", help="write the deterministic sample dataset (Parquet)")
+    sample.add_argument("--output", required=True, help="directory or prefix: a path, s3:// or gs://")
+    sample.add_argument("--rows", type=int, default=20_000)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--drift", action="store_true", help="the later window, with shifted distributions")
+    sample.set_defaults(func=cmd_sample_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kfp_mlops.components.shared.errors import InputError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (InputError, ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"kfp-mlops {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

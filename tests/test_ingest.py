@@ -1,0 +1,263 @@
+"""Ingest core on real files: splits, statistics, determinism, and every kind of bad input."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from kfp_mlops.components.ingest.core import SplitPaths, entity_buckets, ingest
+from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared.config import parse_config
+from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.sample_data import CATEGORICAL, NUMERIC, make_sample_table
+
+
+def make_config(source, **overrides):
+    document = {
+        "data": {"source": str(source)},
+        "schema": {
+            "entity": "customer_id",
+            "timestamp": "event_timestamp",
+            "label": "churned",
+            "features": NUMERIC + CATEGORICAL,
+            "categorical": CATEGORICAL,
+        },
+        "split": {"by": "time", "validation": 0.15, "test": 0.15, "seed": 0},
+    }
+    for section, values in overrides.items():
+        document[section] = {**document[section], **values}
+    return parse_config(document)
+
+
+def outputs(directory: Path) -> SplitPaths:
+    return SplitPaths(*(str(directory / "out" / name) for name in ("train", "validation", "test")))
+
+
+@pytest.fixture(scope="module")
+def table() -> pa.Table:
+    return make_sample_table(rows=2_000, seed=1)
+
+
+def write_parquet(path: Path, table: pa.Table) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def test_time_split_sends_the_latest_rows_to_test_and_records_statistics(tmp_path, table):
+    source = write_parquet(tmp_path / "data" / "part-0.parquet", table)
+    result = ingest(make_config(source), outputs(tmp_path))
+    parts = {name: pq.read_table(path) for name, path in outputs(tmp_path).items()}
+    assert result.rows_read == 2_000
+    assert result.duplicates_dropped == 10  # the sample data carries 0.5 % exact duplicates
+    assert sum(result.rows.values()) == 1_990
+    assert {name: part.num_rows for name, part in parts.items()} == result.rows
+    assert result.rows["test"] == int(1_990 * 0.15)
+    assert pc.max(parts["train"]["event_timestamp"]).as_py() <= pc.min(parts["validation"]["event_timestamp"]).as_py()
+    assert pc.max(parts["validation"]["event_timestamp"]).as_py() <= pc.min(parts["test"]["event_timestamp"]).as_py()
+    train_stats = result.statistics["train"]
+    assert train_stats["monthly_charges"]["mean"] == pytest.approx(pc.mean(parts["train"]["monthly_charges"]).as_py())
+    assert {t["value"] for t in train_stats["churned"]["top"]} == {0, 1}
+    assert train_stats["plan"]["distinct"] == 3
+    assert result.content_hash.startswith("sha256:")
+
+
+def test_entity_hash_split_keeps_each_entity_in_one_split_and_is_deterministic(tmp_path, table):
+    source = write_parquet(tmp_path / "data.parquet", table)
+    config = make_config(source, split={"by": "entity_hash", "seed": 7})
+    first = ingest(config, outputs(tmp_path / "a"))
+    second = ingest(config, outputs(tmp_path / "b"))
+    assert first.rows == second.rows
+    entities = {}
+    for name, path in outputs(tmp_path / "a").items():
+        assert Path(path).read_bytes() == Path(getattr(outputs(tmp_path / "b"), name)).read_bytes()
+        entities[name] = set(pq.read_table(path)["customer_id"].to_pylist())
+    assert not entities["train"] & entities["test"]
+    assert not entities["train"] & entities["validation"]
+    assert not entities["validation"] & entities["test"]
+
+
+def test_entity_buckets_depend_on_seed_but_not_on_row_order():
+    entities = pa.chunked_array([pa.array([5, 9, 5, 2])])
+    buckets = entity_buckets(entities, seed=0)
+    assert buckets[0] == buckets[2]
+    assert entity_buckets(pa.chunked_array([pa.array([2, 5])]), seed=0).tolist() == [buckets[3], buckets[0]]
+    assert entity_buckets(entities, seed=1).tolist() != buckets.tolist()
+
+
+def test_rerun_on_the_same_input_overwrites_with_identical_outputs(tmp_path, table):
+    source = write_parquet(tmp_path / "data.parquet", table)
+    config = make_config(source)
+    first = ingest(config, outputs(tmp_path))
+    before = {name: Path(p).read_bytes() for name, p in outputs(tmp_path).items()}
+    second = ingest(config, outputs(tmp_path))
+    assert first.content_hash == second.content_hash
+    assert before == {name: Path(p).read_bytes() for name, p in outputs(tmp_path).items()}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["test", "train", "validation"]
+
+
+def test_csv_directory_with_offset_timestamps_is_read_and_normalised_to_utc(tmp_path, table):
+    frame = table.slice(0, 1_000).set_column(
+        1, "event_timestamp", pc.strftime(table["event_timestamp"].slice(0, 1_000), "%Y-%m-%dT%H:%M:%S+02:00")
+    )
+    (tmp_path / "csv").mkdir()
+    for i in range(2):
+        pacsv.write_csv(frame.slice(i * 500, 500), tmp_path / "csv" / f"part-{i}.csv")
+    (tmp_path / "csv" / "_SUCCESS").write_text("")
+    result = ingest(make_config(tmp_path / "csv"), outputs(tmp_path))
+    assert len(result.files) == 2
+    train = pq.read_table(outputs(tmp_path).train)
+    assert train.schema.field("event_timestamp").type == pa.timestamp("us", tz="UTC")
+    assert train.schema.field("plan").type == pa.string()
+
+
+def test_features_default_to_every_other_column(tmp_path, table):
+    source = write_parquet(tmp_path / "data.parquet", table)
+    config = make_config(source, schema={"features": None, "categorical": CATEGORICAL})
+    result = ingest(config, outputs(tmp_path))
+    assert result.features == NUMERIC + CATEGORICAL
+
+
+def test_extra_columns_are_dropped_when_allowed(tmp_path, table):
+    source = write_parquet(tmp_path / "d.parquet", table.append_column("notes", pa.array(["x"] * table.num_rows)))
+    ingest(make_config(source, schema={"allow_extra_columns": True}), outputs(tmp_path))
+    assert "notes" not in pq.read_table(outputs(tmp_path).train).column_names
+
+
+@pytest.mark.servers
+def test_reads_a_prefix_from_s3(s3, table, tmp_path):
+    storage.write_bytes(s3.uri("ingest/raw/part-0.parquet"), _parquet_bytes(table))
+    result = ingest(make_config(s3.uri("ingest/raw/")), outputs(tmp_path))
+    assert result.files == [s3.uri("ingest/raw/part-0.parquet")]
+    assert result.rows_read == table.num_rows
+
+
+# --- bad input: a clear message naming file/column/row/value, and no output at all -------------------------------
+
+
+def _set(table: pa.Table, column: str, values) -> pa.Table:
+    index = table.column_names.index(column)
+    return table.set_column(index, column, pa.array(values) if not isinstance(values, pa.Array) else values)
+
+
+def _with_value(table: pa.Table, column: str, row: int, value, type_=None) -> pa.Table:
+    values = table[column].to_pylist()
+    values[row] = value
+    return _set(table, column, pa.array(values, type_ or table[column].type))
+
+
+def _csv_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pacsv.write_csv(table, sink)
+    return sink.getvalue()
+
+
+def _timestamps_as_text(table: pa.Table, fmt: str = "%Y-%m-%dT%H:%M:%SZ") -> pa.Table:
+    return _set(table, "event_timestamp", pc.strftime(table["event_timestamp"], fmt).combine_chunks())
+
+
+BAD_INPUTS = {
+    "empty file": ("data.parquet", lambda t: b"", r"data\.parquet: file is empty"),
+    "truncated parquet": (
+        "data.parquet",
+        lambda t: _parquet_bytes(t)[:-100],
+        r"data\.parquet: not a readable PARQUET file",
+    ),
+    "garbage csv": ("data.csv", lambda t: b"a,b\n1,2\n3,4,5\n", r"data\.csv: not a readable CSV file"),
+    "zero rows": ("data.parquet", lambda t: _parquet_bytes(t.slice(0, 0)), r"data\.parquet: no data rows"),
+    "missing column": (
+        "data.parquet",
+        lambda t: _parquet_bytes(t.drop_columns(["support_calls"])),
+        r"data\.parquet: missing column\(s\) \['support_calls'\]",
+    ),
+    "extra column": (
+        "data.parquet",
+        lambda t: _parquet_bytes(t.append_column("notes", pa.array(["x"] * t.num_rows))),
+        r"data\.parquet: unexpected column\(s\) \['notes'\]",
+    ),
+    "non-numeric value in a numeric feature": (
+        "data.csv",
+        lambda t: _csv_bytes(_with_value(t.cast(_all_text(t.schema)), "monthly_charges", 41, "12,5 EUR")),
+        r"data\.csv: column 'monthly_charges' row 42 \(line 43\): value '12,5 EUR' is not numeric",
+    ),
+    "timestamps without timezone (parquet)": (
+        "data.parquet",
+        lambda t: _parquet_bytes(_set(t, "event_timestamp", t["event_timestamp"].cast(pa.timestamp("us")).combine_chunks())),
+        r"data\.parquet: column 'event_timestamp' holds timestamps without a timezone",
+    ),
+    "timestamp without timezone (csv)": (
+        "data.csv",
+        lambda t: _csv_bytes(_with_value(_timestamps_as_text(t), "event_timestamp", 7, "2026-02-01T10:00:00")),
+        r"data\.csv: column 'event_timestamp' row 8 \(line 9\): value '2026-02-01T10:00:00' has no timezone",
+    ),
+    "unparseable timestamp": (
+        "data.csv",
+        lambda t: _csv_bytes(_with_value(_timestamps_as_text(t), "event_timestamp", 3, "yesterday")),
+        r"data\.csv: column 'event_timestamp' row 4 \(line 5\): value 'yesterday' is not an ISO 8601 timestamp",
+    ),
+    "null entity id": (
+        "data.parquet",
+        lambda t: _parquet_bytes(_with_value(t, "customer_id", 12, None)),
+        r"data\.parquet: column 'customer_id' row 13: entity id is null",
+    ),
+    "null label": (
+        "data.parquet",
+        lambda t: _parquet_bytes(_with_value(t, "churned", 99, None)),
+        r"data\.parquet: column 'churned' row 100: label is null or NaN",
+    ),
+    "NaN label": (
+        "data.parquet",
+        lambda t: _parquet_bytes(_with_value(t.cast(_float_label(t.schema)), "churned", 5, float("nan"))),
+        r"data\.parquet: column 'churned' row 6: label is null or NaN",
+    ),
+    "too few rows for the split": (
+        "data.parquet",
+        lambda t: _parquet_bytes(t.slice(0, 5)),
+        r"5 rows after removing duplicates are too few for the split .* at least 8",
+    ),
+}
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def _all_text(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_type(pa.string()) if f.name == "monthly_charges" else f for f in schema])
+
+
+def _float_label(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_type(pa.float64()) if f.name == "churned" else f for f in schema])
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_fails_with_a_clear_message_and_no_output(tmp_path, table, case):
+    name, make, message = BAD_INPUTS[case]
+    source = tmp_path / "data" / name
+    source.parent.mkdir()
+    source.write_bytes(make(table))
+    with pytest.raises(InputError, match=message):
+        ingest(make_config(source), outputs(tmp_path))
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_source_without_data_files_fails_naming_the_source(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"data.source .*empty: no data files found"):
+        ingest(make_config(tmp_path / "empty"), outputs(tmp_path))
+
+
+def test_entity_hash_split_with_too_few_entities_names_the_empty_split(tmp_path, table):
+    one_entity = _set(table, "customer_id", pa.array([7] * table.num_rows))
+    source = write_parquet(tmp_path / "d.parquet", one_entity)
+    with pytest.raises(InputError, match=r"from 1 entities are too few for an entity_hash split"):
+        ingest(make_config(source, split={"by": "entity_hash"}), outputs(tmp_path))
+    assert not (tmp_path / "out").exists()

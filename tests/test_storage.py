@@ -1,0 +1,112 @@
+"""Storage against the local filesystem, a real SeaweedFS S3 server and a real fake-gcs-server."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from kfp_mlops.components.shared import storage
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
+def root(request, tmp_path) -> str:
+    """A fresh, empty location on each backend."""
+    if request.param == "local":
+        return str(tmp_path / "root")
+    server = request.getfixturevalue(request.param)
+    return server.uri(f"t-{uuid.uuid4().hex[:8]}")
+
+
+pytestmark = pytest.mark.servers
+
+
+def test_write_then_read_round_trips_bytes(root):
+    uri = storage.parse(root).child("a/b/data.bin").uri
+    payload = bytes(range(256)) * 1000
+    storage.write_bytes(uri, payload)
+    assert storage.read_bytes(uri) == payload
+
+
+def test_read_of_missing_object_raises_file_not_found_naming_it(root):
+    uri = storage.parse(root).child("missing.parquet").uri
+    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+        storage.read_bytes(uri)
+
+
+def test_listing_a_prefix_matches_whole_path_segments_only(root):
+    base = storage.parse(root)
+    for key in ["data/x.parquet", "data/sub/y.parquet", "database/z.parquet"]:
+        storage.write_bytes(base.child(key).uri, b"1")
+    assert storage.list_uris(base.child("data").uri) == [
+        base.child("data/sub/y.parquet").uri,
+        base.child("data/x.parquet").uri,
+    ]
+
+
+def test_glob_lists_only_matching_files(root):
+    base = storage.parse(root)
+    for key in ["d/part-0.csv", "d/part-1.csv", "d/part-2.parquet", "d/x/part-3.csv"]:
+        storage.write_bytes(base.child(key).uri, b"1")
+    assert storage.list_uris(base.child("d/part-*.csv").uri) == [
+        base.child("d/part-0.csv").uri,
+        base.child("d/part-1.csv").uri,
+    ]
+
+
+def test_copy_tree_to_and_from_a_location_preserves_relative_paths(root, tmp_path):
+    source = tmp_path / "src"
+    (source / "nested").mkdir(parents=True)
+    (source / "a.txt").write_text("alpha")
+    (source / "nested" / "b.txt").write_text("beta")
+    remote = storage.parse(root).child("tree").uri
+    storage.copy_tree(str(source), remote)
+    back = tmp_path / "back"
+    copied = storage.copy_tree(remote, str(back))
+    assert sorted(Path(p).relative_to(back).as_posix() for p in copied) == ["a.txt", "nested/b.txt"]
+    assert (back / "nested" / "b.txt").read_text() == "beta"
+
+
+def test_upload_and_download_of_a_file(root, tmp_path):
+    local = tmp_path / "in.bin"
+    local.write_bytes(b"x" * 10_000)
+    uri = storage.parse(root).child("file.bin").uri
+    storage.upload_file(local, uri)
+    storage.download_file(uri, tmp_path / "out" / "file.bin")
+    assert (tmp_path / "out" / "file.bin").read_bytes() == local.read_bytes()
+
+
+def test_failed_local_write_leaves_neither_file_nor_temporary(tmp_path):
+    target = tmp_path / "out" / "data.bin"
+
+    def explode(handle):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        storage._atomic_local_write(target, explode)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_failed_download_leaves_the_previous_file_intact(s3, tmp_path):
+    target = tmp_path / "kept.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(FileNotFoundError):
+        storage.download_file(s3.uri("no/such/object"), target)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.bin"]
+
+
+def test_s3_credentials_come_from_the_environment(s3, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    storage._s3_client.cache_clear()
+    with pytest.raises(Exception, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+        storage.write_bytes(s3.uri("denied.txt"), b"no")
+
+
+def test_parse_rejects_unsupported_schemes():
+    with pytest.raises(ValueError, match="unsupported URI scheme 'hdfs'"):
+        storage.parse("hdfs://namenode/data")
+    assert storage.parse("file:///tmp/x").key == "/tmp/x"
+    assert storage.parse("gs://bucket/a/b") == storage.Location("gs", "bucket", "a/b")
