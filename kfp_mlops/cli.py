@@ -65,10 +65,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kfp_mlops.pipelines import compile_pipeline
 
     if not args.local:
-        print("only --local runs are available: submitting to a KFP server comes with `kfp-mlops submit`", file=sys.stderr)
+        print(
+            "only --local runs are available: submitting to a KFP server comes with `kfp-mlops submit`", file=sys.stderr
+        )
         return 2
     with tempfile.TemporaryDirectory(prefix="kfp-mlops-compile-") as tmp:
-        package = Path(args.package) if args.package else compile_pipeline(args.pipeline, Path(tmp) / "p.yaml", _images(args))
+        package = (
+            Path(args.package) if args.package else compile_pipeline(args.pipeline, Path(tmp) / "p.yaml", _images(args))
+        )
         raw = parse_params(args.param)
         if args.config:
             raw["config"] = config_text(Path(args.config))

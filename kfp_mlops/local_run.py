@@ -150,6 +150,7 @@ def format_summary(result: RunResult) -> str:
     for step in result.steps:
         outputs = ", ".join(Path(o).name for o in step.outputs) or "-"
         lines.append(f"{step.name:<{width}}  {step.status:<8} {step.seconds:>8.1f}  {outputs}")
+        lines.extend(f"{'':<{width}}    {output}" for output in step.outputs)
     if failed := result.failed_step:
         lines.append(f"step '{failed.name}' failed: {failed.error or 'see its log above'}")
     return "\n".join(lines)

@@ -3,7 +3,6 @@
 This slice runs ingest; the later steps join as their issues land.
 """
 
-
 from kfp import dsl
 
 from kfp_mlops.components.ingest import component as ingest_component

@@ -188,7 +188,9 @@ BAD_INPUTS = {
     ),
     "timestamps without timezone (parquet)": (
         "data.parquet",
-        lambda t: _parquet_bytes(_set(t, "event_timestamp", t["event_timestamp"].cast(pa.timestamp("us")).combine_chunks())),
+        lambda t: _parquet_bytes(
+            _set(t, "event_timestamp", t["event_timestamp"].cast(pa.timestamp("us")).combine_chunks())
+        ),
         r"data\.parquet: column 'event_timestamp' holds timestamps without a timezone",
     ),
     "timestamp without timezone (csv)": (
@@ -261,3 +263,22 @@ def test_entity_hash_split_with_too_few_entities_names_the_empty_split(tmp_path,
     with pytest.raises(InputError, match=r"from 1 entities are too few for an entity_hash split"):
         ingest(make_config(source, split={"by": "entity_hash"}), outputs(tmp_path))
     assert not (tmp_path / "out").exists()
+
+
+def test_deduplication_treats_nulls_and_nans_as_equal_and_keeps_near_duplicates():
+    from kfp_mlops.components.ingest.core import sort_and_deduplicate
+
+    schema = make_config("unused").schema_
+    ts = pa.array([0, 0, 0, 0, 5], pa.timestamp("us", tz="UTC"))
+    table = pa.table(
+        {
+            "customer_id": [1, 1, 1, 1, 1],
+            "event_timestamp": ts,
+            "x": [float("nan"), 2.0, float("nan"), 2.0, 2.0],
+            "plan": [None, "a", None, "b", "a"],
+            "churned": [0, 0, 0, 0, 0],
+        }
+    )
+    result = sort_and_deduplicate(table, schema)
+    assert result.num_rows == 4  # rows 0 and 2 are identical (NaN, null); rows 1, 3, 4 differ
+    assert result["event_timestamp"].to_pylist() == sorted(result["event_timestamp"].to_pylist())

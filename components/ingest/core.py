@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
     categorical = list(schema.categorical)
     table = pa.concat_tables(tables, promote_options="permissive")
     rows_read = table.num_rows
-    table = drop_exact_duplicates(table)
+    table = sort_and_deduplicate(table, schema)
     splits = split(table, schema, config.split)
     result = IngestResult(
         files=files,
@@ -116,7 +117,9 @@ def _format_of(uri: str, data: DataConfig) -> str:
     try:
         return _EXTENSIONS[_extension(uri)]
     except KeyError:
-        raise InputError(f"{uri}: cannot tell the format from the extension; set data.format to parquet or csv") from None
+        raise InputError(
+            f"{uri}: cannot tell the format from the extension; set data.format to parquet or csv"
+        ) from None
 
 
 def _parse(uri: str, data: bytes, fmt: str) -> pa.Table:
@@ -240,16 +243,35 @@ def _parses_without_zone(value: str) -> bool:
     return not _ZONE_SUFFIX.search(value.strip())
 
 
-def drop_exact_duplicates(table: pa.Table) -> pa.Table:
-    """Keep the first occurrence of every fully identical row, in the original order."""
-    indexed = table.append_column("__row", pa.array(np.arange(table.num_rows)))
-    first = indexed.group_by(table.column_names, use_threads=False).aggregate([("__row", "min")])
-    keep = np.sort(first["__row_min"].to_numpy())
-    return table if len(keep) == table.num_rows else table.take(pa.array(keep))
+def sort_and_deduplicate(table: pa.Table, schema: SchemaConfig) -> pa.Table:
+    """Sort by (timestamp, entity, every other column) and keep one row of each run of identical rows.
+
+    One sort serves both the time split and de-duplication: identical rows end up adjacent, so comparing each row
+    with the previous one finds every exact duplicate (nulls and NaNs compare equal to themselves).
+    """
+    keys = [
+        schema.timestamp,
+        schema.entity,
+        *(c for c in table.column_names if c not in (schema.timestamp, schema.entity)),
+    ]
+    ordered = table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys]))
+    n = ordered.num_rows
+    same_as_previous = np.ones(max(n - 1, 0), dtype=bool)
+    for name in keys:
+        column = ordered[name].combine_chunks()
+        current, previous = column.slice(1), column.slice(0, n - 1)
+        equal = pc.or_kleene(pc.equal(current, previous), pc.and_(pc.is_null(current), pc.is_null(previous)))
+        if pa.types.is_floating(column.type):
+            equal = pc.or_kleene(equal, pc.and_(pc.is_nan(current), pc.is_nan(previous)))
+        same_as_previous &= pc.fill_null(equal, False).to_numpy(zero_copy_only=False)
+        if not same_as_previous.any():
+            return ordered
+    return ordered.filter(pa.array(np.concatenate([[True], ~same_as_previous])))
 
 
 def split(table: pa.Table, schema: SchemaConfig, config: SplitConfig) -> dict[str, pa.Table]:
-    """Deterministic split: by time (the latest rows to test) or by a seeded hash of the entity id."""
+    """Deterministic split of a table sorted by ``sort_and_deduplicate``: by time (the latest rows to test) or by
+    a seeded hash of the entity id."""
     if config.by == "time":
         return _split_by_time(table, schema, config)
     return _split_by_entity(table, schema, config)
@@ -266,11 +288,10 @@ def _split_by_time(table: pa.Table, schema: SchemaConfig, config: SplitConfig) -
             f"{n} rows after removing duplicates are too few for the split "
             f"(validation {config.validation}, test {config.test}): it needs at least {needed}"
         )
-    ordered = table.sort_by([(schema.timestamp, "ascending"), (schema.entity, "ascending")])
     return {
-        "train": ordered.slice(0, n_train),
-        "validation": ordered.slice(n_train, n_validation),
-        "test": ordered.slice(n_train + n_validation),
+        "train": table.slice(0, n_train),
+        "validation": table.slice(n_train, n_validation),
+        "test": table.slice(n_train + n_validation),
     }
 
 
@@ -319,21 +340,25 @@ def column_statistics(table: pa.Table, schema: SchemaConfig, categorical: list[s
         entry: dict[str, Any] = {"type": str(values.type), "count": len(values), "nulls": values.null_count}
         if name == schema.timestamp:
             entry |= {"min": _iso(pc.min(values)), "max": _iso(pc.max(values))}
-        elif name == schema.label or name in categorical or name == schema.entity:
+        elif name == schema.entity:
+            entry["distinct"] = pc.count_distinct(values).as_py()
+        elif name == schema.label or name in categorical:
             counts = pc.value_counts(values).to_pylist()
-            entry["distinct"] = len(counts)
-            if name != schema.entity:
-                top = sorted(counts, key=lambda c: (-c["counts"], str(c["values"])))[:_TOP_VALUES]
-                entry["top"] = [{"value": _plain(c["values"]), "count": c["counts"]} for c in top]
+            top = sorted(counts, key=lambda c: (-c["counts"], str(c["values"])))[:_TOP_VALUES]
+            entry |= {
+                "distinct": len(counts),
+                "top": [{"value": _plain(c["values"]), "count": c["counts"]} for c in top],
+            }
         else:
             floats = values.cast(pa.float64())
             finite = pc.filter(floats, pc.is_finite(floats))
+            extremes = pc.min_max(finite)
             entry |= {
                 "nan": int(pc.sum(pc.is_nan(floats)).as_py() or 0),
                 "mean": _round(pc.mean(finite)),
                 "std": _round(pc.stddev(finite)),
-                "min": _round(pc.min(finite)),
-                "max": _round(pc.max(finite)),
+                "min": _round(extremes["min"]),
+                "max": _round(extremes["max"]),
             }
         stats[name] = entry
     return stats
@@ -388,16 +413,18 @@ def _iso(scalar: pa.Scalar) -> str | None:
 
 
 def _write_all(targets: dict[str, pa.Table]) -> None:
-    """Write every table to a temporary name, then rename them all: all outputs or none."""
-    written: list[tuple[str, str]] = []
+    """Write every table to a temporary name (in parallel: Parquet encoding releases the GIL), then rename them
+    all: all outputs or none."""
+    temporaries = {
+        path: os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp") for path in targets
+    }
     try:
-        for path, table in targets.items():
+        for path in targets:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp")
-            pq.write_table(table, tmp)
-            written.append((tmp, path))
-        for tmp, path in written:
+        with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+            list(pool.map(lambda path: pq.write_table(targets[path], temporaries[path]), targets))
+        for path, tmp in temporaries.items():
             os.replace(tmp, path)
     finally:
-        for tmp, _ in written:
+        for tmp in temporaries.values():
             Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,46 @@
+# kfp-mlops: the two commands of the README (`make demo`, `make test`) and what they build on.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+ROWS ?= 20000
+DEMO_DIR ?= build
+
+.PHONY: install demo test lint golden constraints bench-ingest clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## virtualenv with the package, every step's dependencies and the test tools
+
+demo: install  ## sample data -> compile -> run the training pipeline locally from its YAML -> print the result
+	$(BIN)/kfp-mlops sample-data --output $(DEMO_DIR)/sample-data --rows $(ROWS)
+	$(BIN)/kfp-mlops compile --output-dir $(DEMO_DIR)/pipelines
+	$(BIN)/kfp-mlops run training --local --package $(DEMO_DIR)/pipelines/training.yaml \
+		--config examples/training.yaml --pipeline-root $(DEMO_DIR)/local-runs
+	@cat "$$(ls -td $(DEMO_DIR)/local-runs/*/ | head -1)ingest/summary"
+
+test: install  ## the whole suite, real servers included
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/hadolint images/*/Dockerfile
+
+golden: install  ## rewrite tests/golden/*.yaml after an intended pipeline change
+	UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/test_compile.py
+
+constraints: install  ## re-pin images/constraints.txt from the tested environment
+	{ sed -n '1,3p' images/constraints.txt; $(BIN)/pip freeze --exclude-editable \
+		| grep -viE '^(torch|triton|nvidia-|kfp-mlops|pytest|ruff|hadolint|seaweedfs|fake-gcs|mypy|iniconfig|pluggy|pygments|librt|ast-serialize|types-)'; } \
+		> images/constraints.txt.new && mv images/constraints.txt.new images/constraints.txt
+
+bench-ingest: install
+	$(BIN)/python benchmarks/ingest.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

