@@ -68,12 +68,92 @@ class SplitConfig(_Strict):
         return self
 
 
+class OnlineStoreConfig(_Strict):
+    """Feast online store. ``sqlite`` (embedded default, a file in the feature repository) or ``redis``, whose
+    connection string comes from the environment variable named here (a Kubernetes Secret in the cluster)."""
+
+    type: Literal["sqlite", "redis"] = "sqlite"
+    connection_string_env: str = "FEAST_REDIS_CONNECTION_STRING"
+
+
+class RegistryConfig(_Strict):
+    """Feast registry. ``file`` (embedded default: SQLite file in the feature repository) or ``sql`` (PostgreSQL),
+    whose SQLAlchemy URL comes from the environment variable named here."""
+
+    type: Literal["file", "sql"] = "file"
+    url_env: str = "FEAST_REGISTRY_URL"
+
+
+class FeaturesConfig(_Strict):
+    """Feast feature repository generated from the schema: one entity, one FeatureView over the ingested data."""
+
+    project: str = Field("kfp_mlops", pattern=r"^[a-z][a-z0-9_]*$")
+    view: str = Field("features", pattern=r"^[a-z][a-z0-9_]*$")
+    ttl_days: int = Field(3650, ge=1)
+    online_store: OnlineStoreConfig = OnlineStoreConfig()
+    registry: RegistryConfig = RegistryConfig()
+    online_check_entities: int = Field(50, ge=0)  # entities compared online vs offline after materializing
+
+
+class OptimizerConfig(_Strict):
+    type: Literal["AdamW", "Adam", "SGD"] = "AdamW"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SchedulerConfig(_Strict):
+    """A DeepSpeed LR scheduler: linear warm-up, then constant, linear decay or cosine decay."""
+
+    type: Literal["WarmupLR", "WarmupDecayLR", "WarmupCosineLR"] = "WarmupLR"
+    warmup_steps: int = Field(10, ge=0)
+
+
+class EarlyStoppingConfig(_Strict):
+    patience: int = Field(3, ge=1)  # epochs without validation-loss improvement before stopping
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Strict):
+    """Model and DeepSpeed settings. ``workers``: processes on this node (0: one per GPU, or 2 on CPU)."""
+
+    hidden_layers: list[int] = Field([64, 32], min_length=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    embedding_dim: int = Field(4, ge=1)
+    epochs: int = Field(10, ge=1)
+    micro_batch_size: int = Field(256, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    gradient_clipping: float = Field(1.0, ge=0)
+    zero_stage: int = Field(0, ge=0, le=3)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    workers: int = Field(0, ge=0)
+    checkpoint_every_steps: int = Field(50, ge=1)
+    checkpoint_dir: str = ""  # empty: <pipeline root>/checkpoints/<run id>/train, stable across task retries
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    seed: int = 0
+
+
+class EvaluateConfig(_Strict):
+    """Blessing: absolute thresholds, and the largest allowed regression against the recorded baseline."""
+
+    min_metrics: dict[Literal["accuracy", "precision", "recall", "f1", "roc_auc"], float] = {"roc_auc": 0.6}
+    max_metrics: dict[Literal["log_loss", "expected_calibration_error"], float] = {}
+    max_regression: dict[Literal["accuracy", "precision", "recall", "f1", "roc_auc"], float] = {"roc_auc": 0.01}
+    baseline: str = ""  # URI of the deployed model's metrics record (JSON); empty or absent: thresholds only
+    decision_threshold: float = Field(0.5, gt=0, lt=1)
+    calibration_bins: int = Field(10, ge=2)
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline config."""
 
     data: DataConfig
     schema_: SchemaConfig = Field(alias="schema")
     split: SplitConfig = SplitConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     def with_source(self, source: str) -> PipelineConfig:
         """Return a copy whose data.source is ``source`` (the pipeline's ``data_source`` override)."""
