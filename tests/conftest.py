@@ -57,3 +57,44 @@ def sample_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("sample")
     write_sample_data(str(directory), rows=5_000, seed=0)
     return directory
+
+
+def pipeline_config(source: str | Path, **sections):
+    """The examples/training.yaml config on ``source``, with sections updated (e.g. train={"epochs": 2})."""
+    import yaml
+
+    from kfp_mlops.components.shared.config import parse_config
+
+    document = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "training.yaml").read_text())
+    document["data"]["source"] = str(source)
+    for name, values in sections.items():
+        document[name] = {**document.get(name, {}), **values}
+    return parse_config(document)
+
+
+@pytest.fixture(scope="session")
+def ingested(tmp_path_factory, sample_dir):
+    """The sample data ingested: (config, SplitPaths) of train/validation/test Parquet files."""
+    from kfp_mlops.components.ingest.core import SplitPaths, ingest
+
+    directory = tmp_path_factory.mktemp("ingested")
+    config = pipeline_config(sample_dir)
+    paths = SplitPaths(*(str(directory / name) for name in ("train", "validation", "test")))
+    ingest(config, paths)
+    return config, paths
+
+
+TRAIN_SETTINGS = {"epochs": 4, "micro_batch_size": 64, "zero_stage": 2, "workers": 2, "checkpoint_every_steps": 10}
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, ingested):
+    """A model trained for real: DeepSpeed ZeRO-2, 2 CPU worker processes with gloo."""
+    from kfp_mlops.components.train.core import train
+
+    directory = tmp_path_factory.mktemp("trained")
+    config, paths = ingested
+    config = config.model_copy(update={"train": config.train.model_copy(update=TRAIN_SETTINGS)})
+    result = train(config, paths.train, paths.validation, str(directory / "model"), str(directory / "ckpt"),
+                   str(directory / "train.log"))  # fmt: skip
+    return result, directory

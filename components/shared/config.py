@@ -128,6 +128,9 @@ class TrainConfig(_Strict):
     zero_stage: int = Field(0, ge=0, le=3)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     workers: int = Field(0, ge=0)
+    nodes: int = Field(1, ge=1)  # > 1: a Kubeflow Trainer TrainJob of this many nodes runs the same workers
+    namespace: str = ""  # of the TrainJob; empty: the namespace of the pipeline's pod
+    runtime: str = "torch-distributed"  # the ClusterTrainingRuntime of the TrainJob
     checkpoint_every_steps: int = Field(50, ge=1)
     checkpoint_dir: str = ""  # empty: <pipeline root>/checkpoints/<run id>/train, stable across task retries
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()

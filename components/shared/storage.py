@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REMOTE_SCHEMES = ("s3", "gs")
+# The keys of the Kubernetes Secret with S3 credentials; each becomes the environment variable of the same name.
+CREDENTIAL_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
 _GLOB_CHARS = "*?["
 
 

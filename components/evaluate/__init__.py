@@ -1,0 +1,1 @@
+"""Evaluate step: metrics on the test split and the blessing gate."""

@@ -1,0 +1,57 @@
+"""KFP wrappers of the evaluate step: evaluation with its blessing, and recording a blessed model as the baseline.
+Bodies are one call each: the work is in ``executor`` and ``core``."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl.python_component import PythonComponent
+
+from kfp_mlops.components.shared.images import ImageConfig
+
+
+def evaluate_model(
+    config: str,
+    data_source: str,
+    model: Input[Model],
+    test_data: Input[Dataset],
+    metrics: Output[Metrics],
+    classification_metrics: Output[ClassificationMetrics],
+    model_card: Output[Markdown],
+    blessing: Output[Artifact],
+) -> NamedTuple("EvaluateOutputs", [("blessed", bool)]):
+    """Score the model on the test split; bless it only if thresholds hold and it does not regress.
+
+    Args:
+        config: The pipeline config: YAML text, or the URI of a YAML file.
+        data_source: Overrides data.source of the config when not empty.
+    """
+    from collections import namedtuple
+
+    from kfp_mlops.components.evaluate import executor
+
+    blessed = executor.run(config, data_source, model, test_data, metrics, classification_metrics, model_card, blessing)
+    return namedtuple("EvaluateOutputs", ["blessed"])(blessed)
+
+
+def record_baseline(config: str, data_source: str, model: Input[Model], metrics: Input[Metrics], run_id: str):
+    """Record a blessed model and its metrics as the baseline the next candidate is compared with.
+
+    Args:
+        config: The pipeline config: YAML text, or the URI of a YAML file.
+        data_source: Overrides data.source of the config when not empty.
+        run_id: The KFP run id, kept in the record.
+    """
+    from kfp_mlops.components.evaluate import executor
+
+    executor.record(config, data_source, model, metrics, run_id)
+
+
+def build(images: ImageConfig) -> PythonComponent:
+    """The evaluate component on its own image."""
+    return dsl.component(evaluate_model, base_image=images.ref("evaluate"), install_kfp_package=False)
+
+
+def build_record_baseline(images: ImageConfig) -> PythonComponent:
+    """The baseline-recording component, on the evaluate image."""
+    return dsl.component(record_baseline, base_image=images.ref("evaluate"), install_kfp_package=False)

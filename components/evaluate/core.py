@@ -1,0 +1,200 @@
+"""Evaluate: score the ONNX model on the test split, compute metrics, compare with thresholds and the recorded
+baseline, and decide the blessing (TFX Evaluator's guarantee). Paths and values only; no KFP, no torch.
+
+A baseline record is a JSON document ``{"metrics": {...}, "model": URI, "content_hash": ..., ...}`` at
+``evaluate.baseline``; the pipeline writes it for a blessed model (``record_baseline``), so the next candidate
+must not regress against the model that is in use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared.config import EvaluateConfig, PipelineConfig
+from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.components.shared.tabular import Preprocessing
+
+MAX_ROC_POINTS = 200
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    classes: list[str]
+    confusion_matrix: list[list[int]]
+    roc_curve: dict[str, list[float]]  # fpr, tpr, thresholds (binary: the positive class)
+    rows: int
+    blessed: bool = False
+    reasons: list[str] = field(default_factory=list)
+    baseline: dict[str, Any] | None = None
+
+
+def predict_probabilities(model_dir: str, table) -> tuple[np.ndarray, Preprocessing]:
+    """Class probabilities from the exported ONNX model, with the preprocessing saved beside it."""
+    import onnxruntime
+
+    preprocessing = Preprocessing.load(model_dir)
+    session = onnxruntime.InferenceSession(str(Path(model_dir) / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = {"numeric": preprocessing.numeric_matrix(table), "categorical": preprocessing.categorical_matrix(table)}
+    (probabilities,) = session.run(["probabilities"], {i.name: inputs[i.name] for i in session.get_inputs()})
+    return probabilities, preprocessing
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
+    """Weighted mean |accuracy - confidence| over equal-width confidence bins."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(error)
+
+
+def compute_metrics(y: np.ndarray, probabilities: np.ndarray, settings: EvaluateConfig) -> dict[str, Any]:
+    """Accuracy, precision/recall/F1, ROC AUC, log loss and calibration error, plus confusion matrix and ROC curve.
+    Binary: the positive class is the second class; multiclass: macro averages and one-vs-rest AUC."""
+    from sklearn import metrics as skm
+
+    n_classes = probabilities.shape[1]
+    labels = list(range(n_classes))
+    binary = n_classes == 2
+    predicted = (probabilities[:, 1] >= settings.decision_threshold).astype(int) if binary else probabilities.argmax(1)
+    average = "binary" if binary else "macro"
+    present = np.unique(y)
+    values = {
+        "accuracy": skm.accuracy_score(y, predicted),
+        "precision": skm.precision_score(y, predicted, average=average, zero_division=0),
+        "recall": skm.recall_score(y, predicted, average=average, zero_division=0),
+        "f1": skm.f1_score(y, predicted, average=average, zero_division=0),
+        "log_loss": skm.log_loss(y, np.clip(probabilities, 1e-7, 1.0), labels=labels),
+    }
+    if len(present) < 2:
+        raise InputError(f"test split holds a single class ({present.tolist()}): ROC AUC is undefined")
+    if binary:
+        values["roc_auc"] = skm.roc_auc_score(y, probabilities[:, 1])
+        fpr, tpr, thresholds = skm.roc_curve(y, probabilities[:, 1])
+        confidence, correct = probabilities[:, 1], (y == 1).astype(float)
+    else:
+        values["roc_auc"] = skm.roc_auc_score(y, probabilities, multi_class="ovr", average="macro", labels=labels)
+        fpr, tpr, thresholds = skm.roc_curve((y == probabilities.argmax(1)).astype(int), probabilities.max(1))
+        confidence, correct = probabilities.max(1), (predicted == y).astype(float)
+    values["expected_calibration_error"] = expected_calibration_error(confidence, correct, settings.calibration_bins)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), MAX_ROC_POINTS)).round().astype(int))
+    return {
+        "metrics": {name: float(value) for name, value in values.items()},
+        "confusion_matrix": skm.confusion_matrix(y, predicted, labels=labels).tolist(),
+        "roc_curve": {
+            "fpr": fpr[keep].tolist(),
+            "tpr": tpr[keep].tolist(),
+            "thresholds": np.minimum(thresholds[keep], 1.0).tolist(),  # the first threshold is +inf
+        },
+    }
+
+
+def load_baseline(uri: str) -> dict[str, Any] | None:
+    if not uri:
+        return None
+    try:
+        record = json.loads(storage.read_bytes(uri))
+    except FileNotFoundError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+        raise InputError(f"baseline record {uri} has no 'metrics' mapping")
+    return record
+
+
+def bless(metrics: dict[str, float], settings: EvaluateConfig, baseline: dict[str, Any] | None) -> list[str]:
+    """Reasons not to bless: unmet absolute thresholds, and regressions beyond the allowed delta."""
+    reasons = []
+    for name, minimum in settings.min_metrics.items():
+        if metrics[name] < minimum:
+            reasons.append(f"{name} {metrics[name]:.4f} is below the threshold {minimum}")
+    for name, maximum in settings.max_metrics.items():
+        if metrics[name] > maximum:
+            reasons.append(f"{name} {metrics[name]:.4f} is above the threshold {maximum}")
+    if baseline is not None:
+        for name, delta in settings.max_regression.items():
+            reference = baseline["metrics"].get(name)
+            if reference is not None and metrics[name] < reference - delta:
+                reasons.append(
+                    f"{name} {metrics[name]:.4f} regresses more than {delta} from the baseline's {reference:.4f}"
+                )
+    return reasons
+
+
+def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluation:
+    """Score the model on the test split and decide the blessing."""
+    table = pq.read_table(test_path)
+    if table.num_rows == 0:
+        raise InputError(f"test split ({test_path}) is empty")
+    probabilities, preprocessing = predict_probabilities(model_dir, table)
+    y = preprocessing.labels(table, "test")
+    scored = compute_metrics(y, probabilities, config.evaluate)
+    baseline = load_baseline(config.evaluate.baseline)
+    reasons = bless(scored["metrics"], config.evaluate, baseline)
+    return Evaluation(
+        metrics=scored["metrics"],
+        classes=[str(c) for c in preprocessing.classes],
+        confusion_matrix=scored["confusion_matrix"],
+        roc_curve=scored["roc_curve"],
+        rows=table.num_rows,
+        blessed=not reasons,
+        reasons=reasons,
+        baseline=baseline,
+    )
+
+
+def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: dict[str, Any], data_hash: str) -> str:
+    """A Markdown model card: data, features, parameters, metrics against thresholds and baseline, decision."""
+    decision = "**BLESSED**" if evaluation.blessed else "**NOT BLESSED**: " + "; ".join(evaluation.reasons)
+    settings = config.evaluate
+    lines = [
+        "# Model card",
+        "",
+        f"- Decision: {decision}",
+        f"- Data content hash: `{data_hash or 'unknown'}`",
+        f"- Test rows: {evaluation.rows:,}; classes: {', '.join(evaluation.classes)}",
+        f"- Features: {', '.join(model_config.get('features', []))}",
+        f"- Categorical: {', '.join(model_config.get('categorical', [])) or 'none'}",
+        f"- Architecture: {json.dumps(model_config.get('architecture', {}))}",
+        f"- Training: {json.dumps(model_config.get('train', {}))}",
+        "",
+        "| metric | value | threshold | baseline |",
+        "|---|---:|---:|---:|",
+    ]
+    baseline_metrics = (evaluation.baseline or {}).get("metrics", {})
+    for name, value in evaluation.metrics.items():
+        threshold = (
+            f"≥ {settings.min_metrics[name]}"
+            if name in settings.min_metrics
+            else f"≤ {settings.max_metrics[name]}"
+            if name in settings.max_metrics
+            else ""
+        )
+        reference = baseline_metrics.get(name)
+        lines.append(f"| {name} | {value:.4f} | {threshold} | {'' if reference is None else f'{reference:.4f}'} |")
+    recorded = "" if evaluation.baseline else " (none recorded yet: thresholds only)"
+    lines += ["", f"Baseline: {settings.baseline or 'none configured'}{recorded}"]
+    return "\n".join(lines) + "\n"
+
+
+def record_baseline(uri: str, model_uri: str, metrics: dict[str, float], data_hash: str, run_id: str) -> None:
+    """Record a blessed model as the baseline the next candidate is compared with (atomic write)."""
+    record = {
+        "model": model_uri,
+        "metrics": metrics,
+        "content_hash": data_hash,
+        "run_id": run_id,
+        "recorded_at": datetime.now(UTC).isoformat(),
+    }
+    storage.write_bytes(uri, json.dumps(record, indent=2).encode())

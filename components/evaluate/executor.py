@@ -1,0 +1,57 @@
+"""Evaluate executor: unpacks the KFP artifacts (duck-typed), calls ``core``, records metrics, the UI's
+ClassificationMetrics, the model card and the blessing. Imports no KFP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kfp_mlops.components.evaluate import core
+from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
+from kfp_mlops.components.shared.config import load_config
+
+
+def run(
+    config: str,
+    data_source: str,
+    model: Any,
+    test_data: Any,
+    metrics: Any,
+    classification_metrics: Any,
+    model_card: Any,
+    blessing: Any,
+) -> bool:
+    pipeline_config = load_config(config, data_source=data_source)
+    evaluation = core.evaluate(pipeline_config, model.path, test_data.path)
+    log_metrics(metrics, evaluation.metrics)
+    classification_metrics.log_confusion_matrix(evaluation.classes, evaluation.confusion_matrix)
+    roc = evaluation.roc_curve
+    classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
+    model_config = json.loads((Path(model.path) / "model_config.json").read_text())
+    data_hash = test_data.metadata.get("content_hash") or model.metadata.get("content_hash", "")
+    write_text_atomically(model_card.path, core.model_card(evaluation, pipeline_config, model_config, data_hash))
+    blessing.metadata.update(
+        {
+            "blessed": evaluation.blessed,
+            "reasons": evaluation.reasons,
+            "baseline": pipeline_config.evaluate.baseline,
+            "baseline_metrics": (evaluation.baseline or {}).get("metrics", {}),
+            "model": model.uri,
+        }
+    )
+    write_text_atomically(blessing.path, json.dumps({"blessed": evaluation.blessed, "reasons": evaluation.reasons}))
+    print(f"[evaluate] {'BLESSED' if evaluation.blessed else 'NOT BLESSED: ' + '; '.join(evaluation.reasons)}")
+    return evaluation.blessed
+
+
+def record(config: str, data_source: str, model: Any, metrics: Any, run_id: str) -> None:
+    """Record the blessed model as the baseline (evaluate.baseline); without one configured, say so and stop."""
+    pipeline_config = load_config(config, data_source=data_source)
+    uri = pipeline_config.evaluate.baseline
+    if not uri:
+        print("[record] evaluate.baseline is empty: no baseline recorded")
+        return
+    values = {k: float(v) for k, v in metrics.metadata.items() if isinstance(v, (int, float))}
+    core.record_baseline(uri, model.uri, values, model.metadata.get("content_hash", ""), run_id)
+    print(f"[record] baseline {uri} now points at {model.uri}")

@@ -1,0 +1,1 @@
+"""Train step: a PyTorch tabular classifier trained with DeepSpeed across worker processes."""

@@ -1,0 +1,54 @@
+"""Train executor: unpacks the KFP artifacts (duck-typed), calls ``core.train``, records model metadata and metrics.
+Imports no KFP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kfp_mlops.components.shared.artifacts import log_metrics
+from kfp_mlops.components.shared.config import load_config
+from kfp_mlops.components.train.core import ClusterContext, default_checkpoint_dir, train
+
+
+def run(
+    config: str,
+    data_source: str,
+    train_data: Any,
+    validation_data: Any,
+    pipeline_root: str,
+    run_id: str,
+    cluster: dict[str, Any],
+    model: Any,
+    metrics: Any,
+    training_log: Any,
+) -> None:
+    pipeline_config = load_config(config, data_source=data_source)
+    checkpoint_dir = pipeline_config.train.checkpoint_dir or default_checkpoint_dir(pipeline_root, run_id)
+    context = ClusterContext(
+        image=cluster["image"],
+        run_id=run_id,
+        gpus_per_node=int(cluster["gpus_per_node"]),
+        gpu_resource=cluster["gpu_type"],
+        node_selector=dict(cluster["node_selector"] or {}),
+        tolerations=list(cluster["tolerations"] or []),
+        storage_secret=cluster["storage_secret"],
+    )
+    result = train(
+        pipeline_config, train_data.path, validation_data.path, model.path, checkpoint_dir, training_log.path, context
+    )
+    summary = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    log_metrics(metrics, summary)
+    model.metadata.update(
+        {
+            "framework": "pytorch+deepspeed",
+            "format": "onnx",
+            "onnx_file": "model.onnx",
+            "onnx_max_abs_diff": result.onnx_max_abs_diff,
+            "content_hash": train_data.metadata.get("content_hash", ""),
+            "checkpoint_dir": checkpoint_dir,
+            "stopped_early": result.metrics["stopped_early"],
+            "precision": result.metrics["precision"],
+            "zero_stage": result.metrics["zero_stage"],
+            "world_size": result.metrics["world_size"],
+        }
+    )

@@ -1,0 +1,259 @@
+"""One DeepSpeed training process, started by ``torch.distributed.run`` (one per GPU, or N CPU processes with gloo).
+
+``python -m kfp_mlops.components.train.worker SPEC.json`` on the step's own node, or ``torchrun -m
+kfp_mlops.components.train.worker s3://…/spec.json`` on each node of a TrainJob. The spec (written by
+``core.train``) names the preprocessed arrays, the DeepSpeed config and the checkpoint directory. The worker
+resumes from the latest checkpoint when one exists, checkpoints every K optimizer steps and at each epoch end,
+stops early on validation loss, and (rank 0) writes the best weights and the training metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared.tabular import Preprocessing
+from kfp_mlops.components.train.model import TabularClassifier
+
+BEST_WEIGHTS = "best.pt"
+
+
+def log(message: str) -> None:
+    if dist.get_rank() == 0:
+        print(f"[train] {message}", flush=True)
+
+
+def _gathered_state_dict(engine) -> dict[str, torch.Tensor]:
+    """Full fp32 weights on every rank (ZeRO-3 partitions parameters; stages 0-2 keep them whole)."""
+    import deepspeed
+
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        return {name: tensor.detach().float().cpu().clone() for name, tensor in engine.module.state_dict().items()}
+
+
+def _upload_checkpoint(local_dir: Path, remote: str, tag: str, node_leader: bool, global_leader: bool) -> None:
+    """Mirror a checkpoint to object storage: each node's first process uploads the shards its node wrote (nodes
+    share no disk in a TrainJob); rank 0 also uploads the ``latest`` pointer and the best weights."""
+    if node_leader:
+        storage.copy_tree(str(local_dir / tag), storage.parse(remote).child(tag).uri)
+    if global_leader:
+        for name in (BEST_WEIGHTS, "latest"):
+            if (local_dir / name).exists():
+                storage.upload_file(local_dir / name, storage.parse(remote).child(name).uri)
+
+
+def localise(spec_uri: str) -> dict[str, Any]:
+    """A TrainJob node reads its spec, arrays and preprocessing from object storage into a node-local directory
+    (downloaded once per node) and resumes from the remote checkpoints if there are any."""
+    spec = json.loads(storage.read_bytes(spec_uri))
+    node = os.environ.get("GROUP_RANK", "0")  # torchrun's node rank
+    work = Path(tempfile.gettempdir()) / f"kfp-mlops-train-{hashlib.sha256(spec_uri.encode()).hexdigest()[:12]}-{node}"
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "checkpoints").mkdir(parents=True)
+        storage.download_file(spec["arrays"], work / "arrays.npz")
+        storage.download_file(spec["preprocessing"], work / "preprocessing.json")
+        if storage.exists(storage.parse(spec["checkpoint_uri"]).child("latest").uri):
+            storage.copy_tree(spec["checkpoint_uri"], str(work / "checkpoints"))
+    dist.barrier()
+    return {
+        **spec,
+        "arrays": str(work / "arrays.npz"),
+        "preprocessing_dir": str(work),
+        "checkpoint_dir": str(work / "checkpoints"),
+        "output_dir": str(work / "output"),
+    }
+
+
+class Trainer:
+    def __init__(self, spec: dict[str, Any]):
+        import deepspeed
+
+        self.spec = spec
+        self.config = spec["train"]
+        self.cuda = torch.cuda.is_available()
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = torch.device(f"cuda:{self.local_rank}" if self.cuda else "cpu")
+        torch.manual_seed(self.config["seed"])
+        preprocessing = Preprocessing.load(spec["preprocessing_dir"])
+        model = TabularClassifier(
+            preprocessing, self.config["hidden_layers"], self.config["dropout"], self.config["embedding_dim"]
+        )
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), config=spec["deepspeed"]
+        )
+        ds = spec["deepspeed"]
+        self.dtype = torch.bfloat16 if ds["bf16"]["enabled"] else torch.float16 if ds["fp16"]["enabled"] else None
+        arrays = np.load(spec["arrays"])
+        self.data = {key: torch.from_numpy(arrays[key]) for key in arrays.files}
+        self.checkpoints = Path(spec["checkpoint_dir"])
+        self.micro = self.config["micro_batch_size"]
+        accumulation = self.config["gradient_accumulation_steps"]
+        per_rank = len(self.data["train_y"]) // (self.micro * self.world)
+        self.batches_per_epoch = per_rank - per_rank % accumulation
+        self.state: dict[str, Any] = {
+            "epoch": 0, "batch": 0, "best_val_loss": math.inf, "bad_epochs": 0, "history": [], "stopped_early": False,
+        }  # fmt: skip
+
+    def _inputs(self, prefix: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        numeric = self.data[f"{prefix}_numeric"][index].to(self.device)
+        if self.dtype is not None:
+            numeric = numeric.to(self.dtype)
+        return numeric, self.data[f"{prefix}_categorical"][index].to(self.device)
+
+    def resume(self) -> int:
+        if not (self.checkpoints / "latest").exists():
+            return 0
+        path, client_state = self.engine.load_checkpoint(str(self.checkpoints))
+        if path is None:
+            raise RuntimeError(f"checkpoint in {self.checkpoints} could not be loaded")
+        self.state.update({key: client_state[key] for key in self.state if key in client_state})
+        step = self.engine.global_steps
+        log(f"resumed from checkpoint step {step} (epoch {self.state['epoch'] + 1}, batch {self.state['batch']})")
+        return step
+
+    def save(self, tag: str) -> None:
+        self.engine.save_checkpoint(str(self.checkpoints), tag=tag, client_state=dict(self.state))
+        dist.barrier()
+        if remote := self.spec.get("checkpoint_uri"):
+            _upload_checkpoint(self.checkpoints, remote, tag, self.local_rank == 0, self.rank == 0)
+            dist.barrier()
+        if self.rank == 0:
+            tags = [p for p in self.checkpoints.iterdir() if p.is_dir() and p.name.startswith(("step", "epoch"))]
+            for old in sorted(tags, key=lambda p: p.stat().st_mtime)[:-2]:  # keep the two newest
+                if old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+    def _mean_over_ranks(self, total: float, count: int) -> float:
+        values = torch.tensor([total, float(count)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values)
+        return (values[0] / values[1]).item()
+
+    def validation_loss(self) -> float:
+        self.engine.eval()
+        rows = torch.arange(self.rank, len(self.data["validation_y"]), self.world)
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(rows), 4096):
+                index = rows[start : start + 4096]
+                logits = self.engine(*self._inputs("validation", index)).float()
+                labels = self.data["validation_y"][index].to(self.device)
+                total += F.cross_entropy(logits, labels, reduction="sum").item()
+        return self._mean_over_ranks(total, len(rows))
+
+    def fit(self) -> dict[str, Any]:
+        resumed_from = self.resume()
+        every = self.spec["checkpoint_every_steps"]
+        accumulation = self.config["gradient_accumulation_steps"]
+        seed, n_train = self.config["seed"], len(self.data["train_y"])
+        samples, seconds = 0, 0.0
+        for epoch in range(self.state["epoch"], self.config["epochs"]):
+            if self.state["bad_epochs"] >= self.config["early_stopping"]["patience"]:
+                break  # resumed after the early-stopping decision
+            order = torch.from_numpy(np.random.default_rng(seed + epoch).permutation(n_train))
+            shard = order[: self.batches_per_epoch * self.micro * self.world][self.rank :: self.world]
+            self.engine.train()
+            loss_sum, loss_count = 0.0, 0
+            start = time.perf_counter()
+            for batch in range(self.state["batch"], self.batches_per_epoch):
+                index = shard[batch * self.micro : (batch + 1) * self.micro]
+                torch.manual_seed(seed * 1_000_003 + (epoch * self.batches_per_epoch + batch) * self.world + self.rank)
+                logits = self.engine(*self._inputs("train", index)).float()
+                loss = F.cross_entropy(logits, self.data["train_y"][index].to(self.device))
+                self.engine.backward(loss)
+                self.engine.step()
+                loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+                self.state["batch"] = batch + 1
+                samples += self.micro * self.world
+                if (batch + 1) % accumulation == 0 and self.engine.global_steps % every == 0:
+                    self.save(f"step{self.engine.global_steps}")
+            seconds += time.perf_counter() - start
+            train_loss = self._mean_over_ranks(loss_sum, loss_count) if loss_count else float("nan")
+            val_loss = self.validation_loss()
+            improved = val_loss < self.state["best_val_loss"] - self.config["early_stopping"]["min_delta"]
+            self.state.update(epoch=epoch + 1, batch=0)
+            self.state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
+            if improved:
+                self.state.update(best_val_loss=val_loss, bad_epochs=0)
+                weights = _gathered_state_dict(self.engine)
+                if self.rank == 0:
+                    torch.save(weights, self.checkpoints / BEST_WEIGHTS)
+            else:
+                self.state["bad_epochs"] += 1
+            log(
+                f"epoch {epoch + 1}/{self.config['epochs']} train_loss={train_loss:.4f} val_loss={val_loss:.4f} "
+                f"step={self.engine.global_steps} samples/s={samples / max(seconds, 1e-9):,.0f}"
+            )
+            stop = self.state["bad_epochs"] >= self.config["early_stopping"]["patience"]
+            self.state["stopped_early"] = stop and epoch + 1 < self.config["epochs"]
+            self.save(f"epoch{epoch + 1}")
+            if stop:
+                log(f"early stopping: no validation improvement for {self.state['bad_epochs']} epoch(s)")
+                break
+        history = self.state["history"]
+        return {
+            "epochs": len(history),
+            "global_steps": self.engine.global_steps,
+            "final_train_loss": history[-1]["train_loss"] if history else float("nan"),
+            "final_val_loss": history[-1]["val_loss"] if history else float("nan"),
+            "best_val_loss": self.state["best_val_loss"],
+            "samples_per_second": samples / seconds if seconds else 0.0,
+            "world_size": self.world,
+            "resumed_from_step": resumed_from,
+            "stopped_early": self.state["stopped_early"],
+            "history": history,
+            "precision": "bf16" if self.dtype == torch.bfloat16 else "fp16" if self.dtype == torch.float16 else "fp32",
+            "zero_stage": self.spec["deepspeed"]["zero_optimization"]["stage"],
+            "device": self.device.type,
+            "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.cuda else 0,
+        }
+
+
+def main(spec_path: str) -> None:
+    """Run one worker. ``spec_path`` is a local file (single node) or an object-storage URI (TrainJob nodes)."""
+    import deepspeed
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    remote = storage.is_remote(spec_path)
+    spec = localise(spec_path) if remote else json.loads(Path(spec_path).read_text())
+    trainer = Trainer(spec)
+    result = trainer.fit()
+    if dist.get_rank() == 0:
+        output = Path(spec["output_dir"])
+        output.mkdir(parents=True, exist_ok=True)
+        best = trainer.checkpoints / BEST_WEIGHTS
+        weights = torch.load(best, map_location="cpu") if best.exists() else None
+        torch.save(weights if weights is not None else _gathered_state_dict(trainer.engine), output / "weights.pt")
+        (output / "metrics.json").write_text(json.dumps(result, indent=2))
+        if remote:
+            storage.copy_tree(str(output), spec["output_uri"])
+    elif not (trainer.checkpoints / BEST_WEIGHTS).exists():
+        _gathered_state_dict(trainer.engine)  # ZeRO-3 gathers are collective: every rank joins
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,103 @@
+"""Evaluation of a really trained model (ONNX Runtime): metrics, calibration, blessing against thresholds and
+a recorded baseline, model card."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from kfp_mlops.components.evaluate import core
+from kfp_mlops.components.shared.config import EvaluateConfig
+
+
+def with_evaluate(config, **values):
+    return config.model_copy(update={"evaluate": EvaluateConfig(**values)})
+
+
+def test_expected_calibration_error_of_perfect_and_overconfident_predictions():
+    confidence = np.array([0.9, 0.9, 0.9, 0.9, 0.1, 0.1])
+    correct = np.array([1, 1, 1, 1, 0, 0], dtype=float)
+    assert core.expected_calibration_error(confidence, correct, bins=10) == pytest.approx(0.1)
+    assert core.expected_calibration_error(np.full(4, 1.0), np.array([1, 0, 1, 0.0]), bins=5) == pytest.approx(0.5)
+
+
+def test_trained_model_is_scored_on_the_test_split_and_blessed_on_first_run(trained_model, ingested):
+    result, directory = trained_model
+    config, paths = ingested
+    evaluation = core.evaluate(
+        with_evaluate(config, min_metrics={"roc_auc": 0.6}), str(directory / "model"), paths.test
+    )
+    assert evaluation.blessed and evaluation.reasons == [] and evaluation.baseline is None
+    assert 0.6 < evaluation.metrics["roc_auc"] <= 1.0
+    assert set(evaluation.metrics) == {
+        "accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "expected_calibration_error",
+    }  # fmt: skip
+    assert sum(map(sum, evaluation.confusion_matrix)) == evaluation.rows
+    assert evaluation.classes == ["0", "1"]
+    roc = evaluation.roc_curve
+    assert roc["fpr"][0] == 0.0 and roc["tpr"][-1] == 1.0 and max(roc["thresholds"]) <= 1.0
+    assert len(roc["fpr"]) <= core.MAX_ROC_POINTS
+    import pyarrow.parquet as pq
+
+    test = pq.read_table(paths.test)
+    probabilities, _ = core.predict_probabilities(str(directory / "model"), test)
+    assert evaluation.metrics["roc_auc"] == pytest.approx(
+        roc_auc_score(test["churned"].to_numpy(), probabilities[:, 1])
+    )
+
+
+def test_model_worse_than_the_recorded_baseline_is_not_blessed(trained_model, ingested, tmp_path):
+    _, directory = trained_model
+    config, paths = ingested
+    first = core.evaluate(config, str(directory / "model"), paths.test)
+    baseline = tmp_path / "baseline.json"
+    core.record_baseline(str(baseline), "s3://models/v1", {**first.metrics, "roc_auc": first.metrics["roc_auc"] + 0.05},
+                         "sha256:x", "run-1")  # fmt: skip
+    strict = with_evaluate(config, baseline=str(baseline), max_regression={"roc_auc": 0.01})
+    evaluation = core.evaluate(strict, str(directory / "model"), paths.test)
+    assert not evaluation.blessed
+    assert any("roc_auc" in r and "regresses more than 0.01 from the baseline" in r for r in evaluation.reasons)
+    tolerant = with_evaluate(config, baseline=str(baseline), max_regression={"roc_auc": 0.1})
+    assert core.evaluate(tolerant, str(directory / "model"), paths.test).blessed
+
+
+def test_absolute_thresholds_gate_the_blessing(trained_model, ingested):
+    _, directory = trained_model
+    config, paths = ingested
+    evaluation = core.evaluate(
+        with_evaluate(config, min_metrics={"roc_auc": 0.999}, max_metrics={"log_loss": 0.0001}),
+        str(directory / "model"),
+        paths.test,
+    )
+    assert not evaluation.blessed
+    assert any(r.startswith("roc_auc") and "below the threshold 0.999" in r for r in evaluation.reasons)
+    assert any(r.startswith("log_loss") and "above the threshold 0.0001" in r for r in evaluation.reasons)
+
+
+@pytest.mark.servers
+def test_baseline_record_round_trips_through_s3(s3):
+    uri = s3.uri("registry/churn/baseline.json")
+    assert core.load_baseline(uri) is None  # first run: nothing recorded
+    core.record_baseline(uri, "s3://m/1", {"roc_auc": 0.8}, "sha256:abc", "run-7")
+    record = core.load_baseline(uri)
+    assert record["metrics"] == {"roc_auc": 0.8} and record["run_id"] == "run-7"
+
+
+def test_malformed_baseline_is_reported(tmp_path):
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps({"model": "x"}))
+    with pytest.raises(ValueError, match="has no 'metrics' mapping"):
+        core.load_baseline(str(path))
+
+
+def test_model_card_names_data_features_parameters_metrics_and_decision(trained_model, ingested):
+    _, directory = trained_model
+    config, paths = ingested
+    evaluation = core.evaluate(config, str(directory / "model"), paths.test)
+    model_config = json.loads((directory / "model" / "model_config.json").read_text())
+    card = core.model_card(evaluation, config, model_config, "sha256:feed")
+    assert "**BLESSED**" in card and "sha256:feed" in card and "monthly_charges" in card
+    assert "| roc_auc |" in card and "≥ 0.6" in card and '"zero_stage": 2' in card

@@ -1,0 +1,184 @@
+"""Training with real DeepSpeed (2 CPU processes, gloo): config checks, bad input, ONNX export, checkpoints,
+resume after a kill, early stopping."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import pipeline_config
+
+from kfp_mlops.components.shared.config import TrainConfig
+from kfp_mlops.components.shared.errors import ConfigError, InputError
+from kfp_mlops.components.shared.tabular import Preprocessing
+from kfp_mlops.components.train.core import train
+from kfp_mlops.components.train.deepspeed_config import build_deepspeed_config
+
+
+def test_deepspeed_config_carries_batch_optimizer_schedule_clipping_zero_and_precision():
+    settings = TrainConfig(micro_batch_size=32, gradient_accumulation_steps=4, zero_stage=2, gradient_clipping=0.5,
+                           optimizer={"type": "AdamW", "lr": 0.01, "weight_decay": 0.1},
+                           scheduler={"type": "WarmupCosineLR", "warmup_steps": 5})  # fmt: skip
+    config = build_deepspeed_config(settings, world_size=2, device="cpu", total_steps=100)
+    assert config["train_batch_size"] == 32 * 4 * 2
+    assert config["zero_optimization"] == {"stage": 2}
+    assert config["gradient_clipping"] == 0.5
+    assert config["optimizer"] == {"type": "AdamW", "params": {"lr": 0.01, "weight_decay": 0.1, "torch_adam": True}}
+    assert config["scheduler"]["params"]["total_num_steps"] == 100
+    assert not config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+    on_gpu = build_deepspeed_config(settings, world_size=8, device="cuda", total_steps=100)
+    assert on_gpu["bf16"]["enabled"] and "torch_adam" not in on_gpu["optimizer"]["params"]
+    older_gpu = build_deepspeed_config(settings, world_size=1, device="cuda", total_steps=10, bf16_supported=False)
+    assert older_gpu["fp16"]["enabled"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "device", "message"),
+    [
+        ({"precision": "fp16"}, "cpu", "train.precision: fp16 needs a GPU"),
+        ({"precision": "bf16"}, "cpu", "train.precision: bf16 needs a GPU"),
+    ],
+)
+def test_invalid_deepspeed_settings_are_rejected(settings, device, message):
+    with pytest.raises(ConfigError, match=message):
+        build_deepspeed_config(TrainConfig(**settings), world_size=1, device=device, total_steps=10)
+
+
+def test_zero_stage_4_is_rejected_by_the_config(ingested):
+    with pytest.raises(ConfigError, match=r"train\.zero_stage: Input should be less than or equal to 3"):
+        pipeline_config("x", train={"zero_stage": 4})
+
+
+def _write(table: pa.Table, path: Path) -> str:
+    pq.write_table(table, path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda t: t.set_column(t.column_names.index("churned"), "churned", pa.array([0] * t.num_rows)),
+         r"train split: column 'churned' holds a single class \[0\]"),
+        (lambda t: t.set_column(t.column_names.index("age"), "age",
+                                pa.array([float("inf")] + t["age"].to_pylist()[1:])),
+         r"train split: column 'age' row 1: value inf is not finite"),
+        (lambda t: t.slice(0, 0), r"train split \(.*\) is empty"),
+    ],
+    ids=["single class", "inf feature", "empty split"],
+)  # fmt: skip
+def test_bad_training_input_fails_before_any_worker_starts(ingested, tmp_path, mutate, message):
+    config, paths = ingested
+    bad = _write(mutate(pq.read_table(paths.train)), tmp_path / "train.parquet")
+    start = time.monotonic()
+    with pytest.raises(InputError, match=message):
+        train(config, bad, paths.validation, str(tmp_path / "model"), str(tmp_path / "ckpt"))
+    assert time.monotonic() - start < 5
+    assert not (tmp_path / "model").exists() and not (tmp_path / "ckpt").exists()
+
+
+def test_trained_model_directory_holds_onnx_weights_preprocessing_and_config(trained_model, ingested):
+    result, directory = trained_model
+    model_dir = directory / "model"
+    assert sorted(p.name for p in model_dir.iterdir()) == [
+        "model.onnx", "model_config.json", "preprocessing.json", "weights.pt",
+    ]  # fmt: skip
+    metrics = result.metrics
+    assert metrics["world_size"] == 2 and metrics["zero_stage"] == 2 and metrics["precision"] == "fp32"
+    assert metrics["samples_per_second"] > 0 and metrics["epochs"] == 4
+    history = metrics["history"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert result.onnx_max_abs_diff < 1e-4
+    # the ONNX graph has a dynamic batch axis and agrees with PyTorch on other batch sizes too
+    config, paths = ingested
+    preprocessing = Preprocessing.load(model_dir)
+    test = pq.read_table(paths.test).slice(0, 37)
+    numeric, categorical = preprocessing.numeric_matrix(test), preprocessing.categorical_matrix(test)
+    session = onnxruntime.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(["probabilities"], {"numeric": numeric, "categorical": categorical})
+    from kfp_mlops.components.train.model import ProbabilityModel, TabularClassifier
+
+    classifier = TabularClassifier(preprocessing, [64, 32], 0.1, 4)
+    classifier.load_state_dict(torch.load(model_dir / "weights.pt"))
+    with torch.no_grad():
+        torch_out = ProbabilityModel(classifier).eval()(torch.from_numpy(numeric), torch.from_numpy(categorical))
+    assert onnx_out.shape == (37, 2)
+    np.testing.assert_allclose(onnx_out, torch_out.numpy(), atol=1e-5)
+    # standardisation statistics come from the training split only
+    train_ages = pq.read_table(paths.train)["age"].to_numpy()
+    assert preprocessing.means[preprocessing.numeric.index("age")] == pytest.approx(train_ages.mean())
+    model_config = json.loads((model_dir / "model_config.json").read_text())
+    assert model_config["deepspeed"]["zero_optimization"]["stage"] == 2
+    assert "[train] epoch 4/4" in (directory / "train.log").read_text()
+
+
+def test_checkpoints_are_written_every_k_steps_and_pruned(trained_model):
+    _, directory = trained_model
+    checkpoints = directory / "ckpt"
+    assert (checkpoints / "latest").read_text().strip() == "epoch4"
+    tags = sorted(p.name for p in checkpoints.iterdir() if p.is_dir())
+    assert len(tags) == 2 and "epoch4" in tags
+    assert (checkpoints / "best.pt").exists()
+
+
+def test_training_killed_mid_run_resumes_from_its_latest_checkpoint(ingested, tmp_path):
+    config, paths = ingested
+    settings = {"epochs": 6, "micro_batch_size": 32, "workers": 2, "zero_stage": 1, "checkpoint_every_steps": 15}
+    script = tmp_path / "run_training.py"
+    script.write_text(
+        "import sys\nsys.path.insert(0, sys.argv[1])\n"
+        "from conftest import pipeline_config\nfrom kfp_mlops.components.train.core import train\n"
+        f"config = pipeline_config({str(config.data.source)!r}, train={settings!r})\n"
+        f"train(config, {paths.train!r}, {paths.validation!r}, sys.argv[2], sys.argv[3])\n"
+    )
+    checkpoints = tmp_path / "ckpt"
+    tests_dir = str(Path(__file__).parent)
+    command = [sys.executable, str(script), tests_dir, str(tmp_path / "m1"), str(checkpoints)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not (checkpoints / "latest").exists():
+        assert process.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 180 s"
+        time.sleep(0.05)
+    tree = (
+        [process_, *psutil.Process(process.pid).children(recursive=True)]
+        if (process_ := psutil.Process(process.pid))
+        else []
+    )
+    for member in tree:  # the pod dies: launcher and workers at once (torchrun starts workers in new sessions)
+        member.send_signal(signal.SIGKILL)
+    process.wait()
+    psutil.wait_procs(tree, timeout=10)
+    killed_at = (checkpoints / "latest").read_text().strip()
+    assert not (tmp_path / "m1").exists(), "a killed run must leave no model output"
+
+    log = tmp_path / "retry.log"
+    result = train(pipeline_config(config.data.source, train=settings), paths.train, paths.validation,
+                   str(tmp_path / "m2"), str(checkpoints), str(log))  # fmt: skip
+    step = int("".join(ch for ch in killed_at if ch.isdigit())) if killed_at.startswith("step") else None
+    assert result.metrics["resumed_from_step"] > 0
+    if step is not None:
+        assert result.metrics["resumed_from_step"] == step
+    assert f"resumed from checkpoint step {result.metrics['resumed_from_step']}" in log.read_text()
+    steps_per_epoch = pq.read_table(paths.train).num_rows // (32 * 2)
+    assert result.metrics["global_steps"] == 6 * steps_per_epoch  # continued, not restarted: no extra steps
+    assert (tmp_path / "m2" / "model.onnx").exists()
+
+
+def test_early_stopping_ends_training_when_validation_stops_improving(ingested, tmp_path):
+    config, paths = ingested
+    config = pipeline_config(config.data.source, train={
+        "epochs": 10, "workers": 2, "micro_batch_size": 128, "early_stopping": {"patience": 1, "min_delta": 10.0},
+    })  # fmt: skip
+    result = train(config, paths.train, paths.validation, str(tmp_path / "m"), str(tmp_path / "c"))
+    assert result.metrics["epochs"] == 2 and result.metrics["stopped_early"] is True
