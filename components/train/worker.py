@@ -118,6 +118,13 @@ class Trainer:
             numeric = numeric.to(self.dtype)
         return numeric, self.data[f"{prefix}_categorical"][index].to(self.device)
 
+    def _reseed(self, value: int) -> None:
+        """Seed this step's dropout from (seed, step, rank), so a resumed run draws what the killed one would have.
+        Seeds the device generator directly: torch.manual_seed also queues lazy CUDA calls, costly per step."""
+        torch.default_generator.manual_seed(value)
+        if self.cuda:
+            torch.cuda.default_generators[self.device.index].manual_seed(value)
+
     def resume(self) -> int:
         if not (self.checkpoints / "latest").exists():
             return 0
@@ -175,7 +182,7 @@ class Trainer:
             start = time.perf_counter()
             for batch in range(self.state["batch"], self.batches_per_epoch):
                 index = shard[batch * self.micro : (batch + 1) * self.micro]
-                torch.manual_seed(seed * 1_000_003 + (epoch * self.batches_per_epoch + batch) * self.world + self.rank)
+                self._reseed(seed * 1_000_003 + (epoch * self.batches_per_epoch + batch) * self.world + self.rank)
                 logits = self.engine(*self._inputs("train", index)).float()
                 loss = F.cross_entropy(logits, self.data["train_y"][index].to(self.device))
                 self.engine.backward(loss)
