@@ -104,7 +104,7 @@ def build(images: ImageConfig):
         )
         evaluate_task.set_display_name("evaluate and bless").set_caching_options(False)  # the baseline can change
 
-        with dsl.If(evaluate_task.outputs["blessed"] == True, name="blessed"):  # noqa: E712 - a KFP condition
+        with dsl.If(evaluate_task.outputs["Output"] == True, name="blessed"):  # noqa: E712 - a KFP condition
             record_task = record_op(
                 config=config,
                 data_source=data_source,

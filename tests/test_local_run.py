@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -23,29 +24,37 @@ def package(tmp_path_factory) -> Path:
     return compile_pipeline("training", tmp_path_factory.mktemp("pkg") / "training.yaml", ImageConfig(tag="test"))
 
 
-def write_config(directory: Path, source: str) -> Path:
+def write_config(directory: Path, source: str, **sections) -> Path:
+    """examples/training.yaml on ``source``, training kept short, sections updated."""
     document = yaml.safe_load((REPO / "examples" / "training.yaml").read_text())
     document["data"]["source"] = source
+    document["train"] = {"epochs": 2, "micro_batch_size": 128}
+    for name, values in sections.items():
+        document[name] = {**document.get(name, {}), **values}
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+def metadata_of(task_dir: Path, output: str) -> dict:
+    return executor_output(task_dir)["artifacts"][output]["artifacts"][0]["metadata"]
 
 
 def executor_output(task_dir: Path) -> dict:
     return json.loads((task_dir / "executor_output.json").read_text())
 
 
-def test_training_yaml_runs_locally_and_ingest_writes_three_splits_with_statistics(
-    package, sample_dir, tmp_path, capsys
-):
-    config = write_config(tmp_path, str(sample_dir))
+def test_training_yaml_runs_every_step_locally_and_records_the_blessed_model(package, sample_dir, tmp_path, capsys):
+    baseline = tmp_path / "registry" / "baseline.json"
+    config = write_config(tmp_path, str(sample_dir), evaluate={"baseline": str(baseline)})
     root = tmp_path / "root"
     code = main(["run", "training", "--local", "--package", str(package), "--config", str(config),
                  "--pipeline-root", str(root)])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
     assert "Pipeline kfp-mlops-training: SUCCEEDED" in out
-    assert "ingest  SUCCESS" in out
+    for step in ("ingest", "features", "train-model", "evaluate-model", "record-baseline"):
+        assert re.search(rf"^{step} +SUCCESS", out, re.MULTILINE), f"{step} did not succeed"
     (run_dir,) = list(root.iterdir())
     task = run_dir / "ingest"
     rows = {name: pq.read_table(task / name).num_rows for name in ("train", "validation", "test")}
@@ -58,6 +67,36 @@ def test_training_yaml_runs_locally_and_ingest_writes_three_splits_with_statisti
     metrics = artifacts["metrics"]["artifacts"][0]["metadata"]
     assert metrics["duplicates_dropped"] == 25 and metrics["rows_read"] == 5_000
     assert "| train |" in (task / "summary").read_text()
+    # features: point-in-time datasets from Feast, and the repository with its registry and online store
+    features_dir = run_dir / "features"
+    assert pq.read_table(features_dir / "train_features").num_rows == rows["train"]
+    assert (features_dir / "feature_repo" / "feature_store.yaml").exists()
+    # train: DeepSpeed with 2 CPU processes, ONNX model, the training log
+    train_metrics = metadata_of(run_dir / "train-model", "metrics")
+    assert train_metrics["world_size"] == 2 and train_metrics["samples_per_second"] > 0
+    assert (run_dir / "train-model" / "model" / "model.onnx").exists()
+    assert "[train] epoch 2/2" in (run_dir / "train-model" / "training_log").read_text()
+    # evaluate: the UI's ClassificationMetrics, the model card, the blessing; then the baseline record
+    confusion = metadata_of(run_dir / "evaluate-model", "classification_metrics")["confusionMatrix"]
+    assert sum(sum(r["row"]) for r in confusion["rows"]) == rows["test"]
+    assert "**BLESSED**" in (run_dir / "evaluate-model" / "model_card").read_text()
+    assert metadata_of(run_dir / "evaluate-model", "blessing")["blessed"] is True
+    assert json.loads(baseline.read_text())["model"].endswith("train-model/model")
+
+
+def test_model_worse_than_the_baseline_is_not_blessed_and_not_recorded(package, sample_dir, tmp_path, capsys):
+    baseline = tmp_path / "baseline.json"
+    record = {"model": "s3://models/champion", "metrics": {"roc_auc": 0.99}, "run_id": "earlier"}
+    baseline.write_text(json.dumps(record))
+    config = write_config(tmp_path, str(sample_dir), evaluate={"baseline": str(baseline)})
+    root = tmp_path / "root"
+    code = main(["run", "training", "--local", "--package", str(package), "--config", str(config),
+                 "--pipeline-root", str(root)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "NOT BLESSED: roc_auc" in out and "regresses more than 0.01 from the baseline's 0.9900" in out
+    assert "record-baseline" not in out.split("Pipeline kfp-mlops-training:")[-1]
+    assert json.loads(baseline.read_text()) == record
 
 
 def test_bad_data_fails_the_run_naming_the_step_and_error_with_no_outputs(package, sample_dir, tmp_path, capsys):
@@ -83,10 +122,12 @@ def test_bad_data_fails_the_run_naming_the_step_and_error_with_no_outputs(packag
 
 
 def test_data_source_parameter_overrides_the_config(package, sample_dir, tmp_path, capsys):
-    config = write_config(tmp_path, "/nonexistent/data/")
+    config = write_config(tmp_path, str(sample_dir))
     code = main(["run", "training", "--local", "--package", str(package), "--config", str(config),
-                 "--param", f"data_source={sample_dir}", "--pipeline-root", str(tmp_path / "root")])  # fmt: skip
-    assert code == 0, capsys.readouterr().out
+                 "--param", f"data_source={tmp_path}/elsewhere/",
+                 "--pipeline-root", str(tmp_path / "root")])  # fmt: skip
+    assert code == 1
+    assert f"data.source {tmp_path}/elsewhere/: no data files found" in capsys.readouterr().out
 
 
 def test_unknown_parameter_is_rejected_before_running(package, tmp_path, capsys):

@@ -1,8 +1,6 @@
 """KFP wrappers of the evaluate step: evaluation with its blessing, and recording a blessed model as the baseline.
 Bodies are one call each: the work is in ``executor`` and ``core``."""
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 from kfp.dsl.python_component import PythonComponent
@@ -19,19 +17,17 @@ def evaluate_model(
     classification_metrics: Output[ClassificationMetrics],
     model_card: Output[Markdown],
     blessing: Output[Artifact],
-) -> NamedTuple("EvaluateOutputs", [("blessed", bool)]):
-    """Score the model on the test split; bless it only if thresholds hold and it does not regress.
+) -> bool:
+    """Score the model on the test split; bless it only if thresholds hold and it does not regress. Returns the
+    blessing (a single ``bool`` output: kfp.local resolves it in dsl.If, unlike a NamedTuple field).
 
     Args:
         config: The pipeline config: YAML text, or the URI of a YAML file.
         data_source: Overrides data.source of the config when not empty.
     """
-    from collections import namedtuple
-
     from kfp_mlops.components.evaluate import executor
 
-    blessed = executor.run(config, data_source, model, test_data, metrics, classification_metrics, model_card, blessing)
-    return namedtuple("EvaluateOutputs", ["blessed"])(blessed)
+    return executor.run(config, data_source, model, test_data, metrics, classification_metrics, model_card, blessing)
 
 
 def record_baseline(config: str, data_source: str, model: Input[Model], metrics: Input[Metrics], run_id: str):

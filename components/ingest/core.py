@@ -11,9 +11,7 @@ import hashlib
 import io
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared.artifacts import write_tables_atomically
 from kfp_mlops.components.shared.config import DataConfig, PipelineConfig, SchemaConfig, SplitConfig
 from kfp_mlops.components.shared.errors import InputError
 
@@ -89,7 +88,7 @@ def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
         rows={name: part.num_rows for name, part in splits.items()},
         statistics={name: column_statistics(part, schema, categorical) for name, part in splits.items()},
     )
-    _write_all({path: splits[name] for name, path in outputs.items()})
+    write_tables_atomically({path: splits[name] for name, path in outputs.items()})
     return result
 
 
@@ -410,21 +409,3 @@ def _round(scalar: pa.Scalar) -> float | None:
 def _iso(scalar: pa.Scalar) -> str | None:
     value = scalar.as_py()
     return None if value is None else value.isoformat()
-
-
-def _write_all(targets: dict[str, pa.Table]) -> None:
-    """Write every table to a temporary name (in parallel: Parquet encoding releases the GIL), then rename them
-    all: all outputs or none."""
-    temporaries = {
-        path: os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp") for path in targets
-    }
-    try:
-        for path in targets:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(max_workers=len(targets)) as pool:
-            list(pool.map(lambda path: pq.write_table(targets[path], temporaries[path]), targets))
-        for path, tmp in temporaries.items():
-            os.replace(tmp, path)
-    finally:
-        for tmp in temporaries.values():
-            Path(tmp).unlink(missing_ok=True)

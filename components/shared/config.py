@@ -77,8 +77,8 @@ class OnlineStoreConfig(_Strict):
 
 
 class RegistryConfig(_Strict):
-    """Feast registry. ``file`` (embedded default: SQLite file in the feature repository) or ``sql`` (PostgreSQL),
-    whose SQLAlchemy URL comes from the environment variable named here."""
+    """Feast registry. ``file`` (embedded default: Feast's registry file in the feature repository) or ``sql``
+    (PostgreSQL), whose SQLAlchemy URL comes from the environment variable named here."""
 
     type: Literal["file", "sql"] = "file"
     url_env: str = "FEAST_REGISTRY_URL"

@@ -1,0 +1,1 @@
+"""Features step: Feast feature repository, materialization and point-in-time correct splits."""

@@ -1,0 +1,46 @@
+"""KFP wrapper of the features step. The body is one call: the work is in ``executor`` and ``core``."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
+from kfp.dsl.python_component import PythonComponent
+
+from kfp_mlops.components.shared.images import ImageConfig
+
+
+def features(
+    config: str,
+    data_source: str,
+    train: Input[Dataset],
+    validation: Input[Dataset],
+    test: Input[Dataset],
+    feature_repo: Output[Artifact],
+    train_features: Output[Dataset],
+    validation_features: Output[Dataset],
+    test_features: Output[Dataset],
+    metrics: Output[Metrics],
+):
+    """Register the features with Feast, materialize them online and write point-in-time correct datasets.
+
+    Args:
+        config: The pipeline config: YAML text, or the URI of a YAML file.
+        data_source: Overrides data.source of the config when not empty (kept for a uniform step signature).
+    """
+    from kfp_mlops.components.features import executor
+
+    executor.run(
+        config,
+        data_source,
+        train,
+        validation,
+        test,
+        feature_repo,
+        train_features,
+        validation_features,
+        test_features,
+        metrics,
+    )
+
+
+def build(images: ImageConfig) -> PythonComponent:
+    """The features component on its own image (the image carries kfp, Feast and this package: no runtime installs)."""
+    return dsl.component(features, base_image=images.ref("features"), install_kfp_package=False)

@@ -1,0 +1,87 @@
+"""Features executor: unpacks the KFP artifacts (duck-typed: ``.path``, ``.metadata``, ``.log_metric``), calls
+``core.build_feature_sets`` and records its result. Imports no KFP, so the component body stays a single call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kfp_mlops.components.features.core import FEATURE_STORE_YAML, FeaturesResult, build_feature_sets
+from kfp_mlops.components.ingest.core import SplitPaths
+from kfp_mlops.components.shared.artifacts import log_metrics
+from kfp_mlops.components.shared.config import PipelineConfig, load_config
+
+
+def run(
+    config: str,
+    data_source: str,
+    train: Any,
+    validation: Any,
+    test: Any,
+    feature_repo: Any,
+    train_features: Any,
+    validation_features: Any,
+    test_features: Any,
+    metrics: Any,
+) -> None:
+    pipeline_config = load_config(config, data_source=data_source)
+    result = build_feature_sets(
+        pipeline_config,
+        SplitPaths(train.path, validation.path, test.path),
+        feature_repo.path,
+        SplitPaths(train_features.path, validation_features.path, test_features.path),
+    )
+    datasets = {"train": train_features, "validation": validation_features, "test": test_features}
+    publish(result, pipeline_config, feature_repo, datasets, metrics, train.metadata.get("content_hash", ""))
+
+
+def publish(
+    result: FeaturesResult,
+    config: PipelineConfig,
+    feature_repo: Any,
+    datasets: dict[str, Any],
+    metrics: Any,
+    content_hash: str = "",
+) -> None:
+    """Repository metadata (project, view, stores, window), Dataset metadata (rows, column roles, the raw data's
+    content hash carried on from ingest) and Metrics.
+    Only store types are recorded: connection strings and registry URLs stay in the environment."""
+    schema = config.schema_
+    feature_repo.metadata.update(
+        {
+            "project": result.project,
+            "feature_view": result.view,
+            "entity": result.entity,
+            "features": result.features,
+            "feature_types": result.feature_types,
+            "online_store": result.online_store,
+            "registry": result.registry,
+            "feature_store_yaml": FEATURE_STORE_YAML,
+            "materialized_from": result.materialized_from,
+            "materialized_to": result.materialized_to,
+        }
+    )
+    for name, artifact in datasets.items():
+        artifact.metadata.update(
+            {
+                "rows": result.rows[name],
+                "entity": schema.entity,
+                "timestamp": schema.timestamp,
+                "label": schema.label,
+                "features": result.features,
+                "categorical": [f for f in result.features if result.feature_types[f] == "String"],
+                "feature_view": result.view,
+                "project": result.project,
+                "content_hash": content_hash,
+            }
+        )
+    log_metrics(
+        metrics,
+        {
+            "rows_materialized": result.rows_materialized,
+            "materialize_seconds": result.materialize_seconds,
+            "materialize_rows_per_second": result.materialize_rows_per_second,
+            "views": result.views,
+            **{f"rows_{name}": rows for name, rows in result.rows.items()},
+            "online_entities_checked": result.online_entities_checked,
+        },
+    )
