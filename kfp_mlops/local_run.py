@@ -131,7 +131,8 @@ def run_local(package: Path, arguments: dict[str, Any], pipeline_root: Path) -> 
         pass  # the recorder holds the failing step and its error
     finally:
         sys.stdout = original
-    new_dirs = sorted(set(pipeline_root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
+    runs = [p for p in set(pipeline_root.iterdir()) - before if p.name.startswith(f"{pipeline.name}-")]
+    new_dirs = sorted(runs, key=lambda p: p.stat().st_mtime)
     run_dir = new_dirs[-1] if new_dirs else None
     steps = list(recorder.steps.values())
     for step in steps:

@@ -10,11 +10,18 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from kfp_mlops.components.shared.images import STEPS, ImageConfig
+from kfp_mlops.components.shared.images import ImageConfig
 from kfp_mlops.pipelines import PIPELINES, compile_all, compile_pipeline
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 GOLDEN_IMAGES = ImageConfig(registry="registry.example/kfp-mlops", tag="golden")
+STEP_OF_EXECUTOR = {
+    "exec-ingest": "ingest",
+    "exec-features": "features",
+    "exec-train-model": "train",
+    "exec-evaluate-model": "evaluate",
+    "exec-record-baseline": "evaluate",
+}
 
 
 def neutralise(documents: list[dict]) -> list[dict]:
@@ -69,9 +76,7 @@ def test_every_step_runs_on_its_own_image_without_runtime_installs(compiled, nam
     executors = load_documents(compiled[name])[0]["deploymentSpec"]["executors"]
     for executor_name, executor in executors.items():
         container = executor["container"]
-        step = executor_name.removeprefix("exec-").split("-")[0]
-        assert step in STEPS
-        assert container["image"] == GOLDEN_IMAGES.ref(step)
+        assert container["image"] == GOLDEN_IMAGES.ref(STEP_OF_EXECUTOR[executor_name]), executor_name
         command = " ".join(container["command"])
         assert "pip install" not in command and "pip3 install" not in command
 
@@ -79,7 +84,7 @@ def test_every_step_runs_on_its_own_image_without_runtime_installs(compiled, nam
 def test_image_flags_reach_the_compiled_yaml(tmp_path):
     path = compile_pipeline("training", tmp_path / "t.yaml", ImageConfig(registry="r.local/ml", tag="sha-1"))
     images = {e["container"]["image"] for e in load_documents(path)[0]["deploymentSpec"]["executors"].values()}
-    assert images == {"r.local/ml/kfp-mlops-ingest:sha-1"}
+    assert images == {f"r.local/ml/kfp-mlops-{step}:sha-1" for step in ("ingest", "features", "train", "evaluate")}
 
 
 def test_pipeline_parameters_have_defaults_and_descriptions(compiled):
@@ -93,3 +98,26 @@ def test_pipeline_parameters_have_defaults_and_descriptions(compiled):
 def test_unknown_pipeline_is_rejected(tmp_path):
     with pytest.raises(KeyError, match="unknown pipeline 'scoring'"):
         compile_pipeline("scoring", tmp_path / "x.yaml")
+
+
+def test_training_pipeline_gates_on_the_blessing_and_puts_training_on_the_gpu_pool(compiled):
+    documents = load_documents(compiled["training"])
+    tasks = documents[0]["root"]["dag"]["tasks"]
+    gate = tasks["condition-blessed-1"] if "condition-blessed-1" in tasks else next(
+        t for name, t in tasks.items() if name.startswith("condition")
+    )
+    assert "evaluate-model" in gate["dependentTasks"]
+    assert "== true" in gate["triggerPolicy"]["condition"]
+    train = tasks["train-model"]
+    assert train["retryPolicy"]["maxRetryCount"] == 2
+    resources = documents[0]["deploymentSpec"]["executors"]["exec-train-model"]["container"]["resources"]
+    assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus_per_node']}}"
+    platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-model"]
+    assert platform["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "train_node_selector"
+    assert platform["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "train_tolerations"
+    for executor in documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+        secret = executor["secretAsEnv"][-1]
+        assert secret["optional"] is True
+        assert {k["secretKey"] for k in secret["keyToEnv"]} >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    text = compiled["training"].read_text()
+    assert "AKIA" not in text and "password" not in text.lower()

@@ -28,7 +28,7 @@ def write_config(directory: Path, source: str, **sections) -> Path:
     """examples/training.yaml on ``source``, training kept short, sections updated."""
     document = yaml.safe_load((REPO / "examples" / "training.yaml").read_text())
     document["data"]["source"] = source
-    document["train"] = {"epochs": 2, "micro_batch_size": 128}
+    document["train"] = {"epochs": 4, "micro_batch_size": 64, "optimizer": {"lr": 0.003}}
     for name, values in sections.items():
         document[name] = {**document.get(name, {}), **values}
     path = directory / "config.yaml"
@@ -38,6 +38,12 @@ def write_config(directory: Path, source: str, **sections) -> Path:
 
 def metadata_of(task_dir: Path, output: str) -> dict:
     return executor_output(task_dir)["artifacts"][output]["artifacts"][0]["metadata"]
+
+
+def run_dir_of(root: Path) -> Path:
+    """The one run directory under a pipeline root (which also holds the runs' checkpoints)."""
+    (run_dir,) = root.glob("kfp-mlops-training-*")
+    return run_dir
 
 
 def executor_output(task_dir: Path) -> dict:
@@ -55,7 +61,7 @@ def test_training_yaml_runs_every_step_locally_and_records_the_blessed_model(pac
     assert "Pipeline kfp-mlops-training: SUCCEEDED" in out
     for step in ("ingest", "features", "train-model", "evaluate-model", "record-baseline"):
         assert re.search(rf"^{step} +SUCCESS", out, re.MULTILINE), f"{step} did not succeed"
-    (run_dir,) = list(root.iterdir())
+    run_dir = run_dir_of(root)
     task = run_dir / "ingest"
     rows = {name: pq.read_table(task / name).num_rows for name in ("train", "validation", "test")}
     assert sum(rows.values()) == 5_000 - 25  # 0.5 % exact duplicates dropped
@@ -75,7 +81,7 @@ def test_training_yaml_runs_every_step_locally_and_records_the_blessed_model(pac
     train_metrics = metadata_of(run_dir / "train-model", "metrics")
     assert train_metrics["world_size"] == 2 and train_metrics["samples_per_second"] > 0
     assert (run_dir / "train-model" / "model" / "model.onnx").exists()
-    assert "[train] epoch 2/2" in (run_dir / "train-model" / "training_log").read_text()
+    assert "[train] epoch 4/4" in (run_dir / "train-model" / "training_log").read_text()
     # evaluate: the UI's ClassificationMetrics, the model card, the blessing; then the baseline record
     confusion = metadata_of(run_dir / "evaluate-model", "classification_metrics")["confusionMatrix"]
     assert sum(sum(r["row"]) for r in confusion["rows"]) == rows["test"]
@@ -117,7 +123,7 @@ def test_bad_data_fails_the_run_naming_the_step_and_error_with_no_outputs(packag
     assert code == 1
     assert "Pipeline kfp-mlops-training: FAILED" in out
     assert "step 'ingest' failed: InputError:" in out and "column 'churned' row 11: label is null or NaN" in out
-    (run_dir,) = list(root.iterdir())
+    run_dir = run_dir_of(root)
     assert not any((run_dir / "ingest").glob("train*")), "a failed ingest left a partial output"
 
 
@@ -150,5 +156,5 @@ def test_ingest_step_reads_its_config_and_data_from_s3(package, s3, sample_dir, 
                  f"config={s3.uri('runs/config.yaml')}", "--pipeline-root", str(tmp_path / "root")])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
-    (run_dir,) = list((tmp_path / "root").iterdir())
+    run_dir = run_dir_of(tmp_path / "root")
     assert pq.read_table(run_dir / "ingest" / "train").num_rows > 3_000
