@@ -4,13 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ROWS ?= 20000
+# The CPU build of PyTorch first: a bare "torch" requirement would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= build
 
-.PHONY: install demo test lint golden constraints bench-ingest clean
+.PHONY: install demo test lint golden constraints bench-ingest bench-materialize bench-train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
@@ -21,9 +24,10 @@ demo: install  ## sample data -> compile -> run the training pipeline locally fr
 	$(BIN)/kfp-mlops compile --output-dir $(DEMO_DIR)/pipelines
 	$(BIN)/kfp-mlops run training --local --package $(DEMO_DIR)/pipelines/training.yaml \
 		--config examples/training.yaml --pipeline-root $(DEMO_DIR)/local-runs
-	@cat "$$(ls -td $(DEMO_DIR)/local-runs/*/ | head -1)ingest/summary"
+	@run="$$(ls -td $(DEMO_DIR)/local-runs/kfp-mlops-training-*/ | head -1)"; \
+		cat "$${run}ingest/summary"; echo; cat "$${run}evaluate-model/model_card"
 
-test: install  ## the whole suite, real servers included
+test: install  ## the whole suite, real servers included (redis-server from Debian: .ci/run installs it)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -41,6 +45,12 @@ constraints: install  ## re-pin images/constraints.txt from the tested environme
 
 bench-ingest: install
 	$(BIN)/python benchmarks/ingest.py
+
+bench-materialize: install
+	$(BIN)/python benchmarks/materialize.py
+
+bench-train: install
+	$(BIN)/python benchmarks/train.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
