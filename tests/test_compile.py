@@ -103,8 +103,10 @@ def test_unknown_pipeline_is_rejected(tmp_path):
 def test_training_pipeline_gates_on_the_blessing_and_puts_training_on_the_gpu_pool(compiled):
     documents = load_documents(compiled["training"])
     tasks = documents[0]["root"]["dag"]["tasks"]
-    gate = tasks["condition-blessed-1"] if "condition-blessed-1" in tasks else next(
-        t for name, t in tasks.items() if name.startswith("condition")
+    gate = (
+        tasks["condition-blessed-1"]
+        if "condition-blessed-1" in tasks
+        else next(t for name, t in tasks.items() if name.startswith("condition"))
     )
     assert "evaluate-model" in gate["dependentTasks"]
     assert "== true" in gate["triggerPolicy"]["condition"]

@@ -175,10 +175,11 @@ def test_training_killed_mid_run_resumes_from_its_latest_checkpoint(ingested, tm
     assert (tmp_path / "m2" / "model.onnx").exists()
 
 
-def test_early_stopping_ends_training_when_validation_stops_improving(ingested, tmp_path):
+def test_early_stopping_ends_training_when_validation_stops_improving_under_zero_3(ingested, tmp_path):
     config, paths = ingested
     config = pipeline_config(config.data.source, train={
-        "epochs": 10, "workers": 2, "micro_batch_size": 128, "early_stopping": {"patience": 1, "min_delta": 10.0},
+        "epochs": 10, "workers": 2, "micro_batch_size": 128, "zero_stage": 3,
+        "early_stopping": {"patience": 1, "min_delta": 10.0},
     })  # fmt: skip
     result = train(config, paths.train, paths.validation, str(tmp_path / "m"), str(tmp_path / "c"))
     assert result.metrics["epochs"] == 2 and result.metrics["stopped_early"] is True
