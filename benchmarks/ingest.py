@@ -22,7 +22,7 @@ from kfp_mlops import local_services
 from kfp_mlops.components.ingest.core import SplitPaths, ingest
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import parse_config
-from kfp_mlops.sample_data import CATEGORICAL, NUMERIC, write_sample_data
+from kfp_mlops.sample_data import sample_config, write_sample_data
 
 
 def timed(run: Callable[[], object], repeat: int) -> float:
@@ -37,18 +37,7 @@ def timed(run: Callable[[], object], repeat: int) -> float:
 
 
 def config_for(source: str):
-    return parse_config(
-        {
-            "data": {"source": source},
-            "schema": {
-                "entity": "customer_id",
-                "timestamp": "event_timestamp",
-                "label": "churned",
-                "features": NUMERIC + CATEGORICAL,
-                "categorical": CATEGORICAL,
-            },
-        }
-    )
+    return parse_config(sample_config(source))
 
 
 def report(where: str, rows: int, size: int, anchor: float, ours: float) -> None:

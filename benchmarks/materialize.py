@@ -22,24 +22,13 @@ import numpy as np
 from kfp_mlops.components.features import core
 from kfp_mlops.components.ingest.core import SplitPaths, ingest
 from kfp_mlops.components.shared.config import PipelineConfig, parse_config
-from kfp_mlops.sample_data import CATEGORICAL, NUMERIC, write_sample_data
+from kfp_mlops.sample_data import sample_config, write_sample_data
 
 FEAST = str(Path(sys.executable).with_name("feast"))
 
 
 def config_for(source: str) -> PipelineConfig:
-    return parse_config(
-        {
-            "data": {"source": source},
-            "schema": {
-                "entity": "customer_id",
-                "timestamp": "event_timestamp",
-                "label": "churned",
-                "features": NUMERIC + CATEGORICAL,
-                "categorical": CATEGORICAL,
-            },
-        }
-    )
+    return parse_config(sample_config(source))
 
 
 def splits_under(directory: Path) -> SplitPaths:

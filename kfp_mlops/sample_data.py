@@ -29,6 +29,21 @@ SNAPSHOTS_PER_ENTITY = 4
 DUPLICATE_FRACTION = 0.005
 
 
+def sample_config(source: str, **sections: dict) -> dict:
+    """The pipeline config document (not yet validated) for the sample data at ``source``; ``sections`` are added."""
+    document = {
+        "data": {"source": source},
+        "schema": {
+            "entity": ENTITY,
+            "timestamp": TIMESTAMP,
+            "label": LABEL,
+            "features": NUMERIC + CATEGORICAL,
+            "categorical": CATEGORICAL,
+        },
+    }
+    return document | sections
+
+
 def make_sample_table(rows: int = 20_000, seed: int = 0, drift: bool = False) -> pa.Table:
     """A table of ``rows`` rows; the same arguments always give the same table."""
     if rows < 1:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import runpy
 import secrets
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from kfp_mlops import local_services
 from kfp_mlops.components.features import core, executor
 from kfp_mlops.components.ingest.core import SPLITS, SplitPaths, ingest
 from kfp_mlops.components.shared.config import parse_config
 from kfp_mlops.components.shared.errors import InputError
-from kfp_mlops.local_services import free_port
 from kfp_mlops.sample_data import CATEGORICAL, ENTITY, LABEL, NUMERIC, TIMESTAMP, make_sample_table
 
 FEATURES = NUMERIC + CATEGORICAL
@@ -409,49 +406,22 @@ def test_online_value_that_differs_from_the_latest_offline_value_is_reported(tmp
 
 @dataclass(frozen=True)
 class RedisServer:
-    port: int
-    password: str
+    connection_string: str  # Feast's format: host:port,password=...
 
     @property
-    def connection_string(self) -> str:  # Feast's format: host:port,key=value,...
-        return f"127.0.0.1:{self.port},password={self.password}"
+    def password(self) -> str:
+        return self.connection_string.split("password=", 1)[1]
+
+    @property
+    def port(self) -> int:
+        return int(self.connection_string.split(",", 1)[0].rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not Path(binary).exists():
-        pytest.fail("redis-server is missing: apt-get install redis-server")
-    import redis
-
-    server = RedisServer(port=free_port(), password=f"pw-{secrets.token_hex(12)}")
-    directory = tmp_path_factory.mktemp("redis")
-    command = [binary, "--port", str(server.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    command += ["--requirepass", server.password, "--dir", str(directory)]
-    with open(directory / "redis.log", "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    client = redis.Redis(host="127.0.0.1", port=server.port, password=server.password)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"redis-server exited with {process.returncode}: {(directory / 'redis.log').read_text()}")
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"redis-server did not answer PING: {(directory / 'redis.log').read_text()}")
-                time.sleep(0.1)
-        yield server
-    finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """A real redis-server (Debian's package), started for this session."""
+    with local_services.redis_server(tmp_path_factory.mktemp("redis")) as service:
+        yield RedisServer(service.env["FEAST_REDIS_CONNECTION_STRING"])
 
 
 @pytest.mark.servers

@@ -15,21 +15,11 @@ from kfp_mlops.components.ingest.core import SplitPaths, entity_buckets, ingest
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import parse_config
 from kfp_mlops.components.shared.errors import InputError
-from kfp_mlops.sample_data import CATEGORICAL, NUMERIC, make_sample_table
+from kfp_mlops.sample_data import CATEGORICAL, NUMERIC, make_sample_table, sample_config
 
 
 def make_config(source, **overrides):
-    document = {
-        "data": {"source": str(source)},
-        "schema": {
-            "entity": "customer_id",
-            "timestamp": "event_timestamp",
-            "label": "churned",
-            "features": NUMERIC + CATEGORICAL,
-            "categorical": CATEGORICAL,
-        },
-        "split": {"by": "time", "validation": 0.15, "test": 0.15, "seed": 0},
-    }
+    document = sample_config(str(source), split={"by": "time", "validation": 0.15, "test": 0.15, "seed": 0})
     for section, values in overrides.items():
         document[section] = {**document[section], **values}
     return parse_config(document)
