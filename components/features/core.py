@@ -34,7 +34,7 @@ import yaml
 from kfp_mlops.components.ingest.core import TIMESTAMP_TYPE, SplitPaths
 from kfp_mlops.components.shared.artifacts import write_tables_atomically
 from kfp_mlops.components.shared.config import FeaturesConfig, PipelineConfig, SchemaConfig
-from kfp_mlops.components.shared.errors import ConfigError, InputError
+from kfp_mlops.components.shared.errors import InputError
 
 if TYPE_CHECKING:
     from feast import Entity, FeatureStore, FeatureView, FileSource
@@ -114,7 +114,6 @@ def build_feature_sets(
     the online store disagrees with the offline data; either way no output is written.
     """
     features_config = config.features
-    check_store_combination(features_config)
     splits, columns = read_splits(inputs, config.schema_)
     source = feature_source(splits, columns)
     entity, data_source, view = feast_objects(features_config, columns)
@@ -154,17 +153,6 @@ def build_feature_sets(
         online_entities_checked=checked,
         rows={name: table.num_rows for name, table in joined.items()},
     )
-
-
-def check_store_combination(config: FeaturesConfig) -> None:
-    """A shared (sql) registry records every run's materializations, so the online store must be shared too: an
-    SQLite online store lives in one run's repository, and the next run would skip the window the registry says
-    is done and serve nothing."""
-    if config.registry.type == "sql" and config.online_store.type == "sqlite":
-        raise ConfigError(
-            "config: features.online_store.type: sqlite lives in each run's feature repository and cannot be used "
-            "with the shared registry of features.registry.type sql; use redis"
-        )
 
 
 # --- input -----------------------------------------------------------------------------------------------------

@@ -94,6 +94,17 @@ class FeaturesConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     online_check_entities: int = Field(50, ge=0)  # entities compared online vs offline after materializing
 
+    @model_validator(mode="after")
+    def _shared_registry_needs_shared_online_store(self) -> FeaturesConfig:
+        """A sql registry is shared and records every run's materializations; an SQLite online store lives in one
+        run's repository, so the next run would skip the window the registry calls done and serve nothing."""
+        if self.registry.type == "sql" and self.online_store.type == "sqlite":
+            raise ValueError(
+                "features.online_store.type: sqlite lives in each run's feature repository and cannot be used with "
+                "the shared registry of features.registry.type sql; use redis"
+            )
+        return self
+
 
 class OptimizerConfig(_Strict):
     type: Literal["AdamW", "Adam", "SGD"] = "AdamW"
