@@ -101,3 +101,15 @@ def test_model_card_names_data_features_parameters_metrics_and_decision(trained_
     card = core.model_card(evaluation, config, model_config, "sha256:feed")
     assert "**BLESSED**" in card and "sha256:feed" in card and "monthly_charges" in card
     assert "| roc_auc |" in card and "≥ 0.6" in card and '"zero_stage": 2' in card
+
+
+def test_decision_threshold_comes_from_the_model_unless_the_config_sets_one(trained_model, ingested):
+    _, directory = trained_model
+    config, paths = ingested
+    tuned = json.loads((directory / "model" / "model_config.json").read_text())["decision_threshold"]
+    assert 0.0 < tuned < 0.5  # imbalanced labels: the F1-optimal cut sits below 0.5
+    evaluation = core.evaluate(config, str(directory / "model"), paths.test)
+    assert evaluation.decision_threshold == pytest.approx(tuned)
+    assert evaluation.metrics["recall"] > 0 and evaluation.metrics["f1"] > 0
+    fixed = core.evaluate(with_evaluate(config, decision_threshold=0.99), str(directory / "model"), paths.test)
+    assert fixed.decision_threshold == 0.99 and fixed.metrics["recall"] < evaluation.metrics["recall"]

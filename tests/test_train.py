@@ -183,3 +183,12 @@ def test_early_stopping_ends_training_when_validation_stops_improving_under_zero
     })  # fmt: skip
     result = train(config, paths.train, paths.validation, str(tmp_path / "m"), str(tmp_path / "c"))
     assert result.metrics["epochs"] == 2 and result.metrics["stopped_early"] is True
+
+
+def test_f1_optimal_threshold_separates_where_f1_peaks():
+    from kfp_mlops.components.train.core import f1_optimal_threshold
+
+    probabilities = np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    positives = np.array([True, True, False, True, False, False])
+    # top-2: F1 = 4/5 = 0.8; top-4: F1 = 6/7 ≈ 0.857 (best); top-3: 4/6
+    assert f1_optimal_threshold(probabilities, positives) == pytest.approx(0.3)

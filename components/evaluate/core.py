@@ -32,6 +32,7 @@ class Evaluation:
     confusion_matrix: list[list[int]]
     roc_curve: dict[str, list[float]]  # fpr, tpr, thresholds (binary: the positive class)
     rows: int
+    decision_threshold: float = 0.5
     blessed: bool = False
     reasons: list[str] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
@@ -60,15 +61,18 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(error)
 
 
-def compute_metrics(y: np.ndarray, probabilities: np.ndarray, settings: EvaluateConfig) -> dict[str, Any]:
+def compute_metrics(
+    y: np.ndarray, probabilities: np.ndarray, settings: EvaluateConfig, threshold: float = 0.5
+) -> dict[str, Any]:
     """Accuracy, precision/recall/F1, ROC AUC, log loss and calibration error, plus confusion matrix and ROC curve.
-    Binary: the positive class is the second class; multiclass: macro averages and one-vs-rest AUC."""
+    Binary: the positive class is the second class, predicted at ``threshold``; multiclass: macro averages and
+    one-vs-rest AUC."""
     from sklearn import metrics as skm
 
     n_classes = probabilities.shape[1]
     labels = list(range(n_classes))
     binary = n_classes == 2
-    predicted = (probabilities[:, 1] >= settings.decision_threshold).astype(int) if binary else probabilities.argmax(1)
+    predicted = (probabilities[:, 1] >= threshold).astype(int) if binary else probabilities.argmax(1)
     average = "binary" if binary else "macro"
     present = np.unique(y)
     values = {
@@ -132,6 +136,12 @@ def bless(metrics: dict[str, float], settings: EvaluateConfig, baseline: dict[st
     return reasons
 
 
+def _model_threshold(model_dir: str) -> float:
+    """The decision threshold the training step tuned on the validation split (0.5 if the model has none)."""
+    path = Path(model_dir) / "model_config.json"
+    return float(json.loads(path.read_text()).get("decision_threshold", 0.5)) if path.exists() else 0.5
+
+
 def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluation:
     """Score the model on the test split and decide the blessing."""
     table = pq.read_table(test_path)
@@ -139,7 +149,8 @@ def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluati
         raise InputError(f"test split ({test_path}) is empty")
     probabilities, preprocessing = predict_probabilities(model_dir, table)
     y = preprocessing.labels(table, "test")
-    scored = compute_metrics(y, probabilities, config.evaluate)
+    threshold = config.evaluate.decision_threshold or _model_threshold(model_dir)
+    scored = compute_metrics(y, probabilities, config.evaluate, threshold)
     baseline = load_baseline(config.evaluate.baseline)
     reasons = bless(scored["metrics"], config.evaluate, baseline)
     return Evaluation(
@@ -148,6 +159,7 @@ def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluati
         confusion_matrix=scored["confusion_matrix"],
         roc_curve=scored["roc_curve"],
         rows=table.num_rows,
+        decision_threshold=threshold,
         blessed=not reasons,
         reasons=reasons,
         baseline=baseline,
@@ -163,7 +175,8 @@ def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: dic
         "",
         f"- Decision: {decision}",
         f"- Data content hash: `{data_hash or 'unknown'}`",
-        f"- Test rows: {evaluation.rows:,}; classes: {', '.join(evaluation.classes)}",
+        f"- Test rows: {evaluation.rows:,}; classes: {', '.join(evaluation.classes)}; "
+        f"decision threshold: {evaluation.decision_threshold:.4f}",
         f"- Features: {', '.join(model_config.get('features', []))}",
         f"- Categorical: {', '.join(model_config.get('categorical', [])) or 'none'}",
         f"- Architecture: {json.dumps(model_config.get('architecture', {}))}",

@@ -155,7 +155,7 @@ class EvaluateConfig(_Strict):
     max_metrics: dict[Literal["log_loss", "expected_calibration_error"], float] = {}
     max_regression: dict[Literal["accuracy", "precision", "recall", "f1", "roc_auc"], float] = {"roc_auc": 0.01}
     baseline: str = ""  # URI of the deployed model's metrics record (JSON); empty or absent: thresholds only
-    decision_threshold: float = Field(0.5, gt=0, lt=1)
+    decision_threshold: float | None = Field(None, gt=0, lt=1)  # None: the model's, tuned for F1 on validation
     calibration_bins: int = Field(10, ge=2)
 
 

@@ -170,7 +170,7 @@ def train(
         Path(model_dir).parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".model-", dir=Path(model_dir).parent))
         try:
-            diff = _export(preprocessing, settings, work / "output" / WEIGHTS_FILE, staging, arrays)
+            diff, threshold = _export(preprocessing, settings, work / "output" / WEIGHTS_FILE, staging, arrays)
             model_config = {
                 "features": preprocessing.features,
                 "numeric": preprocessing.numeric,
@@ -187,6 +187,7 @@ def train(
                 "train": settings.model_dump(),
                 "deepspeed": deepspeed_config,
                 "onnx": {"file": ONNX_FILE, "inputs": ["numeric", "categorical"], "output": "probabilities"},
+                "decision_threshold": threshold,
             }
             (staging / MODEL_CONFIG_FILE).write_text(json.dumps(model_config, indent=2))
             preprocessing.save(staging)
@@ -300,9 +301,20 @@ def _launch_workers(spec_path: Path, world_size: int, log_path: str | None) -> N
         raise TrainingError(f"training workers exited with {code}; last lines:\n" + "\n".join(tail))
 
 
-def _export(preprocessing: Preprocessing, settings, weights: Path, target: Path, arrays: dict) -> float:
-    """Save the weights and an ONNX export with a dynamic batch axis; return max |onnxruntime - torch| on
-    validation rows, which must stay below ONNX_TOLERANCE."""
+def f1_optimal_threshold(positive_probability: np.ndarray, is_positive: np.ndarray) -> float:
+    """The decision threshold with the best F1 on these rows (binary models; validation split, never test)."""
+    order = np.argsort(-positive_probability, kind="stable")
+    hits = np.cumsum(is_positive[order])
+    predicted = np.arange(1, len(order) + 1)
+    f1 = 2 * hits / (predicted + max(int(is_positive.sum()), 1))
+    best = int(np.argmax(f1))
+    return float(np.clip(positive_probability[order][best], 1e-6, 1 - 1e-6))
+
+
+def _export(preprocessing: Preprocessing, settings, weights: Path, target: Path, arrays: dict) -> tuple[float, float]:
+    """Save the weights and an ONNX export with a dynamic batch axis. Returns max |onnxruntime - torch| on
+    validation rows (must stay below ONNX_TOLERANCE) and the F1-optimal decision threshold on the validation split
+    (0.5 for more than two classes)."""
     import onnxruntime
     import torch
 
@@ -332,7 +344,12 @@ def _export(preprocessing: Preprocessing, settings, weights: Path, target: Path,
     diff = float(np.abs(actual - expected).max())
     if diff > ONNX_TOLERANCE:
         raise TrainingError(f"ONNX export differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE}) on validation rows")
-    return diff
+    if len(preprocessing.classes) != 2:
+        return diff, 0.5
+    with torch.no_grad():
+        numeric = torch.from_numpy(arrays["validation_numeric"])
+        probabilities = model(numeric, torch.from_numpy(arrays["validation_categorical"]))[:, 1].numpy()
+    return diff, f1_optimal_threshold(probabilities, arrays["validation_y"] == 1)
 
 
 def _replace_directory(staging: Path, target: Path) -> None:
