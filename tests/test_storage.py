@@ -53,6 +53,11 @@ def test_glob_lists_only_matching_files(root):
         base.child("d/part-0.csv").uri,
         base.child("d/part-1.csv").uri,
     ]
+    # "*" stays within one path segment, as in a shell: d/x/part-3.csv is not under d/*.csv
+    assert storage.list_uris(base.child("d/*.csv").uri) == [
+        base.child("d/part-0.csv").uri,
+        base.child("d/part-1.csv").uri,
+    ]
 
 
 def test_copy_tree_to_and_from_a_location_preserves_relative_paths(root, tmp_path):
@@ -110,3 +115,21 @@ def test_parse_rejects_unsupported_schemes():
         storage.parse("hdfs://namenode/data")
     assert storage.parse("file:///tmp/x").key == "/tmp/x"
     assert storage.parse("gs://bucket/a/b") == storage.Location("gs", "bucket", "a/b")
+
+
+def test_kfp_default_minio_root_is_s3_and_checkpoints_are_per_run():
+    from kfp_mlops.components.train.core import checkpoint_dir_for
+
+    assert storage.parse("minio://mlpipeline/v2/artifacts") == storage.Location("s3", "mlpipeline", "v2/artifacts")
+    assert checkpoint_dir_for("run-1", "minio://mlpipeline/v2/artifacts") == (
+        "s3://mlpipeline/v2/artifacts/checkpoints/run-1/train"
+    )
+    assert checkpoint_dir_for("run-2", "ignored", "gs://ckpt/team") == "gs://ckpt/team/run-2/train"
+
+
+def test_delete_tree_removes_only_whole_segments(root):
+    base = storage.parse(root)
+    for key in ["ckpt/step10/a", "ckpt/step10/b", "ckpt/step100/a"]:
+        storage.write_bytes(base.child(key).uri, b"1")
+    assert storage.delete_tree(base.child("ckpt/step10").uri) == 2
+    assert storage.list_uris(base.child("ckpt").uri) == [base.child("ckpt/step100/a").uri]

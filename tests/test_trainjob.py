@@ -104,7 +104,8 @@ def test_secret_env_is_a_secret_key_reference_and_no_secret_value_reaches_the_ma
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {
             "name": "AWS_SECRET_ACCESS_KEY",
-            "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": "secret-access-key"}},
+            # optional, as in the KFP pods: clusters with workload identity have no such Secret
+            "valueFrom": {"secretKeyRef": {"name": "s3-credentials", "key": "secret-access-key", "optional": True}},
         },
     ]
     assert SECRET_VALUE not in json.dumps(manifest)
@@ -413,6 +414,25 @@ def test_failed_job_raises_with_its_message(kube_api):
     with pytest.raises(RuntimeError, match=r"failed: JobsFailed: .*node-1 exited with code 1 \(CUDA out of memory\)"):
         run_trainjob(spec, api_client_for(kube_api), poll_seconds=0.01)
     assert kube_api.requests_of("DELETE") == []  # a failed job stays for its logs
+
+
+def test_a_retried_pod_replaces_the_job_that_failed_in_the_earlier_attempt(kube_api):
+    spec = gpu_spec()
+    manifest = build_manifest(spec)
+    item = f"{COLLECTION}/{spec.name}"
+    kube_api.script(
+        "GET", item, stored(manifest, **FAILED), stored(manifest, **FAILED), not_found(spec.name),
+        stored(manifest, active=1), stored(manifest, **COMPLETE),
+    )  # fmt: skip
+    kube_api.script("DELETE", item, (200, status_body(200, "Deleted", "deleted")))
+    kube_api.script("POST", COLLECTION, (201, manifest))
+
+    result = run_trainjob(spec, api_client_for(kube_api), poll_seconds=0.01)
+
+    assert (result.state, result.created) == ("Complete", True)
+    methods = [r.method for r in kube_api.requests]
+    assert methods.index("DELETE") < methods.index("POST")
+    assert kube_api.requests_of("DELETE")[0].query["propagationPolicy"] == ["Foreground"]
 
 
 def test_job_deleted_by_someone_else_while_waiting_fails_the_step(kube_api):

@@ -282,7 +282,7 @@ def _split_by_time(table: pa.Table, schema: SchemaConfig, config: SplitConfig) -
     n_validation = int(n * config.validation)
     n_train = n - n_test - n_validation
     needed = _rows_needed(config)
-    if n_test < 1 or n_train < 1 or (config.validation > 0 and n_validation < 1):
+    if min(n_train, n_validation, n_test) < 1:
         raise InputError(
             f"{n} rows after removing duplicates are too few for the split "
             f"(validation {config.validation}, test {config.test}): it needs at least {needed}"
@@ -295,7 +295,7 @@ def _split_by_time(table: pa.Table, schema: SchemaConfig, config: SplitConfig) -
 
 
 def _rows_needed(config: SplitConfig) -> int:
-    fractions = [f for f in (config.validation, config.test, 1 - config.validation - config.test) if f > 0]
+    fractions = [config.validation, config.test, 1 - config.validation - config.test]
     return int(np.ceil(1 / min(fractions) + 1e-9)) + 1
 
 
@@ -321,7 +321,7 @@ def _split_by_entity(table: pa.Table, schema: SchemaConfig, config: SplitConfig)
         "train": bucket >= config.test + config.validation,
     }
     parts = {name: table.filter(pa.array(masks[name])) for name in SPLITS}
-    empty = [name for name in SPLITS if parts[name].num_rows == 0 and (name != "validation" or config.validation > 0)]
+    empty = [name for name in SPLITS if parts[name].num_rows == 0]
     if empty:
         entities = len(pc.unique(table[schema.entity]))
         raise InputError(

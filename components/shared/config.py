@@ -57,7 +57,7 @@ class SplitConfig(_Strict):
     """Deterministic train/validation/test split: by event time (latest rows to test) or by entity hash."""
 
     by: Literal["time", "entity_hash"] = "time"
-    validation: float = Field(0.15, ge=0.0, lt=1.0)
+    validation: float = Field(0.15, gt=0.0, lt=1.0)  # training needs it: early stopping, threshold tuning
     test: float = Field(0.15, gt=0.0, lt=1.0)
     seed: int = 0
 
@@ -143,7 +143,7 @@ class TrainConfig(_Strict):
     namespace: str = ""  # of the TrainJob; empty: the namespace of the pipeline's pod
     runtime: str = "torch-distributed"  # the ClusterTrainingRuntime of the TrainJob
     checkpoint_every_steps: int = Field(50, ge=1)
-    checkpoint_dir: str = ""  # empty: <pipeline root>/checkpoints/<run id>/train, stable across task retries
+    checkpoint_dir: str = ""  # checkpoints go to <this, or <pipeline root>/checkpoints>/<run id>/train
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     seed: int = 0
 

@@ -5,6 +5,9 @@ S3 takes its endpoint, region and credentials from the standard AWS environment 
 (``AWS_ENDPOINT_URL`` for SeaweedFS, MinIO or Ceph). GCS honours ``STORAGE_EMULATOR_HOST`` (then it connects
 anonymously) and otherwise uses Application Default Credentials. Clients are created on first use.
 
+``minio://bucket/key`` (KFP's default pipeline root, ``minio://mlpipeline/v2/artifacts``) is S3 on the cluster's
+MinIO: point ``AWS_ENDPOINT_URL`` (and the credentials) at it, e.g. ``http://minio-service.kubeflow:9000``.
+
 Writes are atomic: a local file is written to a temporary name in the same directory and renamed; an S3 or GCS
 object becomes visible only when its upload completes, so a failed write never leaves a partial object.
 """
@@ -45,13 +48,14 @@ class Location:
 
 
 def parse(uri: str | os.PathLike[str]) -> Location:
-    """Parse a local path, ``file://``, ``s3://bucket/key`` or ``gs://bucket/key`` URI."""
+    """Parse a local path, ``file://``, ``s3://bucket/key`` (``minio://`` too) or ``gs://bucket/key`` URI."""
     text = os.fspath(uri)
     if text.startswith("file://"):
         return Location("file", "", text[len("file://") :])
     scheme, sep, rest = text.partition("://")
     if not sep:
         return Location("file", "", text)
+    scheme = "s3" if scheme == "minio" else scheme
     if scheme not in REMOTE_SCHEMES:
         raise ValueError(f"unsupported URI scheme {scheme!r} in {text!r}: use a local path, file://, s3:// or gs://")
     bucket, _, key = rest.partition("/")
@@ -196,15 +200,40 @@ def list_uris(uri: str) -> list[str]:
         static = loc.key[:glob_at].rsplit("/", 1)[0] if "/" in loc.key[:glob_at] else ""
         base = Location(loc.scheme, loc.bucket, static)
         pattern = loc.key
-        return [u for u in _list_prefix(base) if fnmatch.fnmatchcase(parse(u).key, pattern)]
+        return [u for u in _list_prefix(base) if _glob_matches(parse(u).key, pattern)]
     if loc.scheme == "file":
         return _list_prefix(loc)
     exact_or_under = [u for u in _list_prefix(loc) if parse(u).key == loc.key or _is_under(parse(u).key, loc.key)]
     return exact_or_under
 
 
+def _glob_matches(key: str, pattern: str) -> bool:
+    """Shell-style match segment by segment: ``*`` never crosses a ``/`` (``raw/*.parquet`` skips ``raw/old/x``)."""
+    key_parts, pattern_parts = key.strip("/").split("/"), pattern.strip("/").split("/")
+    return len(key_parts) == len(pattern_parts) and all(
+        fnmatch.fnmatchcase(part, wanted) for part, wanted in zip(key_parts, pattern_parts, strict=True)
+    )
+
+
 def _is_under(key: str, prefix: str) -> bool:
     return not prefix or key.startswith(prefix.rstrip("/") + "/")
+
+
+def delete_tree(uri: str) -> int:
+    """Delete every file under ``uri`` (a directory or prefix, whole path segments); returns how many."""
+    uris = list_uris(uri)
+    for item in uris:
+        loc = parse(item)
+        if loc.scheme == "file":
+            Path(loc.key).unlink(missing_ok=True)
+        elif loc.scheme == "s3":
+            _s3_client().delete_object(Bucket=loc.bucket, Key=loc.key)
+        else:
+            _gcs_blob(loc).delete()
+    root = parse(uri)
+    if root.scheme == "file" and Path(root.key).is_dir():
+        shutil.rmtree(root.key, ignore_errors=True)
+    return len(uris)
 
 
 def exists(uri: str) -> bool:

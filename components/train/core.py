@@ -28,6 +28,7 @@ from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import PipelineConfig
 from kfp_mlops.components.shared.errors import ConfigError, InputError
 from kfp_mlops.components.shared.tabular import Preprocessing
+from kfp_mlops.components.train import checkpoints
 from kfp_mlops.components.train.deepspeed_config import build_deepspeed_config
 
 ONNX_FILE = "model.onnx"
@@ -91,13 +92,16 @@ def check_training_inputs(tables: dict[str, pa.Table], features: list[str], cate
         raise InputError(f"train split: column {label!r} holds a single class {classes}; a classifier needs two")
 
 
-def device_and_world_size(requested_workers: int) -> tuple[str, int, bool]:
-    """(device, worker processes, bf16 supported): one process per GPU, else ``workers`` CPU processes (default 2)."""
-    import torch
+_GPU_PROBE = "import torch; n = torch.cuda.device_count(); print(n, int(n > 0 and torch.cuda.is_bf16_supported()))"
 
-    if torch.cuda.is_available():
-        gpus = torch.cuda.device_count()
-        return "cuda", min(requested_workers or gpus, gpus), torch.cuda.is_bf16_supported()
+
+def device_and_world_size(requested_workers: int) -> tuple[str, int, bool]:
+    """(device, worker processes, bf16 supported): one process per GPU, else ``workers`` CPU processes (default 2).
+    The GPUs are probed in a child process, so this launcher holds no CUDA context (memory) on GPU 0."""
+    probe = subprocess.run([sys.executable, "-c", _GPU_PROBE], capture_output=True, text=True, check=True)
+    gpus, bf16 = (int(value) for value in probe.stdout.split()[-2:])
+    if gpus:
+        return "cuda", min(requested_workers or gpus, gpus), bool(bf16)
     return "cpu", requested_workers or 2, False
 
 
@@ -197,9 +201,11 @@ def train(
     return TrainResult(metrics, deepspeed_config, diff, model_dir)
 
 
-def default_checkpoint_dir(pipeline_root: str, run_id: str) -> str:
-    """Where a run's checkpoints live: stable across retries of the task, unique per run."""
-    return storage.parse(pipeline_root).child(f"checkpoints/{run_id}/train").uri
+def checkpoint_dir_for(run_id: str, pipeline_root: str, configured: str = "") -> str:
+    """Where a run's checkpoints live: ``<configured or <pipeline root>/checkpoints>/<run id>/train``, the same for
+    every retry of the task and never shared by two runs (a run must not resume another's model)."""
+    base = configured or storage.parse(pipeline_root).child("checkpoints").uri
+    return storage.parse(base).child(f"{run_id}/train").uri
 
 
 def _checkpoint_location(checkpoint_dir: str, work: Path) -> tuple[Path, str]:
@@ -210,8 +216,7 @@ def _checkpoint_location(checkpoint_dir: str, work: Path) -> tuple[Path, str]:
         return local, ""
     local = work / "checkpoints"
     local.mkdir()
-    if storage.exists(storage.parse(checkpoint_dir).child("latest").uri):
-        storage.copy_tree(checkpoint_dir, str(local))
+    checkpoints.download_latest(checkpoint_dir, local)
     return local, checkpoint_dir
 
 
@@ -283,20 +288,25 @@ def _launch_workers(spec_path: Path, world_size: int, log_path: str | None) -> N
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     tail: list[str] = []
-    log = open(log_path, "a", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed below
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env
+    )
     previous = signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
     try:
-        for line in process.stdout:
-            sys.stdout.write(line)
-            if log:
+        with open(log_path or os.devnull, "a", encoding="utf-8") as log:
+            for line in process.stdout:
+                sys.stdout.write(line)
                 log.write(line)
-            tail = (tail + [line.rstrip()])[-40:]
+                tail = (tail + [line.rstrip()])[-40:]
         code = process.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if log:
-            log.close()
+        if process.poll() is None:  # interrupted while streaming: never leave workers behind
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
     if code != 0:
         raise TrainingError(f"training workers exited with {code}; last lines:\n" + "\n".join(tail))
 
@@ -342,7 +352,7 @@ def _export(preprocessing: Preprocessing, settings, weights: Path, target: Path,
     feeds = {i.name: {"numeric": numeric, "categorical": categorical}[i.name].numpy() for i in session.get_inputs()}
     (actual,) = session.run(["probabilities"], feeds)
     diff = float(np.abs(actual - expected).max())
-    if diff > ONNX_TOLERANCE:
+    if not np.isfinite(diff) or diff > ONNX_TOLERANCE:
         raise TrainingError(f"ONNX export differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE}) on validation rows")
     if len(preprocessing.classes) != 2:
         return diff, 0.5

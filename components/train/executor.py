@@ -3,11 +3,12 @@ Imports no KFP."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from kfp_mlops.components.shared.artifacts import log_metrics
 from kfp_mlops.components.shared.config import load_config
-from kfp_mlops.components.train.core import ClusterContext, default_checkpoint_dir, train
+from kfp_mlops.components.train.core import ClusterContext, checkpoint_dir_for, train
 
 
 def run(
@@ -23,7 +24,7 @@ def run(
     training_log: Any,
 ) -> None:
     pipeline_config = load_config(config, data_source=data_source)
-    checkpoint_dir = pipeline_config.train.checkpoint_dir or default_checkpoint_dir(pipeline_root, run_id)
+    checkpoint_dir = checkpoint_dir_for(run_id, pipeline_root, pipeline_config.train.checkpoint_dir)
     context = ClusterContext(
         image=cluster["image"],
         run_id=run_id,
@@ -36,7 +37,11 @@ def run(
     result = train(
         pipeline_config, train_data.path, validation_data.path, model.path, checkpoint_dir, training_log.path, context
     )
-    summary = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    summary = {  # finite numbers only: the cluster's launcher reads executor output as strict JSON (no NaN/Infinity)
+        k: v
+        for k, v in result.metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
     log_metrics(metrics, summary)
     model.metadata.update(
         {

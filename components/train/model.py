@@ -26,7 +26,9 @@ class TabularClassifier(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        parts = [(numeric - self.mean.to(numeric.dtype)) / self.std.to(numeric.dtype)]
+        """Standardise in fp32, then run in the weights' dtype (bf16/fp16 under DeepSpeed on a GPU)."""
+        dtype = self.mlp[0].weight.dtype
+        parts = [((numeric.float() - self.mean.float()) / self.std.float()).to(dtype)]
         parts += [embedding(categorical[:, i]) for i, embedding in enumerate(self.embeddings)]
         return self.mlp(torch.cat(parts, dim=1))
 

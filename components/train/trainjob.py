@@ -125,7 +125,7 @@ def build_manifest(spec: TrainJobSpec) -> dict[str, Any]:
         resources[spec.gpu_resource] = str(spec.processes_per_node)
     env = [{"name": name, "value": value} for name, value in spec.env.items()]
     env += [
-        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
         for name, (secret, key) in spec.secret_env.items()
     ]
     trainer: dict[str, Any] = {
@@ -202,7 +202,7 @@ def run_trainjob(
     started = time.monotonic()
     try:
         with _delete_on_sigterm(job):
-            created = job.create_unless_exists(manifest)
+            created = job.create_unless_exists(manifest, poll_seconds)
             return _wait(job, created, started, poll_seconds, timeout_seconds)
     finally:
         if owns_client:
@@ -234,11 +234,19 @@ class _RemoteTrainJob:
                 return None
             raise
 
-    def create_unless_exists(self, manifest: dict[str, Any]) -> bool:
-        """True if this call created the job; False if it was there already (retried pod, or lost a race)."""
+    def create_unless_exists(self, manifest: dict[str, Any], poll_seconds: float) -> bool:
+        """True if this call created the job; False if it was there already (retried pod, or lost a race).
+
+        A job that exists but has Failed belongs to an earlier attempt of the task: it is deleted and created
+        again, so the KFP retry trains on (from the checkpoints that attempt left) instead of failing at once."""
         from kubernetes.client.exceptions import ApiException
 
-        if self.get() is not None:
+        existing = self.get()
+        if existing is not None and _state_of(existing)[0] == FAILED:
+            print(f"{self} failed in an earlier attempt{_detail(_state_of(existing)[1], FAILED)}: replacing it")
+            self.delete()
+            self._wait_until_gone(poll_seconds)
+        elif existing is not None:
             print(f"{self} exists already: resuming")
             return False
         try:
@@ -252,6 +260,13 @@ class _RemoteTrainJob:
             raise
         print(f"{self} created")
         return True
+
+    def _wait_until_gone(self, poll_seconds: float, timeout_seconds: float = 600) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        while self.get() is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self} was still being deleted after {timeout_seconds} s")
+            time.sleep(poll_seconds)
 
     def delete(self) -> None:
         """Delete the job and, in the foreground, its JobSet and Pods; a job already gone is fine."""

@@ -28,9 +28,10 @@ import torch.nn.functional as F
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.tabular import Preprocessing
+from kfp_mlops.components.train import checkpoints
 from kfp_mlops.components.train.model import TabularClassifier
 
-BEST_WEIGHTS = "best.pt"
+BEST_WEIGHTS = checkpoints.BEST_WEIGHTS
 
 
 def log(message: str) -> None:
@@ -47,17 +48,6 @@ def _gathered_state_dict(engine) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().float().cpu().clone() for name, tensor in engine.module.state_dict().items()}
 
 
-def _upload_checkpoint(local_dir: Path, remote: str, tag: str, node_leader: bool, global_leader: bool) -> None:
-    """Mirror a checkpoint to object storage: each node's first process uploads the shards its node wrote (nodes
-    share no disk in a TrainJob); rank 0 also uploads the ``latest`` pointer and the best weights."""
-    if node_leader:
-        storage.copy_tree(str(local_dir / tag), storage.parse(remote).child(tag).uri)
-    if global_leader:
-        for name in (BEST_WEIGHTS, "latest"):
-            if (local_dir / name).exists():
-                storage.upload_file(local_dir / name, storage.parse(remote).child(name).uri)
-
-
 def localise(spec_uri: str) -> dict[str, Any]:
     """A TrainJob node reads its spec, arrays and preprocessing from object storage into a node-local directory
     (downloaded once per node) and resumes from the remote checkpoints if there are any."""
@@ -69,8 +59,7 @@ def localise(spec_uri: str) -> dict[str, Any]:
         (work / "checkpoints").mkdir(parents=True)
         storage.download_file(spec["arrays"], work / "arrays.npz")
         storage.download_file(spec["preprocessing"], work / "preprocessing.json")
-        if storage.exists(storage.parse(spec["checkpoint_uri"]).child("latest").uri):
-            storage.copy_tree(spec["checkpoint_uri"], str(work / "checkpoints"))
+        checkpoints.download_latest(spec["checkpoint_uri"], work / "checkpoints")
     dist.barrier()
     return {
         **spec,
@@ -108,15 +97,17 @@ class Trainer:
         accumulation = self.config["gradient_accumulation_steps"]
         per_rank = len(self.data["train_y"]) // (self.micro * self.world)
         self.batches_per_epoch = per_rank - per_rank % accumulation
+        self.remote_tags: list[str] = []  # checkpoints this process knows on object storage, oldest first
         self.state: dict[str, Any] = {
             "epoch": 0, "batch": 0, "best_val_loss": math.inf, "bad_epochs": 0, "history": [], "stopped_early": False,
         }  # fmt: skip
 
     def _inputs(self, prefix: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        numeric = self.data[f"{prefix}_numeric"][index].to(self.device)
-        if self.dtype is not None:
-            numeric = numeric.to(self.dtype)
-        return numeric, self.data[f"{prefix}_categorical"][index].to(self.device)
+        """fp32 numeric inputs even under bf16/fp16: the model standardises them before casting (raw values such
+        as 80,000 overflow fp16 and lose their digits in bf16)."""
+        return self.data[f"{prefix}_numeric"][index].to(self.device), self.data[f"{prefix}_categorical"][index].to(
+            self.device
+        )
 
     def _reseed(self, value: int) -> None:
         """Seed this step's dropout from (seed, step, rank), so a resumed run draws what the killed one would have.
@@ -131,17 +122,24 @@ class Trainer:
         path, client_state = self.engine.load_checkpoint(str(self.checkpoints))
         if path is None:
             raise RuntimeError(f"checkpoint in {self.checkpoints} could not be loaded")
+        self.remote_tags = [(self.checkpoints / "latest").read_text().strip()]
         self.state.update({key: client_state[key] for key in self.state if key in client_state})
         step = self.engine.global_steps
         log(f"resumed from checkpoint step {step} (epoch {self.state['epoch'] + 1}, batch {self.state['batch']})")
         return step
 
-    def save(self, tag: str) -> None:
+    def save(self, tag: str, best_changed: bool = False) -> None:
+        """Checkpoint every rank's state; on object storage, every node's shards go up before rank 0 moves the
+        ``latest`` pointer, and old checkpoints are pruned there as here (the two newest are kept)."""
         self.engine.save_checkpoint(str(self.checkpoints), tag=tag, client_state=dict(self.state))
         dist.barrier()
         if remote := self.spec.get("checkpoint_uri"):
-            _upload_checkpoint(self.checkpoints, remote, tag, self.local_rank == 0, self.rank == 0)
+            if self.local_rank == 0:
+                checkpoints.upload_shards(self.checkpoints, remote, tag)
             dist.barrier()
+            if self.rank == 0:
+                checkpoints.upload_pointers(self.checkpoints, remote, best_changed)
+                self.remote_tags = checkpoints.prune_remote(remote, [*self.remote_tags, tag])
         if self.rank == 0:
             tags = [p for p in self.checkpoints.iterdir() if p.is_dir() and p.name.startswith(("step", "epoch"))]
             for old in sorted(tags, key=lambda p: p.stat().st_mtime)[:-2]:  # keep the two newest
@@ -190,11 +188,14 @@ class Trainer:
                 loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
                 self.state["batch"] = batch + 1
                 samples += self.micro * self.world
-                if (batch + 1) % accumulation == 0 and self.engine.global_steps % every == 0:
+                last_batch = batch + 1 == self.batches_per_epoch  # the epoch checkpoint follows at once
+                if (batch + 1) % accumulation == 0 and self.engine.global_steps % every == 0 and not last_batch:
                     self.save(f"step{self.engine.global_steps}")
             seconds += time.perf_counter() - start
             train_loss = self._mean_over_ranks(loss_sum, loss_count) if loss_count else float("nan")
             val_loss = self.validation_loss()
+            if not math.isfinite(val_loss):
+                raise FloatingPointError(f"validation loss is {val_loss} after epoch {epoch + 1}: training diverged")
             improved = val_loss < self.state["best_val_loss"] - self.config["early_stopping"]["min_delta"]
             self.state.update(epoch=epoch + 1, batch=0)
             self.state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
@@ -211,7 +212,7 @@ class Trainer:
             )
             stop = self.state["bad_epochs"] >= self.config["early_stopping"]["patience"]
             self.state["stopped_early"] = stop and epoch + 1 < self.config["epochs"]
-            self.save(f"epoch{epoch + 1}")
+            self.save(f"epoch{epoch + 1}", best_changed=improved)
             if stop:
                 log(f"early stopping: no validation improvement for {self.state['bad_epochs']} epoch(s)")
                 break
@@ -247,17 +248,17 @@ def main(spec_path: str) -> None:
     spec = localise(spec_path) if remote else json.loads(Path(spec_path).read_text())
     trainer = Trainer(spec)
     result = trainer.fit()
+    # Decided from all-reduced state, the same on every rank: a ZeRO-3 gather is collective, all ranks or none.
+    have_best = math.isfinite(trainer.state["best_val_loss"])
+    final = None if have_best else _gathered_state_dict(trainer.engine)
     if dist.get_rank() == 0:
         output = Path(spec["output_dir"])
         output.mkdir(parents=True, exist_ok=True)
-        best = trainer.checkpoints / BEST_WEIGHTS
-        weights = torch.load(best, map_location="cpu") if best.exists() else None
-        torch.save(weights if weights is not None else _gathered_state_dict(trainer.engine), output / "weights.pt")
+        weights = torch.load(trainer.checkpoints / BEST_WEIGHTS, map_location="cpu") if have_best else final
+        torch.save(weights, output / "weights.pt")
         (output / "metrics.json").write_text(json.dumps(result, indent=2))
         if remote:
             storage.copy_tree(str(output), spec["output_uri"])
-    elif not (trainer.checkpoints / BEST_WEIGHTS).exists():
-        _gathered_state_dict(trainer.engine)  # ZeRO-3 gathers are collective: every rank joins
     dist.barrier()
     dist.destroy_process_group()
 
