@@ -119,7 +119,9 @@ def test_trained_model_directory_holds_onnx_weights_preprocessing_and_config(tra
     assert preprocessing.means[preprocessing.numeric.index("age")] == pytest.approx(train_ages.mean())
     model_config = json.loads((model_dir / "model_config.json").read_text())
     assert model_config["deepspeed"]["zero_optimization"]["stage"] == 2
-    assert "[train] epoch 4/4" in (directory / "train.log").read_text()
+    log = (directory / "train.log").read_text()
+    assert "[train] epoch 4/4" in log
+    assert "[train] checkpoint step10 " in log and "[train] checkpoint step20 " in log  # every 10 optimizer steps
 
 
 def test_checkpoints_are_written_every_k_steps_and_pruned(trained_model):
@@ -150,11 +152,8 @@ def test_training_killed_mid_run_resumes_from_its_latest_checkpoint(ingested, tm
         assert process.poll() is None, "training ended before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint within 180 s"
         time.sleep(0.05)
-    tree = (
-        [process_, *psutil.Process(process.pid).children(recursive=True)]
-        if (process_ := psutil.Process(process.pid))
-        else []
-    )
+    launcher = psutil.Process(process.pid)
+    tree = [launcher, *launcher.children(recursive=True)]
     for member in tree:  # the pod dies: launcher and workers at once (torchrun starts workers in new sessions)
         member.send_signal(signal.SIGKILL)
     process.wait()
