@@ -132,9 +132,7 @@ class Trainer:
         """Checkpoint every rank's state; on object storage, every node's shards go up before rank 0 moves the
         ``latest`` pointer, and old checkpoints are pruned there as here (the two newest are kept)."""
         self.engine.save_checkpoint(str(self.checkpoints), tag=tag, client_state=dict(self.state))
-        log(
-            f"checkpoint {tag} (epoch {self.state['epoch'] + (self.state['batch'] > 0)}, step {self.engine.global_steps})"
-        )
+        log(f"checkpoint {tag} (optimizer step {self.engine.global_steps})")
         dist.barrier()
         if remote := self.spec.get("checkpoint_uri"):
             if self.local_rank == 0:
