@@ -64,10 +64,10 @@ def build(images: ImageConfig):
         ingest_task = ingest_op(config=config, data_source=data_source)
         ingest_task.set_display_name("ingest and validate").set_caching_options(False)  # data behind a URI changes
         ingest_task.set_cpu_limit("2").set_memory_limit("8G")
+        run_config = ingest_task.outputs["Output"]  # the config resolved once: every later step reads this text
 
         features_task = features_op(
-            config=config,
-            data_source=data_source,
+            config=run_config,
             train=ingest_task.outputs["train"],
             validation=ingest_task.outputs["validation"],
             test=ingest_task.outputs["test"],
@@ -76,8 +76,7 @@ def build(images: ImageConfig):
         kubernetes.use_secret_as_env(features_task, feast_secret, FEAST_SECRET_KEYS, optional=True)
 
         train_task = train_op(
-            config=config,
-            data_source=data_source,
+            config=run_config,
             train_data=features_task.outputs["train_features"],
             validation_data=features_task.outputs["validation_features"],
             pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
@@ -97,8 +96,7 @@ def build(images: ImageConfig):
         kubernetes.add_toleration_json(train_task, train_tolerations)
 
         evaluate_task = evaluate_op(
-            config=config,
-            data_source=data_source,
+            config=run_config,
             model=train_task.outputs["model"],
             test_data=features_task.outputs["test_features"],
         )
@@ -106,8 +104,7 @@ def build(images: ImageConfig):
 
         with dsl.If(evaluate_task.outputs["Output"] == True, name="blessed"):  # noqa: E712 - a KFP condition
             record_task = record_op(
-                config=config,
-                data_source=data_source,
+                config=run_config,
                 model=train_task.outputs["model"],
                 metrics=evaluate_task.outputs["metrics"],
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,

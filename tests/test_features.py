@@ -217,7 +217,7 @@ def test_executor_records_metadata_and_metrics(tmp_path, inputs):
     repo, metrics = artifact(tmp_path / "feature_repo"), artifact(tmp_path / "metrics")
     document = yaml.safe_load(make_config().to_yaml())
     del document["schema"]["features"]  # features default to every column besides entity, timestamp and label
-    executor.run(yaml.safe_dump(document), "", *splits.values(), repo, *outputs.values(), metrics)
+    executor.run(yaml.safe_dump(document), *splits.values(), repo, *outputs.values(), metrics)
     assert repo.metadata["features"] == FEATURES
     assert repo.metadata["feature_view"] == "features" and repo.metadata["project"] == "kfp_mlops"
     assert repo.metadata["online_store"] == "sqlite" and repo.metadata["registry"] == "file"

@@ -158,3 +158,21 @@ def test_ingest_step_reads_its_config_and_data_from_s3(package, s3, sample_dir, 
     assert code == 0, out
     run_dir = run_dir_of(tmp_path / "root")
     assert pq.read_table(run_dir / "ingest" / "train").num_rows > 3_000
+
+
+def test_later_steps_read_the_config_ingest_resolved_not_the_uri(package, sample_dir, tmp_path, capsys):
+    """Later steps take ingest's resolved config, so an edit to the file mid-run or before a retry cannot mix two
+    configs in one run; the model keeps the config it was trained with."""
+    config = write_config(tmp_path, str(sample_dir))
+    compiled = next(yaml.safe_load_all(package.read_text()))
+    features_inputs = compiled["root"]["dag"]["tasks"]["features"]["inputs"]["parameters"]
+    assert features_inputs["config"] == {
+        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "ingest"}
+    }
+    code = main(["run", "training", "--local", "--package", str(package), "--param", f"config={config}",
+                 "--pipeline-root", str(tmp_path / "root")])  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    recorded = yaml.safe_load(
+        (run_dir_of(tmp_path / "root") / "train-model" / "model" / "pipeline_config.yaml").read_text()
+    )
+    assert recorded["data"]["source"] == str(sample_dir) and recorded["train"]["epochs"] == 4

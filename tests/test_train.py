@@ -91,7 +91,7 @@ def test_trained_model_directory_holds_onnx_weights_preprocessing_and_config(tra
     result, directory = trained_model
     model_dir = directory / "model"
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "model.onnx", "model_config.json", "preprocessing.json", "weights.pt",
+        "model.onnx", "model_config.json", "pipeline_config.yaml", "preprocessing.json", "weights.pt",
     ]  # fmt: skip
     metrics = result.metrics
     assert metrics["world_size"] == 2 and metrics["zero_stage"] == 2 and metrics["precision"] == "fp32"

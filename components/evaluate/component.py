@@ -10,7 +10,6 @@ from kfp_mlops.components.shared.images import ImageConfig
 
 def evaluate_model(
     config: str,
-    data_source: str,
     model: Input[Model],
     test_data: Input[Dataset],
     metrics: Output[Metrics],
@@ -22,25 +21,23 @@ def evaluate_model(
     blessing (a single ``bool`` output: kfp.local resolves it in dsl.If, unlike a NamedTuple field).
 
     Args:
-        config: The pipeline config: YAML text, or the URI of a YAML file.
-        data_source: Overrides data.source of the config when not empty.
+        config: The pipeline config as the ingest step resolved it (YAML text).
     """
     from kfp_mlops.components.evaluate import executor
 
-    return executor.run(config, data_source, model, test_data, metrics, classification_metrics, model_card, blessing)
+    return executor.run(config, model, test_data, metrics, classification_metrics, model_card, blessing)
 
 
-def record_baseline(config: str, data_source: str, model: Input[Model], metrics: Input[Metrics], run_id: str):
+def record_baseline(config: str, model: Input[Model], metrics: Input[Metrics], run_id: str):
     """Record a blessed model and its metrics as the baseline the next candidate is compared with.
 
     Args:
-        config: The pipeline config: YAML text, or the URI of a YAML file.
-        data_source: Overrides data.source of the config when not empty.
+        config: The pipeline config as the ingest step resolved it (YAML text).
         run_id: The KFP run id, kept in the record.
     """
     from kfp_mlops.components.evaluate import executor
 
-    executor.record(config, data_source, model, metrics, run_id)
+    executor.record(config, model, metrics, run_id)
 
 
 def build(images: ImageConfig) -> PythonComponent:

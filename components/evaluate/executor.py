@@ -14,7 +14,6 @@ from kfp_mlops.components.shared.config import load_config
 
 def run(
     config: str,
-    data_source: str,
     model: Any,
     test_data: Any,
     metrics: Any,
@@ -22,7 +21,7 @@ def run(
     model_card: Any,
     blessing: Any,
 ) -> bool:
-    pipeline_config = load_config(config, data_source=data_source)
+    pipeline_config = load_config(config)
     evaluation = core.evaluate(pipeline_config, model.path, test_data.path)
     log_metrics(metrics, evaluation.metrics)
     classification_metrics.log_confusion_matrix(evaluation.classes, evaluation.confusion_matrix)
@@ -45,9 +44,9 @@ def run(
     return evaluation.blessed
 
 
-def record(config: str, data_source: str, model: Any, metrics: Any, run_id: str) -> None:
+def record(config: str, model: Any, metrics: Any, run_id: str) -> None:
     """Record the blessed model as the baseline (evaluate.baseline); without one configured, say so and stop."""
-    pipeline_config = load_config(config, data_source=data_source)
+    pipeline_config = load_config(config)
     uri = pipeline_config.evaluate.baseline
     if not uri:
         print("[record] evaluate.baseline is empty: no baseline recorded")

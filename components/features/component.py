@@ -9,7 +9,6 @@ from kfp_mlops.components.shared.images import ImageConfig
 
 def features(
     config: str,
-    data_source: str,
     train: Input[Dataset],
     validation: Input[Dataset],
     test: Input[Dataset],
@@ -22,14 +21,12 @@ def features(
     """Register the features with Feast, materialize them online and write point-in-time correct datasets.
 
     Args:
-        config: The pipeline config: YAML text, or the URI of a YAML file.
-        data_source: Overrides data.source of the config when not empty (kept for a uniform step signature).
+        config: The pipeline config as the ingest step resolved it (YAML text).
     """
     from kfp_mlops.components.features import executor
 
     executor.run(
         config,
-        data_source,
         train,
         validation,
         test,

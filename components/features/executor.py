@@ -13,7 +13,6 @@ from kfp_mlops.components.shared.config import PipelineConfig, load_config
 
 def run(
     config: str,
-    data_source: str,
     train: Any,
     validation: Any,
     test: Any,
@@ -23,7 +22,7 @@ def run(
     test_features: Any,
     metrics: Any,
 ) -> None:
-    pipeline_config = load_config(config, data_source=data_source)
+    pipeline_config = load_config(config)
     result = build_feature_sets(
         pipeline_config,
         SplitPaths(train.path, validation.path, test.path),

@@ -15,8 +15,9 @@ def ingest(
     test: Output[Dataset],
     metrics: Output[Metrics],
     summary: Output[Markdown],
-):
-    """Read, validate, deduplicate and split the raw data into train/validation/test Parquet datasets.
+) -> str:
+    """Read, validate, deduplicate and split the raw data into train/validation/test Parquet datasets. Returns the
+    whole pipeline config, validated and resolved (YAML): the later steps of the run read this, not the URI.
 
     Args:
         config: The pipeline config: YAML text, or the URI of a YAML file.
@@ -24,7 +25,7 @@ def ingest(
     """
     from kfp_mlops.components.ingest import executor
 
-    executor.run(config, data_source, train, validation, test, metrics, summary)
+    return executor.run(config, data_source, train, validation, test, metrics, summary)
 
 
 def build(images: ImageConfig) -> PythonComponent:

@@ -10,10 +10,13 @@ from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomic
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
 
 
-def run(config: str, data_source: str, train: Any, validation: Any, test: Any, metrics: Any, summary: Any) -> None:
+def run(config: str, data_source: str, train: Any, validation: Any, test: Any, metrics: Any, summary: Any) -> str:
+    """Returns the config resolved once (URI read, data_source applied) as YAML: every later step of the run
+    takes this text, so an edit to the config file mid-run or before a retry cannot mix two configs."""
     pipeline_config = load_config(config, data_source=data_source)
     result = ingest(pipeline_config, SplitPaths(train.path, validation.path, test.path))
     publish(result, pipeline_config, {"train": train, "validation": validation, "test": test}, metrics, summary)
+    return pipeline_config.to_yaml()
 
 
 def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, Any], metrics: Any, summary: Any) -> None:

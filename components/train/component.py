@@ -9,7 +9,6 @@ from kfp_mlops.components.shared.images import ImageConfig
 
 def train_model(
     config: str,
-    data_source: str,
     train_data: Input[Dataset],
     validation_data: Input[Dataset],
     pipeline_root: str,
@@ -27,8 +26,7 @@ def train_model(
     """Train the tabular classifier with DeepSpeed (one process per GPU, or CPU processes) and export it to ONNX.
 
     Args:
-        config: The pipeline config: YAML text, or the URI of a YAML file.
-        data_source: Overrides data.source of the config when not empty.
+        config: The pipeline config as the ingest step resolved it (YAML text).
         pipeline_root: The run's pipeline root; checkpoints default to <root>/checkpoints/<run_id>/train.
         run_id: The KFP run id: a retried task finds its checkpoints under it and resumes.
         image: This step's image, which the nodes of a multi-node TrainJob (train.nodes > 1) run too.
@@ -42,7 +40,7 @@ def train_model(
 
     cluster = dict(image=image, gpu_type=gpu_type, gpus_per_node=gpus_per_node, node_selector=node_selector,
                    tolerations=tolerations, storage_secret=storage_secret)  # fmt: skip
-    executor.run(config, data_source, train_data, validation_data, pipeline_root, run_id, cluster, model, metrics,
+    executor.run(config, train_data, validation_data, pipeline_root, run_id, cluster, model, metrics,
                  training_log)  # fmt: skip
 
 

@@ -34,6 +34,7 @@ from kfp_mlops.components.train.deepspeed_config import build_deepspeed_config
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.pt"
 MODEL_CONFIG_FILE = "model_config.json"
+PIPELINE_CONFIG_FILE = "pipeline_config.yaml"
 ONNX_TOLERANCE = 1e-4
 
 
@@ -194,6 +195,7 @@ def train(
                 "decision_threshold": threshold,
             }
             (staging / MODEL_CONFIG_FILE).write_text(json.dumps(model_config, indent=2))
+            (staging / PIPELINE_CONFIG_FILE).write_text(config.to_yaml())  # the whole config this model came from
             preprocessing.save(staging)
             _replace_directory(staging, Path(model_dir))
         finally:

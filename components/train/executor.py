@@ -13,7 +13,6 @@ from kfp_mlops.components.train.core import ClusterContext, checkpoint_dir_for, 
 
 def run(
     config: str,
-    data_source: str,
     train_data: Any,
     validation_data: Any,
     pipeline_root: str,
@@ -23,7 +22,7 @@ def run(
     metrics: Any,
     training_log: Any,
 ) -> None:
-    pipeline_config = load_config(config, data_source=data_source)
+    pipeline_config = load_config(config)
     checkpoint_dir = checkpoint_dir_for(run_id, pipeline_root, pipeline_config.train.checkpoint_dir)
     context = ClusterContext(
         image=cluster["image"],
