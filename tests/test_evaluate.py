@@ -54,12 +54,13 @@ def test_model_worse_than_the_recorded_baseline_is_not_blessed(trained_model, in
     config, paths = ingested
     first = core.evaluate(config, str(directory / "model"), paths.test)
     baseline = tmp_path / "baseline.json"
-    core.record_baseline(str(baseline), "s3://models/v1", {**first.metrics, "roc_auc": first.metrics["roc_auc"] + 0.05},
-                         "sha256:x", "run-1")  # fmt: skip
+    better = {**first.metrics, "roc_auc": first.metrics["roc_auc"] + 0.05}
+    core.record_baseline(str(baseline), str(tmp_path / "retired-model"), better, "sha256:x", "run-1")
     strict = with_evaluate(config, baseline=str(baseline), max_regression={"roc_auc": 0.01})
     evaluation = core.evaluate(strict, str(directory / "model"), paths.test)
     assert not evaluation.blessed
     assert any("roc_auc" in r and "regresses more than 0.01 from the baseline" in r for r in evaluation.reasons)
+    assert evaluation.baseline["scored_on"].startswith("its own test split (recorded; re-scoring failed")
     tolerant = with_evaluate(config, baseline=str(baseline), max_regression={"roc_auc": 0.1})
     assert core.evaluate(tolerant, str(directory / "model"), paths.test).blessed
 
@@ -113,3 +114,35 @@ def test_decision_threshold_comes_from_the_model_unless_the_config_sets_one(trai
     assert evaluation.metrics["recall"] > 0 and evaluation.metrics["f1"] > 0
     fixed = core.evaluate(with_evaluate(config, decision_threshold=0.99), str(directory / "model"), paths.test)
     assert fixed.decision_threshold == 0.99 and fixed.metrics["recall"] < evaluation.metrics["recall"]
+
+
+def test_baseline_model_is_rescored_on_this_test_split_not_taken_from_its_record(trained_model, ingested, tmp_path):
+    _, directory = trained_model
+    config, paths = ingested
+    baseline = tmp_path / "baseline.json"
+    # the record claims a far better model than the one it points at: re-scoring exposes that
+    core.record_baseline(str(baseline), str(directory / "model"), {"roc_auc": 0.99}, "sha256:x", "run-1")
+    settings = {"baseline": str(baseline), "max_regression": {"roc_auc": 0.01}}
+    evaluation = core.evaluate(with_evaluate(config, **settings), str(directory / "model"), paths.test)
+    assert evaluation.baseline["scored_on"] == "this run's test split"
+    assert evaluation.baseline["recorded_metrics"] == {"roc_auc": 0.99}
+    assert evaluation.baseline["metrics"]["roc_auc"] == pytest.approx(evaluation.metrics["roc_auc"])
+    assert evaluation.blessed  # the same model against itself: no regression
+
+
+def test_a_really_worse_model_is_not_blessed_against_the_rescored_baseline_model(trained_model, ingested, tmp_path):
+    from kfp_mlops.components.train.core import train
+
+    _, directory = trained_model
+    config, paths = ingested
+    weak_settings = {"epochs": 1, "hidden_layers": [2], "optimizer": {"lr": 1e-5}, "workers": 2}
+    weak_config = config.model_copy(update={"train": config.train.model_copy(update=weak_settings)})
+    weak_config = type(config).model_validate(weak_config.model_dump(by_alias=True))
+    train(weak_config, paths.train, paths.validation, str(tmp_path / "weak"), str(tmp_path / "ckpt"))
+    baseline = tmp_path / "baseline.json"
+    core.record_baseline(str(baseline), str(directory / "model"), {"roc_auc": 0.0}, "sha256:x", "run-1")
+    settings = {"baseline": str(baseline), "min_metrics": {}, "max_regression": {"roc_auc": 0.01}}
+    evaluation = core.evaluate(with_evaluate(config, **settings), str(tmp_path / "weak"), paths.test)
+    assert evaluation.baseline["scored_on"] == "this run's test split"
+    assert evaluation.metrics["roc_auc"] < evaluation.baseline["metrics"]["roc_auc"] - 0.01
+    assert not evaluation.blessed and "regresses more than 0.01" in evaluation.reasons[0]

@@ -92,7 +92,7 @@ def test_training_yaml_runs_every_step_locally_and_records_the_blessed_model(pac
 
 def test_model_worse_than_the_baseline_is_not_blessed_and_not_recorded(package, sample_dir, tmp_path, capsys):
     baseline = tmp_path / "baseline.json"
-    record = {"model": "s3://models/champion", "metrics": {"roc_auc": 0.99}, "run_id": "earlier"}
+    record = {"model": str(tmp_path / "retired-champion"), "metrics": {"roc_auc": 0.99}, "run_id": "earlier"}
     baseline.write_text(json.dumps(record))
     config = write_config(tmp_path, str(sample_dir), evaluate={"baseline": str(baseline)})
     root = tmp_path / "root"

@@ -2,8 +2,9 @@
 baseline, and decide the blessing (TFX Evaluator's guarantee). Paths and values only; no KFP, no torch.
 
 A baseline record is a JSON document ``{"metrics": {...}, "model": URI, "content_hash": ..., ...}`` at
-``evaluate.baseline``; the pipeline writes it for a blessed model (``record_baseline``), so the next candidate
-must not regress against the model that is in use.
+``evaluate.baseline``; the pipeline writes it for a blessed model (``record_baseline``). The next candidate must
+not regress against that model, which is re-scored on the candidate's own test split (its recorded metrics are
+used only when its model cannot be read).
 """
 
 from __future__ import annotations
@@ -117,6 +118,25 @@ def load_baseline(uri: str) -> dict[str, Any] | None:
     return record
 
 
+def rescore_baseline(record: dict[str, Any], table, settings: EvaluateConfig) -> dict[str, Any]:
+    """Score the baseline's model on this run's test split, so candidate and baseline are compared on the same rows
+    (TFX's way). If its model cannot be read or scored here, the recorded metrics stand, and the record says so."""
+    import tempfile
+
+    model_uri = record.get("model", "")
+    try:
+        with tempfile.TemporaryDirectory(prefix="kfp-mlops-baseline-") as local:
+            if not storage.copy_tree(model_uri, local):
+                raise FileNotFoundError(f"{model_uri} holds no files")
+            probabilities, preprocessing = predict_probabilities(local, table)
+            y = preprocessing.labels(table, "test")
+            threshold = settings.decision_threshold or _model_threshold(local)
+            metrics = compute_metrics(y, probabilities, settings, threshold)["metrics"]
+    except Exception as exc:  # noqa: BLE001 - any failure falls back to the recorded numbers, reported
+        return record | {"scored_on": f"its own test split (recorded; re-scoring failed: {type(exc).__name__}: {exc})"}
+    return record | {"metrics": metrics, "recorded_metrics": record["metrics"], "scored_on": "this run's test split"}
+
+
 def bless(metrics: dict[str, float], settings: EvaluateConfig, baseline: dict[str, Any] | None) -> list[str]:
     """Reasons not to bless: unmet absolute thresholds, and regressions beyond the allowed delta."""
     reasons = []
@@ -152,6 +172,8 @@ def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluati
     threshold = config.evaluate.decision_threshold or _model_threshold(model_dir)
     scored = compute_metrics(y, probabilities, config.evaluate, threshold)
     baseline = load_baseline(config.evaluate.baseline)
+    if baseline is not None:
+        baseline = rescore_baseline(baseline, table, config.evaluate)
     reasons = bless(scored["metrics"], config.evaluate, baseline)
     return Evaluation(
         metrics=scored["metrics"],
@@ -196,7 +218,10 @@ def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: dic
         )
         reference = baseline_metrics.get(name)
         lines.append(f"| {name} | {value:.4f} | {threshold} | {'' if reference is None else f'{reference:.4f}'} |")
-    recorded = "" if evaluation.baseline else " (none recorded yet: thresholds only)"
+    if evaluation.baseline:
+        recorded = f" (model {evaluation.baseline.get('model', '?')}, scored on {evaluation.baseline['scored_on']})"
+    else:
+        recorded = " (none recorded yet: thresholds only)"
     lines += ["", f"Baseline: {settings.baseline or 'none configured'}{recorded}"]
     return "\n".join(lines) + "\n"
 
