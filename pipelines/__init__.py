@@ -21,19 +21,16 @@ def compile_pipeline(name: str, output: str | Path, images: ImageConfig | None =
     """Compile one pipeline to ``output`` (YAML), atomically."""
     from kfp import compiler
 
-    from kfp_mlops.components.shared.artifacts import write_text_atomically
+    from kfp_mlops.components.shared.storage import atomic_local_path
 
     if name not in PIPELINES:
         raise KeyError(f"unknown pipeline {name!r}; pipelines are {', '.join(PIPELINES)}")
-    output = Path(output)
-    tmp = output.with_name(f".{output.name}.tmp.yaml")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        compiler.Compiler().compile(PIPELINES[name](images or ImageConfig.from_env()), str(tmp))
-        write_text_atomically(output, tmp.read_text())
-    finally:
-        tmp.unlink(missing_ok=True)
-    return output
+    with atomic_local_path(output) as temporary:
+        compiler.Compiler().compile(
+            PIPELINES[name](images or ImageConfig.from_env()), str(temporary.with_suffix(".yaml"))
+        )
+        temporary.with_suffix(".yaml").rename(temporary)
+    return Path(output)
 
 
 def compile_all(output_dir: str | Path, images: ImageConfig | None = None) -> list[Path]:

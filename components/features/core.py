@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from kfp_mlops.components.ingest.core import TIMESTAMP_TYPE, SplitPaths
+from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.artifacts import write_tables_atomically
 from kfp_mlops.components.shared.config import FeaturesConfig, PipelineConfig, SchemaConfig
 from kfp_mlops.components.shared.errors import InputError
@@ -373,20 +374,12 @@ feature_view = FeatureView(
 def write_repository(repo_dir: str, config: FeaturesConfig, columns: FeatureColumns, source: pa.Table) -> None:
     """Write the offline source, feature_store.yaml and features.py into ``repo_dir``, each atomically."""
     repo = Path(repo_dir)
-    _write_atomically(repo / _data_path(config), lambda path: pq.write_table(source, path))
-    _write_atomically(repo / FEATURE_STORE_YAML, lambda path: path.write_text(render_feature_store_yaml(config)))
-    _write_atomically(repo / DEFINITIONS_FILE, lambda path: path.write_text(render_definitions(config, columns)))
-
-
-def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary file beside ``target`` (default permissions), then rename it to ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with storage.atomic_local_path(repo / _data_path(config)) as path:
+        pq.write_table(source, path)
+    with storage.atomic_local_path(repo / FEATURE_STORE_YAML) as path:
+        path.write_text(render_feature_store_yaml(config))
+    with storage.atomic_local_path(repo / DEFINITIONS_FILE) as path:
+        path.write_text(render_definitions(config, columns))
 
 
 def check_registered_view(store: FeatureStore, config: FeaturesConfig, repo_dir: str, wanted: FeatureView) -> None:

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from kfp_mlops.components.shared import storage
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 
 def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with storage.atomic_local_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
 
 
 def log_metrics(metrics_artifact: Any, values: dict[str, float | int]) -> None:
@@ -35,16 +28,7 @@ def write_tables_atomically(targets: dict[str, pa.Table]) -> None:
     then rename them all: a failure leaves all outputs or none."""
     import pyarrow.parquet as pq
 
-    temporaries = {
-        path: os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp") for path in targets
-    }
-    try:
-        for path in targets:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        temporaries = {path: stack.enter_context(storage.atomic_local_path(path)) for path in targets}
         with ThreadPoolExecutor(max_workers=max(len(targets), 1)) as pool:
             list(pool.map(lambda path: pq.write_table(targets[path], temporaries[path]), targets))
-        for path, tmp in temporaries.items():
-            os.replace(tmp, path)
-    finally:
-        for tmp in temporaries.values():
-            Path(tmp).unlink(missing_ok=True)

@@ -14,11 +14,13 @@ object becomes visible only when its upload completes, so a failed write never l
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import os
+import secrets
 import shutil
-import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,32 +148,35 @@ def download_file(uri: str, path: str | os.PathLike[str]) -> None:
         with open(loc.key, "rb") as source:
             _atomic_local_write(target, lambda handle: shutil.copyfileobj(source, handle, 1 << 20))
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
     try:
-        if loc.scheme == "s3":
-            _s3_client().download_file(loc.bucket, loc.key, tmp)
-        else:
-            _gcs_blob(loc).download_to_filename(tmp)
-        os.replace(tmp, target)
+        with atomic_local_path(target) as temporary:
+            if loc.scheme == "s3":
+                _s3_client().download_file(loc.bucket, loc.key, str(temporary))
+            else:
+                _gcs_blob(loc).download_to_filename(str(temporary))
     except Exception as exc:
-        Path(tmp).unlink(missing_ok=True)
         if _is_missing(exc):
             raise FileNotFoundError(f"{uri} does not exist") from None
         raise
 
 
-def _atomic_local_write(target: Path, write) -> None:
+@contextlib.contextmanager
+def atomic_local_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh temporary path beside ``target``: renamed to ``target`` if the block succeeds, removed if not.
+    The one local commit primitive of the project (files keep the default permissions)."""
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    temporary = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp{target.suffix}")  # keeps the extension
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _atomic_local_write(target: Path, write) -> None:
+    with atomic_local_path(target) as temporary, open(temporary, "wb") as handle:
+        write(handle)
 
 
 def _list_prefix(loc: Location) -> list[str]:

@@ -62,7 +62,6 @@ class TrainResult:
     metrics: dict[str, Any]
     deepspeed_config: dict[str, Any]
     onnx_max_abs_diff: float
-    model_dir: str
 
 
 def read_split(path: str, name: str) -> pa.Table:
@@ -200,7 +199,7 @@ def train(
             _replace_directory(staging, Path(model_dir))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return TrainResult(metrics, deepspeed_config, diff, model_dir)
+    return TrainResult(metrics, deepspeed_config, diff)
 
 
 def checkpoint_dir_for(run_id: str, pipeline_root: str, configured: str = "") -> str:
