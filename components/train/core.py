@@ -280,13 +280,16 @@ def _run_as_trainjob(work: Path, spec: dict, checkpoint_uri: str, settings, clus
 def _launch_workers(spec_path: Path, world_size: int, log_path: str | None) -> None:
     """``torch.distributed.run`` with one process per worker; its output is streamed and kept in ``log_path``.
     SIGTERM (a cancelled or pre-empted KFP task) is passed on to the workers."""
-    from kfp_mlops.local_services import free_port
-
     command = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world_size}", "--nnodes=1",
-        "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "kfp_mlops.components.train.worker",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={world_size}",
+        "-m",
+        "kfp_mlops.components.train.worker",
         str(spec_path),
-    ]  # fmt: skip
+    ]  # fmt: skip  (--standalone: a local rendezvous on a port it picks itself)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     tail: list[str] = []
     process = subprocess.Popen(
