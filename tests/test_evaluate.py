@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import pipeline_config
 from sklearn.metrics import roc_auc_score
 
 from kfp_mlops.components.evaluate import core
@@ -136,8 +137,7 @@ def test_a_really_worse_model_is_not_blessed_against_the_rescored_baseline_model
     _, directory = trained_model
     config, paths = ingested
     weak_settings = {"epochs": 1, "hidden_layers": [2], "optimizer": {"lr": 1e-5}, "workers": 2}
-    weak_config = config.model_copy(update={"train": config.train.model_copy(update=weak_settings)})
-    weak_config = type(config).model_validate(weak_config.model_dump(by_alias=True))
+    weak_config = pipeline_config(config.data.source, train=weak_settings)
     train(weak_config, paths.train, paths.validation, str(tmp_path / "weak"), str(tmp_path / "ckpt"))
     baseline = tmp_path / "baseline.json"
     core.record_baseline(str(baseline), str(directory / "model"), {"roc_auc": 0.0}, "sha256:x", "run-1")
