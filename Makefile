@@ -8,7 +8,7 @@ ROWS ?= 20000
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= build
 
-.PHONY: install demo test lint golden constraints bench-ingest bench-materialize bench-train clean
+.PHONY: install system-deps demo test lint golden constraints bench-ingest bench-materialize bench-train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ demo: install  ## sample data -> compile -> run the training pipeline locally fr
 	@run="$$(ls -td $(DEMO_DIR)/local-runs/kfp-mlops-training-*/ | head -1)"; \
 		cat "$${run}ingest/summary"; echo; cat "$${run}evaluate-model/model_card"
 
-test: install  ## the whole suite, real servers included (redis-server from Debian: .ci/run installs it)
+system-deps:  ## Debian's redis-server and PostgreSQL, which the Feast tests start (installed only where missing)
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }
+
+test: install system-deps  ## lint and the whole suite, real servers included
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
