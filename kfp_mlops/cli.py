@@ -65,9 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kfp_mlops.pipelines import compile_pipeline
 
     if not args.local:
-        print(
-            "only --local runs are available: submitting to a KFP server comes with `kfp-mlops submit`", file=sys.stderr
-        )
+        print("only --local runs are available: submitting to a KFP server is not implemented yet", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="kfp-mlops-compile-") as tmp:
         package = (

@@ -40,6 +40,11 @@ def metadata_of(task_dir: Path, output: str) -> dict:
     return executor_output(task_dir)["artifacts"][output]["artifacts"][0]["metadata"]
 
 
+def run_training(package: Path, root: Path, *args: str) -> int:
+    """``kfp-mlops run training --local`` on the compiled ``package``, with a pipeline root and more arguments."""
+    return main(["run", "training", "--local", "--package", str(package), "--pipeline-root", str(root), *args])
+
+
 def run_dir_of(root: Path) -> Path:
     """The one run directory under a pipeline root (which also holds the runs' checkpoints)."""
     (run_dir,) = root.glob("kfp-mlops-training-*")
@@ -54,8 +59,7 @@ def test_training_yaml_runs_every_step_locally_and_records_the_blessed_model(pac
     baseline = tmp_path / "registry" / "baseline.json"
     config = write_config(tmp_path, str(sample_dir), evaluate={"baseline": str(baseline)})
     root = tmp_path / "root"
-    code = main(["run", "training", "--local", "--package", str(package), "--config", str(config),
-                 "--pipeline-root", str(root)])  # fmt: skip
+    code = run_training(package, root, "--config", str(config))
     out = capsys.readouterr().out
     assert code == 0, out
     assert "Pipeline kfp-mlops-training: SUCCEEDED" in out
@@ -96,8 +100,7 @@ def test_model_worse_than_the_baseline_is_not_blessed_and_not_recorded(package, 
     baseline.write_text(json.dumps(record))
     config = write_config(tmp_path, str(sample_dir), evaluate={"baseline": str(baseline)})
     root = tmp_path / "root"
-    code = main(["run", "training", "--local", "--package", str(package), "--config", str(config),
-                 "--pipeline-root", str(root)])  # fmt: skip
+    code = run_training(package, root, "--config", str(config))
     out = capsys.readouterr().out
     assert code == 0, out
     assert "NOT BLESSED: roc_auc" in out and "regresses more than 0.01 from the baseline's 0.9900" in out
@@ -117,8 +120,7 @@ def test_bad_data_fails_the_run_naming_the_step_and_error_with_no_outputs(packag
         table.set_column(table.column_names.index("churned"), "churned", pa.array(labels)), bad / "x.parquet"
     )
     root = tmp_path / "root"
-    code = main(["run", "training", "--local", "--package", str(package), "--config",
-                 str(write_config(tmp_path, str(bad))), "--pipeline-root", str(root)])  # fmt: skip
+    code = run_training(package, root, "--config", str(write_config(tmp_path, str(bad))))
     out = capsys.readouterr().out
     assert code == 1
     assert "Pipeline kfp-mlops-training: FAILED" in out
@@ -129,16 +131,15 @@ def test_bad_data_fails_the_run_naming_the_step_and_error_with_no_outputs(packag
 
 def test_data_source_parameter_overrides_the_config(package, sample_dir, tmp_path, capsys):
     config = write_config(tmp_path, str(sample_dir))
-    code = main(["run", "training", "--local", "--package", str(package), "--config", str(config),
-                 "--param", f"data_source={tmp_path}/elsewhere/",
-                 "--pipeline-root", str(tmp_path / "root")])  # fmt: skip
+    code = run_training(
+        package, tmp_path / "root", "--config", str(config), "--param", f"data_source={tmp_path}/elsewhere/"
+    )
     assert code == 1
     assert f"data.source {tmp_path}/elsewhere/: no data files found" in capsys.readouterr().out
 
 
 def test_unknown_parameter_is_rejected_before_running(package, tmp_path, capsys):
-    code = main(["run", "training", "--local", "--package", str(package), "--param", "epochs=3",
-                 "--pipeline-root", str(tmp_path / "root")])  # fmt: skip
+    code = run_training(package, tmp_path / "root", "--param", "epochs=3")
     assert code == 2
     assert "unknown pipeline parameter 'epochs'; parameters are config, data_source" in capsys.readouterr().err
     assert not (tmp_path / "root").exists()
@@ -152,8 +153,7 @@ def test_ingest_step_reads_its_config_and_data_from_s3(package, s3, sample_dir, 
     document = yaml.safe_load((REPO / "examples" / "training.yaml").read_text())
     document["data"]["source"] = s3.uri("runs/raw/")
     storage.write_bytes(s3.uri("runs/config.yaml"), yaml.safe_dump(document).encode())
-    code = main(["run", "training", "--local", "--package", str(package), "--param",
-                 f"config={s3.uri('runs/config.yaml')}", "--pipeline-root", str(tmp_path / "root")])  # fmt: skip
+    code = run_training(package, tmp_path / "root", "--param", f"config={s3.uri('runs/config.yaml')}")
     out = capsys.readouterr().out
     assert code == 0, out
     run_dir = run_dir_of(tmp_path / "root")
@@ -169,8 +169,7 @@ def test_later_steps_read_the_config_ingest_resolved_not_the_uri(package, sample
     assert features_inputs["config"] == {
         "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "ingest"}
     }
-    code = main(["run", "training", "--local", "--package", str(package), "--param", f"config={config}",
-                 "--pipeline-root", str(tmp_path / "root")])  # fmt: skip
+    code = run_training(package, tmp_path / "root", "--param", f"config={config}")
     assert code == 0, capsys.readouterr().out
     recorded = yaml.safe_load(
         (run_dir_of(tmp_path / "root") / "train-model" / "model" / "pipeline_config.yaml").read_text()

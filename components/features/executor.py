@@ -7,7 +7,7 @@ from typing import Any
 
 from kfp_mlops.components.features.core import FEATURE_STORE_YAML, FeaturesResult, build_feature_sets
 from kfp_mlops.components.ingest.core import SplitPaths
-from kfp_mlops.components.shared.artifacts import log_metrics
+from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
 
 
@@ -60,19 +60,9 @@ def publish(
         }
     )
     for name, artifact in datasets.items():
-        artifact.metadata.update(
-            {
-                "rows": result.rows[name],
-                "entity": schema.entity,
-                "timestamp": schema.timestamp,
-                "label": schema.label,
-                "features": result.features,
-                "categorical": [f for f in result.features if result.feature_types[f] == "String"],
-                "feature_view": result.view,
-                "project": result.project,
-                "content_hash": content_hash,
-            }
-        )
+        categorical = [f for f in result.features if result.feature_types[f] == "String"]
+        metadata = dataset_metadata(schema, result.rows[name], result.features, categorical, content_hash)
+        artifact.metadata.update(metadata | {"feature_view": result.view, "project": result.project})
     log_metrics(
         metrics,
         {

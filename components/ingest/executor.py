@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from kfp_mlops.components.ingest.core import IngestResult, SplitPaths, ingest, render_summary
-from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
+from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, write_text_atomically
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
 
 
@@ -23,18 +23,8 @@ def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, An
     """Dataset metadata (rows, hash, column roles, statistics), Metrics, and the Markdown summary."""
     schema = config.schema_
     for name, artifact in datasets.items():
-        artifact.metadata.update(
-            {
-                "rows": result.rows[name],
-                "content_hash": result.content_hash,
-                "entity": schema.entity,
-                "timestamp": schema.timestamp,
-                "label": schema.label,
-                "features": result.features,
-                "categorical": result.categorical,
-                "statistics": result.statistics[name],
-            }
-        )
+        metadata = dataset_metadata(schema, result.rows[name], result.features, result.categorical, result.content_hash)
+        artifact.metadata.update(metadata | {"statistics": result.statistics[name]})
     log_metrics(
         metrics,
         {

@@ -18,6 +18,19 @@ def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
         temporary.write_text(text, encoding="utf-8")
 
 
+def dataset_metadata(schema: Any, rows: int, features: list[str], categorical: list[str], content_hash: str) -> dict:
+    """What every tabular Dataset artifact records: its rows, the column roles and the raw data's content hash."""
+    return {
+        "rows": rows,
+        "entity": schema.entity,
+        "timestamp": schema.timestamp,
+        "label": schema.label,
+        "features": features,
+        "categorical": categorical,
+        "content_hash": content_hash,
+    }
+
+
 def log_metrics(metrics_artifact: Any, values: dict[str, float | int]) -> None:
     for name, value in values.items():
         metrics_artifact.log_metric(name, float(value))
