@@ -8,7 +8,10 @@ ROWS ?= 20000
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= build
 
-.PHONY: install system-deps demo test lint golden constraints bench-ingest bench-materialize bench-train clean
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+
+.PHONY: install system-deps checkov demo test lint golden constraints bench-ingest bench-materialize bench-train clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +34,14 @@ system-deps:  ## Debian's redis-server and PostgreSQL, which the Feast tests sta
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }
 
-test: install system-deps  ## lint and the whole suite, real servers included
+$(CHECKOV):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==3.3.30
+
+checkov: $(CHECKOV)  ## checkov (the manifests' policy scanner) in its own virtualenv: it pins many packages
+
+test: install system-deps $(CHECKOV)  ## lint and the whole suite, real servers included
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

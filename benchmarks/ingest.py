@@ -19,9 +19,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from kfp_mlops import local_services
-from kfp_mlops.components.ingest.core import SplitPaths, ingest
+from kfp_mlops.components.ingest.core import ingest
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import parse_config
+from kfp_mlops.components.shared.splits import SplitPaths
 from kfp_mlops.sample_data import sample_config, write_sample_data
 
 
@@ -66,7 +67,7 @@ def main() -> None:
 
         with local_services.seaweedfs_s3(work / "s3", bucket="bench") as s3:
             os.environ.update(s3.env)
-            storage._s3_client.cache_clear()
+            storage.reset_clients()
             storage.upload_file(uri, s3.uri("data/churn.parquet"))
             filesystem = pafs.S3FileSystem(
                 access_key=s3.env["AWS_ACCESS_KEY_ID"],

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from kfp_mlops.components.features import core
-from kfp_mlops.components.ingest.core import SplitPaths, ingest
+from kfp_mlops.components.ingest.core import ingest
 from kfp_mlops.components.shared.config import PipelineConfig, parse_config
+from kfp_mlops.components.shared.splits import SplitPaths
 from kfp_mlops.sample_data import sample_config, write_sample_data
 
 FEAST = str(Path(sys.executable).with_name("feast"))

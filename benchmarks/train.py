@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from kfp_mlops.components.ingest.core import SplitPaths, ingest
+from kfp_mlops.components.ingest.core import ingest
 from kfp_mlops.components.shared.config import parse_config
+from kfp_mlops.components.shared.splits import SplitPaths
 from kfp_mlops.components.shared.tabular import Preprocessing
 from kfp_mlops.components.train.core import train
 from kfp_mlops.components.train.model import TabularClassifier

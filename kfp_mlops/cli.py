@@ -61,11 +61,11 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kfp_mlops.local_run import coerce_arguments, format_summary, run_local
+    from kfp_mlops.local_run import coerce_arguments, format_summary, local_gpus, parameter_types, run_local
     from kfp_mlops.pipelines import compile_pipeline
 
     if not args.local:
-        print("only --local runs are available: submitting to a KFP server is not implemented yet", file=sys.stderr)
+        print("run needs --local; on a Kubeflow cluster: kfp-mlops submit PIPELINE --host URL", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="kfp-mlops-compile-") as tmp:
         package = (
@@ -74,8 +74,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raw = parse_params(args.param)
         if args.config:
             raw["config"] = config_text(Path(args.config))
+        if "gpus_per_node" in parameter_types(package) and "gpus_per_node" not in raw:
+            raw["gpus_per_node"] = str(local_gpus())  # locally: the GPUs this machine has, so checks match it
         arguments = coerce_arguments(package, raw)
-        result = run_local(package, arguments, Path(args.pipeline_root))
+        result = run_local(package, arguments, Path(args.pipeline_root), verbose=args.verbose)
     print()
     print(format_summary(result))
     return 0 if result.succeeded else 1
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
     run.add_argument("--pipeline-root", default=DEFAULT_PIPELINE_ROOT, help=f"default: {DEFAULT_PIPELINE_ROOT}")
     run.add_argument("--package", help="compiled pipeline YAML to run instead of compiling now")
+    run.add_argument("--verbose", action="store_true", help="stream every step's full output (always in logs/)")
     _add_image_flags(run)
     run.set_defaults(func=cmd_run)
 
@@ -117,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--drift", action="store_true", help="the later window, with shifted distributions")
     sample.set_defaults(func=cmd_sample_data)
+
+    from kfp_mlops.cluster_cli import add_commands as add_cluster_commands
+
+    add_cluster_commands(commands)
     return parser
 
 

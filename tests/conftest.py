@@ -30,8 +30,7 @@ def gcs_server(tmp_path_factory) -> Iterator[local_services.Service]:
 def _use(service: local_services.Service, monkeypatch: pytest.MonkeyPatch) -> local_services.Service:
     for key, value in service.env.items():
         monkeypatch.setenv(key, value)
-    storage._s3_client.cache_clear()
-    storage._gcs_client.cache_clear()
+    storage.reset_clients()
     return service
 
 
@@ -39,14 +38,14 @@ def _use(service: local_services.Service, monkeypatch: pytest.MonkeyPatch) -> lo
 def s3(s3_server, monkeypatch) -> Iterator[local_services.Service]:
     """The S3 server, with this process's environment (and so its subprocesses') pointing at it."""
     yield _use(s3_server, monkeypatch)
-    storage._s3_client.cache_clear()
+    storage.reset_clients()
 
 
 @pytest.fixture
 def gcs(gcs_server, monkeypatch) -> Iterator[local_services.Service]:
     """The GCS emulator, with this process's environment pointing at it."""
     yield _use(gcs_server, monkeypatch)
-    storage._gcs_client.cache_clear()
+    storage.reset_clients()
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +74,8 @@ def pipeline_config(source: str | Path, **sections):
 @pytest.fixture(scope="session")
 def ingested(tmp_path_factory, sample_dir):
     """The sample data ingested: (config, SplitPaths) of train/validation/test Parquet files."""
-    from kfp_mlops.components.ingest.core import SplitPaths, ingest
+    from kfp_mlops.components.ingest.core import ingest
+    from kfp_mlops.components.shared.splits import SplitPaths
 
     directory = tmp_path_factory.mktemp("ingested")
     config = pipeline_config(sample_dir)

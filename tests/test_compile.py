@@ -18,6 +18,7 @@ GOLDEN_IMAGES = ImageConfig(registry="registry.example/kfp-mlops", tag="golden")
 STEP_OF_EXECUTOR = {
     "exec-ingest": "ingest",
     "exec-features": "features",
+    "exec-prepare-training": "train",
     "exec-train-model": "train",
     "exec-evaluate-model": "evaluate",
     "exec-record-baseline": "evaluate",
@@ -96,7 +97,7 @@ def test_every_step_runs_on_its_own_image_without_runtime_installs(compiled, nam
 def test_image_flags_reach_the_compiled_yaml(tmp_path):
     path = compile_pipeline("training", tmp_path / "t.yaml", ImageConfig(registry="r.local/ml", tag="sha-1"))
     images = {e["container"]["image"] for e in load_documents(path)[0]["deploymentSpec"]["executors"].values()}
-    assert images == {f"r.local/ml/kfp-mlops-{step}:sha-1" for step in ("ingest", "features", "train", "evaluate")}
+    assert images == {f"r.local/ml/kfp-mlops-{step}:sha-1" for step in set(STEP_OF_EXECUTOR.values())}
 
 
 def test_pipeline_parameters_have_defaults_and_descriptions(compiled):
@@ -105,6 +106,21 @@ def test_pipeline_parameters_have_defaults_and_descriptions(compiled):
         for key, spec in parameters.items():
             assert spec.get("isOptional") and "defaultValue" in spec, f"{name}.{key} has no default"
             assert spec.get("description"), f"{name}.{key} has no description"
+
+
+def test_caching_is_a_deliberate_choice_for_every_task(compiled):
+    from kfp_mlops.pipelines.training import CACHING
+
+    tasks = {}
+    for component in [
+        load_documents(compiled["training"])[0]["root"],
+        *load_documents(compiled["training"])[0]["components"].values(),
+    ]:
+        tasks |= component.get("dag", {}).get("tasks", {})
+    steps = {name: task for name, task in tasks.items() if not name.startswith("condition")}
+    assert set(steps) == set(CACHING)
+    for name, task in steps.items():
+        assert task.get("cachingOptions", {}).get("enableCache", False) is CACHING[name], name
 
 
 def test_unknown_pipeline_is_rejected(tmp_path):
@@ -129,10 +145,21 @@ def test_training_pipeline_gates_on_the_blessing_and_puts_training_on_the_gpu_po
     platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-model"]
     assert platform["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "train_node_selector"
     assert platform["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "train_tolerations"
+    assert platform["emptyDirMounts"] == [
+        {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "4Gi"}
+    ]
+    assert int(platform["activeDeadlineSeconds"]) == 24 * 3600
     for executor in documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
-        secret = executor["secretAsEnv"][-1]
-        assert secret["optional"] is True
-        assert {k["secretKey"] for k in secret["keyToEnv"]} >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        parameters = [s["secretNameParameter"] for s in executor["secretAsEnv"]]
+        names = [p.get("componentInputParameter", "").removeprefix("pipelinechannel--") or p["runtimeValue"]["constant"]
+                 for p in parameters]  # fmt: skip
+        secrets = dict(zip(names, executor["secretAsEnv"], strict=True))
+        storage_keys = {k["secretKey"]: k["envVar"] for k in secrets["storage_secret"]["keyToEnv"]}
+        assert storage_keys["AWS_ACCESS_KEY_ID"] == "AWS_ACCESS_KEY_ID" and secrets["storage_secret"]["optional"]
+        minio = secrets["mlpipeline-minio-artifact"]  # KFP's own MinIO credentials: minio:// works out of the box
+        assert {k["secretKey"]: k["envVar"] for k in minio["keyToEnv"]} == {
+            "accesskey": "KFP_MINIO_ACCESS_KEY", "secretkey": "KFP_MINIO_SECRET_KEY",
+        } and minio["optional"]  # fmt: skip
     text = compiled["training"].read_text()
     for value in SECRET_SENTINELS.values():
         assert value not in text and value.split("=")[-1] not in text

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from kfp_mlops.components.evaluate import core
 from kfp_mlops.components.shared.config import EvaluateConfig
+from kfp_mlops.components.shared.model_package import read_model_config
 
 
 def with_evaluate(config, **values):
@@ -57,13 +58,28 @@ def test_model_worse_than_the_recorded_baseline_is_not_blessed(trained_model, in
     baseline = tmp_path / "baseline.json"
     better = {**first.metrics, "roc_auc": first.metrics["roc_auc"] + 0.05}
     core.record_baseline(str(baseline), str(tmp_path / "retired-model"), better, "sha256:x", "run-1")
-    strict = with_evaluate(config, baseline=str(baseline), max_regression={"roc_auc": 0.01})
+    fallback = {"baseline": str(baseline), "allow_recorded_baseline_metrics": True}
+    strict = with_evaluate(config, max_regression={"roc_auc": 0.01}, **fallback)
     evaluation = core.evaluate(strict, str(directory / "model"), paths.test)
     assert not evaluation.blessed
     assert any("roc_auc" in r and "regresses more than 0.01 from the baseline" in r for r in evaluation.reasons)
     assert evaluation.baseline["scored_on"].startswith("its own test split (recorded; re-scoring failed")
-    tolerant = with_evaluate(config, baseline=str(baseline), max_regression={"roc_auc": 0.1})
+    tolerant = with_evaluate(config, max_regression={"roc_auc": 0.1}, **fallback)
     assert core.evaluate(tolerant, str(directory / "model"), paths.test).blessed
+
+
+def test_a_baseline_model_that_cannot_be_read_fails_the_step_unless_the_fallback_is_allowed(
+    trained_model, ingested, tmp_path
+):
+    """A credential or storage problem must not quietly swap the re-scored baseline for its recorded numbers."""
+    _, directory = trained_model
+    config, paths = ingested
+    baseline = tmp_path / "baseline.json"
+    core.record_baseline(str(baseline), str(tmp_path / "unreadable-model"), {"roc_auc": 0.5}, "sha256:x", "run-1")
+    with pytest.raises(
+        core.BaselineUnavailableError, match=r"could not be re-scored .*allow_recorded_baseline_metrics"
+    ):
+        core.evaluate(with_evaluate(config, baseline=str(baseline)), str(directory / "model"), paths.test)
 
 
 def test_absolute_thresholds_gate_the_blessing(trained_model, ingested):
@@ -99,10 +115,11 @@ def test_model_card_names_data_features_parameters_metrics_and_decision(trained_
     _, directory = trained_model
     config, paths = ingested
     evaluation = core.evaluate(config, str(directory / "model"), paths.test)
-    model_config = json.loads((directory / "model" / "model_config.json").read_text())
+    model_config = read_model_config(directory / "model")
     card = core.model_card(evaluation, config, model_config, "sha256:feed")
     assert "**BLESSED**" in card and "sha256:feed" in card and "monthly_charges" in card
     assert "| roc_auc |" in card and "≥ 0.6" in card and '"zero_stage": 2' in card
+    assert "Missing values: imputed inside the model" in card and "micro_batch_size 64" in card
 
 
 def test_decision_threshold_comes_from_the_model_unless_the_config_sets_one(trained_model, ingested):

@@ -21,9 +21,10 @@ import yaml
 
 from kfp_mlops import local_services
 from kfp_mlops.components.features import core, executor
-from kfp_mlops.components.ingest.core import SPLITS, SplitPaths, ingest
+from kfp_mlops.components.ingest.core import ingest
 from kfp_mlops.components.shared.config import parse_config
 from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.components.shared.splits import SPLITS, SplitPaths
 from kfp_mlops.sample_data import CATEGORICAL, ENTITY, LABEL, NUMERIC, TIMESTAMP, make_sample_table
 
 FEATURES = NUMERIC + CATEGORICAL
@@ -31,7 +32,9 @@ REDIS_ENV = "FEAST_REDIS_CONNECTION_STRING"
 REGISTRY_ENV = "FEAST_REGISTRY_URL"
 
 
-def make_config(source: str = "unused", features: list[str] | None = None, **feature_settings):
+def make_config(
+    source: str = "unused", features: list[str] | None = None, missing_values: str = "impute", **feature_settings
+):
     features = FEATURES if features is None else features
     return parse_config(
         {
@@ -42,6 +45,7 @@ def make_config(source: str = "unused", features: list[str] | None = None, **fea
                 "label": LABEL,
                 "features": features,
                 "categorical": [c for c in CATEGORICAL if c in features],
+                "missing_values": missing_values,
             },
             "features": feature_settings,
         }
@@ -347,13 +351,14 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
 def test_bad_input_fails_with_a_clear_message_and_no_output(tmp_path, inputs, case):
+    """Under schema.missing_values: error (ingest normally rejects missing values first; the step holds the
+    policy on its own too)."""
     make, message = BAD_INPUTS[case]
     paths = write_splits(tmp_path / "in", make(read(inputs)))
     features = FEATURES + ["tags"] if "tags" in pq.read_schema(paths.train).names else FEATURES
+    config = make_config(features=features, missing_values="error")
     with pytest.raises(InputError, match=message):
-        core.build_feature_sets(
-            make_config(features=features), paths, str(tmp_path / "repo"), split_paths(tmp_path / "out")
-        )
+        core.build_feature_sets(config, paths, str(tmp_path / "repo"), split_paths(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "repo").exists()
 
@@ -482,3 +487,19 @@ def test_shared_postgresql_registry_and_redis_a_later_run_reuses_the_materializa
         assert registry_password.encode() not in path.read_bytes(), path
     captured = capfd.readouterr()
     assert registry_password not in captured.out + captured.err
+
+
+def test_missing_values_in_the_data_pass_through_as_null_under_impute_and_infinity_still_fails(tmp_path, inputs):
+    tables = read(inputs)
+    tables["validation"] = _with_value(tables["validation"], "age", 16, float("nan"))
+    tables["train"] = _with_value(tables["train"], "plan", 0, None)
+    paths = write_splits(tmp_path / "in", tables)
+    outputs = split_paths(tmp_path / "out")
+    core.build_feature_sets(make_config(), paths, str(tmp_path / "repo"), outputs)
+    written = read(outputs)
+    assert written["validation"]["age"][16].as_py() is None and written["train"]["plan"][0].as_py() is None
+    assert written["validation"]["age"].null_count == 1 and written["train"]["plan"].null_count == 1
+    tables["test"] = _with_value(tables["test"], "monthly_charges", 3, float("inf"))
+    paths = write_splits(tmp_path / "in2", tables)
+    with pytest.raises(InputError, match=r"test split: column 'monthly_charges' row 4: value inf after the point-in"):
+        core.build_feature_sets(make_config(), paths, str(tmp_path / "repo2"), split_paths(tmp_path / "out2"))

@@ -11,10 +11,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from kfp_mlops.components.ingest.core import SplitPaths, entity_buckets, ingest
+from kfp_mlops.components.ingest.core import entity_buckets, ingest
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import parse_config
 from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.components.shared.splits import SplitPaths
 from kfp_mlops.sample_data import CATEGORICAL, NUMERIC, make_sample_table, sample_config
 
 

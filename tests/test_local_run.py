@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -63,9 +64,19 @@ def test_training_yaml_runs_every_step_locally_and_records_the_blessed_model(pac
     out = capsys.readouterr().out
     assert code == 0, out
     assert "Pipeline kfp-mlops-training: SUCCEEDED" in out
-    for step in ("ingest", "features", "train-model", "evaluate-model", "record-baseline"):
+    steps = ("ingest", "features", "prepare-training", "train-model", "evaluate-model", "record-baseline")
+    for step in steps:
         assert re.search(rf"^{step} +SUCCESS", out, re.MULTILINE), f"{step} did not succeed"
+    # a short console: start/end of each step, epochs, outcomes and the summary; the full output is in logs/
+    assert len(out.splitlines()) < 45, out
+    assert "executor_input" not in out and "DeepSpeed" not in out
+    assert re.search(r"^  train-model +epoch 4/4 train_loss=\S+ val_loss=\S+ step=\d+ samples/s=", out, re.MULTILINE)
+    assert "[evaluate] BLESSED" in out
     run_dir = run_dir_of(root)
+    logs = run_dir / "logs"
+    assert {p.name for p in logs.iterdir()} == {"run.log", *(f"{step}.log" for step in steps)}
+    assert "executor_input" in (logs / "ingest.log").read_text()
+    assert "[train] checkpoint" in (logs / "train-model.log").read_text()
     task = run_dir / "ingest"
     rows = {name: pq.read_table(task / name).num_rows for name in ("train", "validation", "test")}
     assert sum(rows.values()) == 5_000 - 25  # 0.5 % exact duplicates dropped
@@ -91,6 +102,9 @@ def test_training_yaml_runs_every_step_locally_and_records_the_blessed_model(pac
     assert sum(sum(r["row"]) for r in confusion["rows"]) == rows["test"]
     assert "**BLESSED**" in (run_dir / "evaluate-model" / "model_card").read_text()
     assert metadata_of(run_dir / "evaluate-model", "blessing")["blessed"] is True
+    scores = metadata_of(run_dir / "evaluate-model", "metrics")
+    assert 0.65 < scores["roc_auc"] <= 1.0 and 0.5 < scores["accuracy"] <= 1.0 and scores["log_loss"] < 0.69
+    assert 0.0 < scores["f1"] <= 1.0 and 0.0 <= scores["expected_calibration_error"] < 0.2
     assert json.loads(baseline.read_text())["model"].endswith("train-model/model")
 
 
@@ -98,7 +112,8 @@ def test_model_worse_than_the_baseline_is_not_blessed_and_not_recorded(package, 
     baseline = tmp_path / "baseline.json"
     record = {"model": str(tmp_path / "retired-champion"), "metrics": {"roc_auc": 0.99}, "run_id": "earlier"}
     baseline.write_text(json.dumps(record))
-    config = write_config(tmp_path, str(sample_dir), evaluate={"baseline": str(baseline)})
+    evaluate = {"baseline": str(baseline), "allow_recorded_baseline_metrics": True}  # its model is gone
+    config = write_config(tmp_path, str(sample_dir), evaluate=evaluate)
     root = tmp_path / "root"
     code = run_training(package, root, "--config", str(config))
     out = capsys.readouterr().out
@@ -126,6 +141,8 @@ def test_bad_data_fails_the_run_naming_the_step_and_error_with_no_outputs(packag
     assert "Pipeline kfp-mlops-training: FAILED" in out
     assert "step 'ingest' failed: InputError:" in out and "column 'churned' row 11: label is null or NaN" in out
     run_dir = run_dir_of(root)
+    assert f"log: {run_dir / 'logs' / 'ingest.log'}" in out  # the failing step's log, and its last lines
+    assert re.search(r"^  \| .*InputError: .*label is null or NaN", out, re.MULTILINE)
     assert not any((run_dir / "ingest").glob("train*")), "a failed ingest left a partial output"
 
 
@@ -175,3 +192,17 @@ def test_later_steps_read_the_config_ingest_resolved_not_the_uri(package, sample
         (run_dir_of(tmp_path / "root") / "train-model" / "model" / "pipeline_config.yaml").read_text()
     )
     assert recorded["data"]["source"] == str(sample_dir) and recorded["train"]["epochs"] == 4
+
+
+def test_a_training_config_error_fails_in_seconds_before_any_gpu_step_or_retry(package, sample_dir, tmp_path, capsys):
+    """bf16 asked of a machine without GPUs: prepare-training (CPU, no retries) stops the run; train-model, which
+    retries with back-off, never starts."""
+    config = write_config(tmp_path, str(sample_dir), train={"precision": "bf16", "epochs": 1})
+    started = time.monotonic()
+    code = run_training(package, tmp_path / "root", "--config", str(config))
+    seconds = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "step 'prepare-training' failed: ConfigError: train.precision: bf16 needs a GPU" in out
+    assert "train-model" not in out and "retrying" not in out
+    assert seconds < 60  # ingest and Feast included; the error itself comes as soon as prepare-training runs

@@ -1,42 +1,518 @@
-"""Cluster manifests, validated against the Kubernetes OpenAPI schemas (kubernetes-validate, strict): no cluster
-runs here."""
+"""The cluster manifests: every kustomization under manifests/ renders offline (kubectl kustomize) and each document
+validates strictly (built-in kinds against the Kubernetes 1.37 schemas, Kubeflow Trainer kinds against the official
+kubeflow-trainer-api models); the runner's RBAC is exactly what the TrainJob launcher calls; no manifest holds a
+credential; Triton, the Trainer runtime and the GPU examples say what the README claims; checkov finds nothing
+beyond manifests/checkov-accepted.yaml. No cluster runs here."""
 
 from __future__ import annotations
 
+import copy
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from kubernetes_validate import ValidationError, validate
+from kubernetes_validate import ValidationError
+from support.manifests import (
+    CHECKOV,
+    CHECKOV_TARGET,
+    KUBECTL,
+    MANIFESTS,
+    REPO,
+    checkov,
+    documents,
+    kustomization_dirs,
+    kustomize,
+    literal_credentials,
+    validate_document,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-KUSTOMIZATION = yaml.safe_load((REPO / "manifests" / "kustomization.yaml").read_text())
-RESOURCES = [REPO / "manifests" / path for path in KUSTOMIZATION["resources"]]
+from kfp_mlops.components.shared.config import TrainConfig
+from kfp_mlops.components.shared.storage import CREDENTIAL_SECRET_KEYS
+from kfp_mlops.components.train import trainjob
+from kfp_mlops.pipelines.training import FEAST_SECRET_KEYS
+
+pytestmark = pytest.mark.timeout(120)
+
+KUSTOMIZATIONS = kustomization_dirs()
+SERVING_NAMESPACE = "kfp-mlops-serving"
+PIPELINES_NAMESPACE = "kubeflow"
+DEFAULT_GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+GPU_RESOURCE = "nvidia.com/gpu"
+# Triton core's S3 path parser (src/filesystem/implementations/s3.h): a custom endpoint needs host AND port.
+TRITON_S3_ENDPOINT_PATH = re.compile(
+    r"s3://(http://|https://|)([0-9a-zA-Z\-.]+):([0-9]+)/([0-9a-z.\-]+)(((/[0-9a-zA-Z.\-_]+)*)?)"
+)
+ACCEPTED = yaml.safe_load((MANIFESTS / "checkov-accepted.yaml").read_text())
+README = (MANIFESTS / "README.md").read_text()
 
 
-@pytest.mark.parametrize("path", RESOURCES, ids=[p.name for p in RESOURCES])
-def test_manifest_is_valid_in_strict_mode(path):
-    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    assert documents
-    for document in documents:
-        validate(document, "1.37.0", strict=True)
+@pytest.fixture(scope="module")
+def rendered() -> dict[Path, list[dict[str, Any]]]:
+    """Every kustomization rendered once: directory (relative to manifests/) -> its documents."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        texts = dict(zip(KUSTOMIZATIONS, pool.map(lambda d: kustomize(MANIFESTS / d), KUSTOMIZATIONS), strict=True))
+    return {directory: documents(text) for directory, text in texts.items()}
 
 
-def test_strict_validation_rejects_a_misspelled_field():
-    deployment = next(d for d in yaml.safe_load_all((REPO / "manifests/feast/redis.yaml").read_text()) if d)
-    deployment["spec"]["replica"] = deployment["spec"].pop("replicas")
-    with pytest.raises(ValidationError, match="replica"):
-        validate(deployment, "1.37.0", strict=True)
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
 
 
-def test_trainjob_role_grants_what_the_launcher_calls():
-    role = next(yaml.safe_load_all((REPO / "manifests/rbac/trainjob-launcher.yaml").read_text()))
-    rule = next(r for r in role["rules"] if r["resources"] == ["trainjobs"])
-    assert rule["apiGroups"] == ["trainer.kubeflow.org"]
-    assert {"get", "create", "delete"} <= set(rule["verbs"])  # run_trainjob: GET, POST, DELETE on SIGTERM
+def triton_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = one(docs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"]
+    return container
 
 
-def test_no_manifest_carries_a_secret_value():
-    for path in RESOURCES:
-        for document in yaml.safe_load_all(path.read_text()):
-            assert document.get("kind") != "Secret", f"{path} commits a Secret"
+def gpu_requests(pod_spec: dict[str, Any]) -> list[str]:
+    return [
+        f"{container['name']}.{part}"
+        for container in pod_spec.get("containers", []) + pod_spec.get("initContainers", [])
+        for part in ("requests", "limits")
+        if GPU_RESOURCE in (container.get("resources") or {}).get(part, {})
+    ]
+
+
+# --- every kustomization builds and validates ---------------------------------------------------------------------
+
+
+def test_every_manifest_file_is_named_by_the_kustomization_of_its_directory():
+    """Nothing under manifests/ is silently left out (optional patches are named in a comment); examples/ and
+    secrets/ hold no Kubernetes objects and no kustomization reaches them."""
+    assert {Path("."), Path("overlays/cpu"), Path("triton/gpu"), Path("triton/cpu"), Path("trainer")} <= set(
+        KUSTOMIZATIONS
+    )
+    for path in [*MANIFESTS.rglob("*.yaml"), *MANIFESTS.rglob("*.env")]:
+        relative = path.relative_to(MANIFESTS)
+        if relative.parts[0] in {"examples", "secrets"} or path.name in {"kustomization.yaml", "checkov-accepted.yaml"}:
+            continue
+        kustomization = path.parent / "kustomization.yaml"
+        assert kustomization.exists() and re.search(rf"\b{re.escape(path.name)}\b", kustomization.read_text()), relative
+    for kustomization in MANIFESTS.rglob("kustomization.yaml"):
+        assert not re.search(r"examples/|secrets/", re.sub(r"#.*", "", kustomization.read_text())), kustomization
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=str)
+def test_kustomization_builds_and_every_document_validates_strictly(rendered, directory):
+    docs = rendered[directory]
+    assert docs, f"{directory} renders nothing"
+    for document in docs:
+        validate_document(document)
+        if document["kind"] not in {"Namespace", "ClusterTrainingRuntime"}:
+            assert document["metadata"].get("namespace") in {PIPELINES_NAMESPACE, SERVING_NAMESPACE}, document
+
+
+def test_strict_validation_rejects_a_misspelled_field(rendered):
+    deployment = copy.deepcopy(one(rendered[Path("triton/gpu")], "Deployment", "triton"))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readynessProbe"] = container.pop("readinessProbe")
+    with pytest.raises(ValidationError, match="readynessProbe"):
+        validate_document(deployment)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda spec: spec["template"]["spec"].update(replicatedJob=[]),
+            r"spec\.template\.spec\.replicatedJob: unknown",
+        ),
+        (
+            lambda spec: spec["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"][
+                "containers"
+            ][0].update(volumeMount=[]),
+            r"containers\[0\]\.volumeMount: unknown field",
+        ),
+        (lambda spec: spec["mlPolicy"].update(numNodes="2"), r"spec\.mlPolicy\.numNodes: Input should be a valid int"),
+    ],
+    ids=["misspelled-jobset-field", "misspelled-container-field", "wrong-type"],
+)
+def test_trainer_runtime_validation_rejects_what_the_crd_would(rendered, mutate, message):
+    runtime = copy.deepcopy(one(rendered[Path("trainer")], "ClusterTrainingRuntime", "torch-distributed"))
+    mutate(runtime["spec"])
+    with pytest.raises(ValueError, match=message):
+        validate_document(runtime)
+
+
+def test_a_custom_kind_without_a_model_is_refused_rather_than_waved_through():
+    with pytest.raises(ValueError, match="no schema"):
+        validate_document({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}})
+
+
+# --- runner RBAC --------------------------------------------------------------------------------------------------
+
+
+def trainjob_verbs() -> set[str]:
+    """The verbs components/train/trainjob.py uses on trainjobs, read from its kubernetes client calls."""
+    source = Path(trainjob.__file__).read_text()
+    calls = set(re.findall(r"self\._api\.(\w+?)_namespaced_custom_object\(", source))
+    verb = {"get": "get", "create": "create", "delete": "delete", "list": "list", "patch": "patch", "replace": "update"}
+    return {verb[call] for call in calls}
+
+
+def test_runner_role_grants_exactly_what_the_trainjob_launcher_calls(rendered):
+    docs = rendered[Path("pipelines")]
+    assert trainjob_verbs() == {"get", "create", "delete"}
+    role = one(docs, "Role", "kfp-mlops-trainjob-launcher")
+    (rule,) = role["rules"]
+    assert set(rule) == {"apiGroups", "resources", "verbs"}
+    assert (rule["apiGroups"], rule["resources"]) == ([trainjob.GROUP], [trainjob.PLURAL])
+    assert sorted(rule["verbs"]) == sorted(trainjob_verbs())
+    binding = one(docs, "RoleBinding", "kfp-mlops-trainjob-launcher")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "kfp-mlops-runner", "namespace": PIPELINES_NAMESPACE}
+    ]
+    one(docs, "ServiceAccount", "kfp-mlops-runner")
+
+
+def test_runner_rbac_is_namespaced_without_wildcards_and_reads_no_secret_beyond_kfps_artifact_store(rendered):
+    all_docs = [d for docs in rendered.values() for d in docs]
+    assert not [d for d in all_docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    roles = [d for d in rendered[Path("pipelines")] if d["kind"] == "Role"]
+    assert {r["metadata"]["name"] for r in roles} == {"kfp-mlops-trainjob-launcher", "kfp-mlops-kfp-executor"}
+    for role in roles:
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(field, []), f"{role['metadata']['name']}: wildcard in {field}"
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+            if "secrets" in rule["resources"]:  # KFP's launcher reads its artifact-store Secret, by name, nothing else
+                assert role["metadata"]["name"] == "kfp-mlops-kfp-executor"
+                assert rule == {
+                    "apiGroups": [""], "resources": ["secrets"],
+                    "resourceNames": ["mlpipeline-minio-artifact"], "verbs": ["get"],
+                }  # fmt: skip
+    trainjob_role = one(rendered[Path("pipelines")], "Role", "kfp-mlops-trainjob-launcher")
+    assert all("secrets" not in rule["resources"] for rule in trainjob_role["rules"])
+
+
+def test_pipeline_namespace_is_changed_in_one_place_and_bindings_follow(tmp_path):
+    copied = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, copied)
+    kustomization = copied / "pipelines" / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace("namespace: kubeflow", "namespace: team-a"))
+    docs = documents(kustomize(copied))
+    namespaces = {d["metadata"].get("namespace") for d in docs}
+    assert namespaces == {None, "team-a", SERVING_NAMESPACE}
+    for binding in (d for d in docs if d["kind"] == "RoleBinding"):
+        assert binding["metadata"]["namespace"] == "team-a"
+        assert {s["namespace"] for s in binding["subjects"]} == {"team-a"}
+
+
+# --- no literal credentials ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"kind": "Secret", "metadata": {"name": "s"}, "stringData": {"AWS_SECRET_ACCESS_KEY": "x"}},
+        {"kind": "Secret", "metadata": {"name": "s"}, "data": {"password": "eA=="}},
+        {"kind": "Pod", "spec": {"containers": [{"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}]}},
+        {"kind": "Pod", "spec": {"containers": [{"env": [{"name": "FEAST_REDIS_CONNECTION_STRING", "value": "r:1"}]}]}},
+        {"kind": "Pod", "spec": {"containers": [{"env": [{"name": "DB", "value": "postgresql://u:p@h:5432/d"}]}]}},
+        {"kind": "ConfigMap", "data": {"url": "postgresql+psycopg://feast:pw@host:5432/feast"}},
+        {"kind": "Deployment", "spec": {"args": ["--redis=host:6379,password=hunter2"]}},
+    ],
+    ids=["secret-stringdata", "secret-data", "env-secret", "env-connection-string", "env-url", "configmap-url", "arg"],
+)
+def test_credential_scan_finds_a_literal_credential_wherever_it_is(document):
+    assert literal_credentials(document)
+
+
+def test_no_rendered_manifest_or_example_holds_a_literal_credential(rendered):
+    found = [f"{d}: {finding}" for d, docs in rendered.items() for doc in docs for finding in literal_credentials(doc)]
+    for path in (MANIFESTS / "examples").glob("*.yaml"):
+        found += [
+            f"{path.name}: {finding}" for doc in documents(path.read_text()) for finding in literal_credentials(doc)
+        ]
+    assert not [d for docs in rendered.values() for d in docs if d["kind"] == "Secret"]
+    assert not found
+
+
+def _secret_references(docs: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Secret name -> keys the documents read from it (secretKeyRef env and secret volumes)."""
+    references: dict[str, set[str]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "secretKeyRef" in node:
+                references.setdefault(node["secretKeyRef"]["name"], set()).add(node["secretKeyRef"]["key"])
+            if "secret" in node and "secretName" in node["secret"]:
+                keys = {item["key"] for item in node["secret"].get("items", [])}
+                references.setdefault(node["secret"]["secretName"], set()).update(keys)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(docs)
+    return references
+
+
+def _template_keys(path: Path) -> dict[str, str]:
+    """The Secret kubectl would create from a template (offline, --dry-run=client): key -> value."""
+    result = subprocess.run(
+        [str(KUBECTL), "create", "secret", "generic", "x", f"--from-env-file={path}", "--dry-run=client", "-o", "yaml"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return yaml.safe_load(result.stdout).get("data") or {}
+
+
+def test_secret_templates_document_every_key_the_manifests_and_pipeline_read_and_hold_no_value(rendered):
+    templates = {p.name.removesuffix(".env.example"): _template_keys(p) for p in (MANIFESTS / "secrets").iterdir()}
+    assert set(templates) == {"kfp-mlops-storage", "kfp-mlops-feast", "kfp-mlops-feast-stores"}
+    for name, keys in templates.items():
+        assert keys and not any(keys.values()), f"{name}: a template holds a value"
+        assert re.search(rf"create secret generic {name} ", README), f"README does not show how to create {name}"
+    for name, keys in _secret_references(rendered[Path(".")] + rendered[Path("overlays/cpu")]).items():
+        assert keys <= set(templates[name]), f"{name}: manifests read {keys - set(templates[name])} not in template"
+    assert set(CREDENTIAL_SECRET_KEYS) | {"AWS_DEFAULT_REGION"} == set(templates["kfp-mlops-storage"])
+    assert set(FEAST_SECRET_KEYS.values()) == set(templates["kfp-mlops-feast"])
+
+
+# --- Triton -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", ["triton/gpu", "triton/cpu", ".", "overlays/cpu"])
+def test_triton_runs_explicit_model_control_from_the_configured_repository_with_health_probes(rendered, overlay):
+    docs = rendered[Path(overlay)]
+    deployment = one(docs, "Deployment", "triton")
+    assert deployment["metadata"]["namespace"] == SERVING_NAMESPACE
+    assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns the replica count"
+    container = triton_container(docs)
+    assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:24\.10-py3", container["image"])  # Triton 2.51.0
+    args = container["args"]
+    assert args[0] == "tritonserver"
+    assert {"--model-control-mode=explicit", "--load-model=*", "--http-port=8000", "--grpc-port=8001"} <= set(args)
+    assert "--model-repository=$(MODEL_REPOSITORY)" in args
+    (source,) = [e["valueFrom"]["configMapKeyRef"] for e in container["env"] if e["name"] == "MODEL_REPOSITORY"]
+    repository = one(docs, "ConfigMap", source["name"])["data"][source["key"]]
+    env_file = (MANIFESTS / "triton" / "base" / "model-repository.env").read_text()
+    assert f"MODEL_REPOSITORY={repository}" in env_file.splitlines()
+    assert TRITON_S3_ENDPOINT_PATH.fullmatch(repository), f"Triton would not read {repository} as host:port/bucket"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    probe_paths = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert {kind: (p["path"], ports[p["port"]]) for kind, p in probe_paths.items()} == {
+        "startupProbe": ("/v2/health/live", 8000),
+        "livenessProbe": ("/v2/health/live", 8000),
+        "readinessProbe": ("/v2/health/ready", 8000),
+    }
+    storage = {
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert {ref["name"] for ref in storage.values()} == {"kfp-mlops-storage"}
+    assert set(storage) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+
+
+@pytest.mark.parametrize("overlay", ["triton/gpu", "triton/cpu"])
+def test_triton_pod_is_non_root_and_restricted(rendered, overlay):
+    docs = rendered[Path(overlay)]
+    pod = one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert one(docs, "ServiceAccount", pod["serviceAccountName"])["automountServiceAccountToken"] is False
+    context = triton_container(docs)["securityContext"]
+    assert context == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    mounts = {m["mountPath"]: m["name"] for m in triton_container(docs)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]], "Triton copies remote models to /tmp: a writable emptyDir"
+    namespace = one(docs, "Namespace", SERVING_NAMESPACE)
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    resources = triton_container(docs)["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
+
+
+@pytest.mark.parametrize("overlay", ["triton/gpu", "triton/cpu"])
+def test_triton_services_and_autoscaler(rendered, overlay):
+    docs = rendered[Path(overlay)]
+    service = one(docs, "Service", "triton")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    pods = one(docs, "Service", "triton-pods")  # every pod's address, for per-pod model loads
+    assert pods["spec"]["clusterIP"] == "None" and pods["spec"]["publishNotReadyAddresses"] is True
+    labels = one(docs, "Deployment", "triton")["spec"]["template"]["metadata"]["labels"]
+    for svc in (service, pods):
+        assert svc["spec"]["selector"].items() <= labels.items()
+    hpa = one(docs, "HorizontalPodAutoscaler", "triton")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "triton"}
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert "--load-model=*" in triton_container(docs)["args"], "scaling out relies on new pods loading the repository"
+    policy = one(docs, "NetworkPolicy", "triton")
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {8000, 8001, 8002}
+
+
+def test_gpu_overlay_requests_a_gpu_and_tolerates_the_default_taint_cpu_overlay_none(rendered):
+    gpu_pod = one(rendered[Path("triton/gpu")], "Deployment", "triton")["spec"]["template"]["spec"]
+    resources = gpu_pod["containers"][0]["resources"]
+    assert resources["limits"][GPU_RESOURCE] == resources["requests"][GPU_RESOURCE] == "1"
+    assert DEFAULT_GPU_TOLERATION in gpu_pod["tolerations"]
+    assert "nodeSelector" not in gpu_pod, "the node selector is empty by default (examples per cloud are opt-in)"
+    for overlay in ("triton/cpu", "overlays/cpu"):
+        cpu_pod = one(rendered[Path(overlay)], "Deployment", "triton")["spec"]["template"]["spec"]
+        assert not gpu_requests(cpu_pod)
+        assert "tolerations" not in cpu_pod
+    assert gpu_requests(one(rendered[Path(".")], "Deployment", "triton")["spec"]["template"]["spec"])
+
+
+def test_every_image_is_pinned_to_a_release_tag(rendered):
+    images = {container["image"] for docs in rendered.values() for doc in docs for container in _containers(doc)}
+    assert len(images) == 4, images  # redis, postgres, tritonserver, the runtime's default pytorch
+    for image in images:
+        name, _, tag = image.rpartition(":")
+        assert name and re.fullmatch(r"[\w.-]*\d[\w.-]*", tag) and tag != "latest", image
+
+
+def _containers(node: Any) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        found = [c for c in node.get("containers", []) + node.get("initContainers", []) if "image" in c]
+        return found + [c for value in node.values() for c in _containers(value)]
+    if isinstance(node, list):
+        return [c for value in node for c in _containers(value)]
+    return []
+
+
+# --- Trainer runtime ----------------------------------------------------------------------------------------------
+
+
+def test_trainer_runtime_is_the_one_trainjobs_reference_with_shared_memory_for_nccl(rendered):
+    runtime = one(rendered[Path("trainer")], "ClusterTrainingRuntime", "torch-distributed")
+    assert runtime["metadata"]["name"] == trainjob.TrainJobSpec.runtime_ref == TrainConfig().runtime
+    assert trainjob.TrainJobSpec.runtime_kind == runtime["kind"]
+    assert "torch" in runtime["spec"]["mlPolicy"]
+    (job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == trainjob.TRAINER_REPLICATED_JOB
+    assert job["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    pod = job["template"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] == trainjob.TRAINER_REPLICATED_JOB
+    (shm,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == shm["name"]]
+    assert volume["emptyDir"]["medium"] == "Memory"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_a_trainjob_the_pipeline_builds_patches_a_replicated_job_the_runtime_has(rendered):
+    runtime = one(rendered[Path("trainer")], "ClusterTrainingRuntime", "torch-distributed")
+    spec = trainjob.TrainJobSpec(
+        name="kfp-train-0123456789", namespace=PIPELINES_NAMESPACE, image="ghcr.io/kfp-mlops/kfp-mlops-train:0.1.0",
+        command=["torchrun"], num_nodes=2, tolerations=[DEFAULT_GPU_TOLERATION],
+    )  # fmt: skip
+    manifest = trainjob.build_manifest(spec)
+    validate_document(manifest)  # the same models validate the pipeline's TrainJob and our runtime
+    assert manifest["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org", "kind": runtime["kind"], "name": runtime["metadata"]["name"],
+    }  # fmt: skip
+    patched = manifest["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert {j["name"] for j in patched} <= {j["name"] for j in runtime["spec"]["template"]["spec"]["replicatedJobs"]}
+
+
+# --- GPU node pool examples ---------------------------------------------------------------------------------------
+
+
+def _tolerates(toleration: dict[str, str], taint: dict[str, str]) -> bool:
+    if toleration.get("effect") and toleration["effect"] != taint["effect"]:
+        return False
+    if toleration["operator"] == "Exists":
+        return toleration.get("key") in (None, taint["key"])
+    return toleration["key"] == taint["key"] and toleration.get("value") == taint.get("value")
+
+
+def _with_patch(tmp_path: Path, patch: str) -> dict[str, Any]:
+    """The gpu overlay with one of its optional patches applied, as an operator would uncomment it."""
+    shutil.copy(MANIFESTS / "triton" / "gpu" / patch, tmp_path / patch)
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {"resources": [os.path.relpath(MANIFESTS / "triton" / "gpu", tmp_path)], "patches": [{"path": patch}]}
+        )
+    )
+    return one(documents(kustomize(tmp_path)), "Deployment", "triton")["spec"]["template"]["spec"]
+
+
+def test_eksctl_example_taints_what_the_default_toleration_tolerates_and_labels_what_the_eks_patch_selects(tmp_path):
+    config = yaml.safe_load((MANIFESTS / "examples" / "eks-gpu-nodegroup.eksctl.yaml").read_text())
+    assert (config["apiVersion"], config["kind"]) == ("eksctl.io/v1alpha5", "ClusterConfig")
+    selector = _with_patch(tmp_path, "node-selector-eks.yaml")["nodeSelector"]
+    (group,) = config["managedNodeGroups"]
+    assert re.fullmatch(r"(g4dn|g5|g6|g6e|p4d|p5)\.\w+", group["instanceType"]), "a GPU instance type"
+    assert selector.items() <= group["labels"].items()
+    assert group["taints"] and all(_tolerates(DEFAULT_GPU_TOLERATION, taint) for taint in group["taints"])
+    assert group["minSize"] <= group["desiredCapacity"] <= group["maxSize"]
+
+
+def test_gke_example_creates_the_accelerator_the_gke_patch_selects_and_is_valid_bash(tmp_path):
+    script = MANIFESTS / "examples" / "gke-gpu-node-pool.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+    words = shlex.split(script.read_text().split("gcloud container node-pools create", 1)[1], comments=True)
+    (accelerator,) = [w.split("=", 1)[1] for w in words if w.startswith("--accelerator=")]
+    options = dict(part.split("=", 1) for part in accelerator.split(","))
+    selector = _with_patch(tmp_path, "node-selector-gke.yaml")["nodeSelector"]
+    assert selector == {"cloud.google.com/gke-accelerator": options["type"]}
+    assert int(options["count"]) >= 1 and "gpu-driver-version" in options
+    gke_taint = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}  # GKE adds it to GPU nodes
+    assert _tolerates(DEFAULT_GPU_TOLERATION, gke_taint)
+
+
+# --- checkov ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkov_report(rendered, tmp_path_factory) -> dict[str, Any]:
+    """One checkov run over every rendered kustomization (one file each): path -> (passed, failed) checks."""
+    assert CHECKOV.exists(), f"checkov is not installed at {CHECKOV.relative_to(REPO)}: run `{CHECKOV_TARGET}`"
+    directory = tmp_path_factory.mktemp("rendered")
+    files = {}
+    for kustomization, docs in rendered.items():
+        path = directory / f"{'_'.join(kustomization.parts) or 'manifests'}.yaml"
+        path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        files[kustomization] = path
+    report = checkov(list(files.values()))
+    assert not report["results"].get("parsing_errors"), report["results"]["parsing_errors"]
+    by_path = {str(p): k for k, p in files.items()}
+    results: dict[Path, dict[str, list]] = {k: {"passed": [], "failed": []} for k in files}
+    for outcome in ("passed", "failed"):
+        for check in report["results"].get(f"{outcome}_checks", []):
+            results[by_path[check["file_abs_path"]]][outcome].append(check)
+    return results
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=str)
+def test_checkov_finds_nothing_beyond_the_accepted_list(checkov_report, rendered, directory):
+    outcome = checkov_report[directory]
+    only_custom_kinds = all(d["apiVersion"].startswith("trainer.kubeflow.org/") for d in rendered[directory])
+    assert outcome["passed"] or only_custom_kinds, "checkov scanned nothing: did it parse the file?"
+    unexpected = [
+        f"{c['check_id']} {c['resource']}: {c['check_name']}"
+        for c in outcome["failed"]
+        if c["resource"] not in ACCEPTED.get(c["check_id"], {}).get("resources", [])
+    ]
+    assert not unexpected, "fix these or explain them in manifests/checkov-accepted.yaml"
+
+
+def test_every_accepted_checkov_finding_still_occurs_and_is_in_the_readme(checkov_report):
+    failed = {(c["check_id"], c["resource"]) for outcome in checkov_report.values() for c in outcome["failed"]}
+    accepted = {(check, resource) for check, entry in ACCEPTED.items() for resource in entry["resources"]}
+    assert not accepted - failed, "stale entries in manifests/checkov-accepted.yaml: remove them"
+    readme_ids = set(re.findall(r"^\| `(CKV2?_K8S_\d+)` \|", README, flags=re.MULTILINE))
+    assert readme_ids == set(ACCEPTED)
+    for entry in ACCEPTED.values():
+        assert entry["reason"].strip() and entry["check"].strip()

@@ -105,7 +105,7 @@ def test_failed_download_leaves_the_previous_file_intact(s3, tmp_path):
 
 def test_s3_credentials_come_from_the_environment(s3, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
-    storage._s3_client.cache_clear()
+    storage.reset_clients()
     with pytest.raises(Exception, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
         storage.write_bytes(s3.uri("denied.txt"), b"no")
 
@@ -118,13 +118,42 @@ def test_parse_rejects_unsupported_schemes():
 
 
 def test_kfp_default_minio_root_is_s3_and_checkpoints_are_per_run():
-    from kfp_mlops.components.train.core import checkpoint_dir_for
+    from kfp_mlops.components.shared.runs import checkpoint_dir
 
     assert storage.parse("minio://mlpipeline/v2/artifacts") == storage.Location("s3", "mlpipeline", "v2/artifacts")
-    assert checkpoint_dir_for("run-1", "minio://mlpipeline/v2/artifacts") == (
+    assert checkpoint_dir("run-1", "minio://mlpipeline/v2/artifacts") == (
         "s3://mlpipeline/v2/artifacts/checkpoints/run-1/train"
     )
-    assert checkpoint_dir_for("run-2", "ignored", "gs://ckpt/team") == "gs://ckpt/team/run-2/train"
+    assert checkpoint_dir("run-2", "ignored", "gs://ckpt/team") == "gs://ckpt/team/run-2/train"
+
+
+def test_kfp_minio_credentials_work_when_no_aws_credentials_are_set(s3, monkeypatch):
+    """KFP's own MinIO Secret (accesskey/secretkey) is enough for the default minio:// pipeline root."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("KFP_MINIO_ACCESS_KEY", s3.env["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("KFP_MINIO_SECRET_KEY", s3.env["AWS_SECRET_ACCESS_KEY"])
+    storage.reset_clients()
+    uri = f"minio://{s3.bucket}/v2/artifacts/probe.txt"
+    storage.write_bytes(uri, b"minio")
+    assert storage.read_bytes(s3.uri("v2/artifacts/probe.txt")) == b"minio"
+
+
+def test_access_check_names_the_secret_to_create_when_credentials_are_missing(s3, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    storage.reset_clients()
+    with pytest.raises(storage.StorageAccessError, match=r"cannot write to s3://.*create the Kubernetes Secret "
+                       r"kfp-mlops-storage with keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY"):  # fmt: skip
+        storage.check_access(s3.uri("pipeline-root"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.env["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.env["AWS_SECRET_ACCESS_KEY"])
+    storage.reset_clients()
+    storage.check_access(s3.uri("pipeline-root"))
+    assert storage.list_uris(s3.uri("pipeline-root")) == []  # the probe is removed
 
 
 def test_delete_tree_removes_only_whole_segments(root):

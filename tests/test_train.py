@@ -21,8 +21,16 @@ from conftest import pipeline_config
 
 from kfp_mlops.components.shared.config import TrainConfig
 from kfp_mlops.components.shared.errors import ConfigError, InputError
+from kfp_mlops.components.shared.model_package import Predictor
 from kfp_mlops.components.shared.tabular import Preprocessing
-from kfp_mlops.components.train.core import train
+from kfp_mlops.components.train.checkpoints import FAILURE_MARKER
+from kfp_mlops.components.train.core import (
+    MIN_STEPS_PER_EPOCH,
+    DeterministicTrainingError,
+    effective_batching,
+    prepare,
+    train,
+)
 from kfp_mlops.components.train.deepspeed_config import build_deepspeed_config
 
 
@@ -38,7 +46,8 @@ def test_deepspeed_config_carries_batch_optimizer_schedule_clipping_zero_and_pre
     assert config["scheduler"]["params"]["total_num_steps"] == 100
     assert not config["bf16"]["enabled"] and not config["fp16"]["enabled"]
     on_gpu = build_deepspeed_config(settings, world_size=8, device="cuda", total_steps=100)
-    assert on_gpu["bf16"]["enabled"] and "torch_adam" not in on_gpu["optimizer"]["params"]
+    assert on_gpu["bf16"]["enabled"]
+    assert on_gpu["optimizer"]["params"] | {"torch_adam": True, "fused": True} == on_gpu["optimizer"]["params"]
     older_gpu = build_deepspeed_config(settings, world_size=1, device="cuda", total_steps=10, bf16_supported=False)
     assert older_gpu["fp16"]["enabled"]
 
@@ -73,18 +82,26 @@ def _write(table: pa.Table, path: Path) -> str:
         (lambda t: t.set_column(t.column_names.index("age"), "age",
                                 pa.array([float("inf")] + t["age"].to_pylist()[1:])),
          r"train split: column 'age' row 1: value inf is not finite"),
-        (lambda t: t.slice(0, 0), r"train split \(.*\) is empty"),
+        (lambda t: t.slice(0, 0), r"train split .*train.parquet: no rows"),
     ],
     ids=["single class", "inf feature", "empty split"],
 )  # fmt: skip
-def test_bad_training_input_fails_before_any_worker_starts(ingested, tmp_path, mutate, message):
+def test_bad_training_input_fails_in_prepare_before_any_worker_starts(ingested, tmp_path, mutate, message):
     config, paths = ingested
     bad = _write(mutate(pq.read_table(paths.train)), tmp_path / "train.parquet")
     start = time.monotonic()
     with pytest.raises(InputError, match=message):
-        train(config, bad, paths.validation, str(tmp_path / "model"), str(tmp_path / "ckpt"))
+        prepare(config, bad, paths.validation, str(tmp_path / "prepared"), gpus_per_node=1)
     assert time.monotonic() - start < 5
-    assert not (tmp_path / "model").exists() and not (tmp_path / "ckpt").exists()
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_half_precision_on_a_cpu_pod_fails_in_prepare(ingested, tmp_path):
+    config, paths = ingested
+    config = pipeline_config(config.data.source, train={"precision": "bf16"})
+    with pytest.raises(ConfigError, match="train.precision: bf16 needs a GPU"):
+        prepare(config, paths.train, paths.validation, str(tmp_path / "prepared"), gpus_per_node=0)
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_trained_model_directory_holds_onnx_weights_preprocessing_and_config(trained_model, ingested):
@@ -93,27 +110,39 @@ def test_trained_model_directory_holds_onnx_weights_preprocessing_and_config(tra
     assert sorted(p.name for p in model_dir.iterdir()) == [
         "model.onnx", "model_config.json", "pipeline_config.yaml", "preprocessing.json", "weights.pt",
     ]  # fmt: skip
+    inputs = {i.name: i.type for i in onnxruntime.InferenceSession(str(model_dir / "model.onnx")).get_inputs()}
+    assert inputs == {"numeric": "tensor(float)", "categorical": "tensor(string)"}
     metrics = result.metrics
     assert metrics["world_size"] == 2 and metrics["zero_stage"] == 2 and metrics["precision"] == "fp32"
     assert metrics["samples_per_second"] > 0 and metrics["epochs"] == 4
     history = metrics["history"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     assert result.onnx_max_abs_diff < 1e-4
-    # the ONNX graph has a dynamic batch axis and agrees with PyTorch on other batch sizes too
+    # the served graph takes raw rows (missing values and unseen categories included) at any batch size and agrees
+    # with PyTorch on the same rows preprocessed for training: one transformation for training and serving
     config, paths = ingested
     preprocessing = Preprocessing.load(model_dir)
     test = pq.read_table(paths.test).slice(0, 37)
+    ages, plans = test["age"].to_pylist(), test["plan"].to_pylist()
+    ages[0], plans[1], plans[2] = None, None, "enterprise"  # missing numeric, missing and unseen categories
+    test = test.set_column(test.column_names.index("age"), "age", pa.array(ages, pa.float64()))
+    test = test.set_column(test.column_names.index("plan"), "plan", pa.array(plans, pa.string()))
+    probabilities, labels = Predictor(model_dir).predict(test)
     numeric, categorical = preprocessing.numeric_matrix(test), preprocessing.categorical_matrix(test)
-    session = onnxruntime.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(["probabilities"], {"numeric": numeric, "categorical": categorical})
+    assert numeric[0, preprocessing.numeric.index("age")] == pytest.approx(
+        float(np.median(pq.read_table(paths.train)["age"].to_numpy()))
+    )
+    assert categorical[1, 0] == 0 and categorical[2, 0] == 0  # the reserved category
     from kfp_mlops.components.train.model import ProbabilityModel, TabularClassifier
 
     classifier = TabularClassifier(preprocessing, [64, 32], 0.1, 4)
     classifier.load_state_dict(torch.load(model_dir / "weights.pt"))
     with torch.no_grad():
         torch_out = ProbabilityModel(classifier).eval()(torch.from_numpy(numeric), torch.from_numpy(categorical))
-    assert onnx_out.shape == (37, 2)
-    np.testing.assert_allclose(onnx_out, torch_out.numpy(), atol=1e-5)
+    assert probabilities.shape == (37, 2)
+    np.testing.assert_allclose(probabilities, torch_out.numpy(), atol=1e-5)
+    threshold = json.loads((model_dir / "model_config.json").read_text())["decision_threshold"]
+    assert labels.tolist() == [int(p >= threshold) for p in probabilities[:, 1]]
     # standardisation statistics come from the training split only
     train_ages = pq.read_table(paths.train)["age"].to_numpy()
     assert preprocessing.means[preprocessing.numeric.index("age")] == pytest.approx(train_ages.mean())
@@ -133,9 +162,10 @@ def test_checkpoints_are_written_every_k_steps_and_pruned(trained_model):
     assert (checkpoints / "best.pt").exists()
 
 
-def test_training_killed_mid_run_resumes_from_its_latest_checkpoint(ingested, tmp_path):
+def test_training_killed_mid_epoch_resumes_from_its_latest_checkpoint(ingested, tmp_path):
     config, paths = ingested
-    settings = {"epochs": 6, "micro_batch_size": 32, "workers": 2, "zero_stage": 1, "checkpoint_every_steps": 15}
+    # ~200 optimizer steps an epoch, a checkpoint every 25: the kill lands on a step checkpoint, mid-epoch
+    settings = {"epochs": 2, "micro_batch_size": 8, "workers": 2, "zero_stage": 1, "checkpoint_every_steps": 25}
     script = tmp_path / "run_training.py"
     script.write_text(
         "import sys\nsys.path.insert(0, sys.argv[1])\n"
@@ -151,7 +181,7 @@ def test_training_killed_mid_run_resumes_from_its_latest_checkpoint(ingested, tm
     while not (checkpoints / "latest").exists():
         assert process.poll() is None, "training ended before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint within 180 s"
-        time.sleep(0.05)
+        time.sleep(0.02)
     launcher = psutil.Process(process.pid)
     tree = [launcher, *launcher.children(recursive=True)]
     for member in tree:  # the pod dies: launcher and workers at once (torchrun starts workers in new sessions)
@@ -159,19 +189,73 @@ def test_training_killed_mid_run_resumes_from_its_latest_checkpoint(ingested, tm
     process.wait()
     psutil.wait_procs(tree, timeout=10)
     killed_at = (checkpoints / "latest").read_text().strip()
+    assert killed_at.startswith("step"), f"the kill should land mid-epoch, but the latest checkpoint is {killed_at}"
     assert not (tmp_path / "m1").exists(), "a killed run must leave no model output"
 
     log = tmp_path / "retry.log"
     result = train(pipeline_config(config.data.source, train=settings), paths.train, paths.validation,
                    str(tmp_path / "m2"), str(checkpoints), str(log))  # fmt: skip
-    step = int("".join(ch for ch in killed_at if ch.isdigit())) if killed_at.startswith("step") else None
-    assert result.metrics["resumed_from_step"] > 0
-    if step is not None:
-        assert result.metrics["resumed_from_step"] == step
-    assert f"resumed from checkpoint step {result.metrics['resumed_from_step']}" in log.read_text()
-    steps_per_epoch = pq.read_table(paths.train).num_rows // (32 * 2)
-    assert result.metrics["global_steps"] == 6 * steps_per_epoch  # continued, not restarted: no extra steps
+    step = int(killed_at.removeprefix("step"))
+    assert step % 25 == 0 and result.metrics["resumed_from_step"] == step
+    assert f"resumed from checkpoint step {step}" in log.read_text()
+    steps_per_epoch = result.batching.steps_per_epoch
+    assert step < steps_per_epoch  # resumed inside the first epoch
+    assert result.metrics["global_steps"] == 2 * steps_per_epoch  # continued, not restarted: no extra steps
     assert (tmp_path / "m2" / "model.onnx").exists()
+
+
+def test_a_small_dataset_trains_with_the_default_settings_and_records_the_adjusted_batching(tmp_path):
+    """569 rows, nothing configured but the schema: the default micro-batch of 256 shrinks to fit the data."""
+    from kfp_mlops.components.ingest.core import ingest
+    from kfp_mlops.components.shared.config import parse_config
+    from kfp_mlops.components.shared.splits import SplitPaths
+    from kfp_mlops.sample_data import make_sample_table, sample_config
+
+    pq.write_table(make_sample_table(rows=572, seed=5), tmp_path / "small.parquet")
+    config = parse_config(sample_config(str(tmp_path / "small.parquet")))
+    paths = SplitPaths(*(str(tmp_path / name) for name in ("train", "validation", "test")))
+    ingest(config, paths)
+    log = tmp_path / "train.log"
+    result = train(config, paths.train, paths.validation, str(tmp_path / "model"), str(tmp_path / "ckpt"), str(log))
+    batching = result.batching
+    assert batching.workers == 2 and batching.micro_batch_size < 256
+    assert batching.steps_per_epoch >= MIN_STEPS_PER_EPOCH
+    assert result.metrics["global_steps"] >= MIN_STEPS_PER_EPOCH * result.metrics["epochs"]
+    assert f"adjusted to the data: micro_batch_size 256 -> {batching.micro_batch_size}" in log.read_text()
+    recorded = json.loads((tmp_path / "model" / "model_config.json").read_text())["batching"]
+    assert recorded["micro_batch_size"] == batching.micro_batch_size and recorded["adjustments"]
+    assert "start-up" in log.read_text() and result.metrics["startup_seconds"] > 0
+
+
+@pytest.mark.parametrize(
+    ("rows", "micro", "accumulation", "workers", "expected"),
+    [
+        (100_000, 256, 1, 2, (256, 1, 2, 195)),  # large data: the configured batching
+        (399, 256, 1, 2, (24, 1, 2, 8)),  # the issue's 399 training rows: at least 8 steps an epoch
+        (3, 256, 4, 2, (1, 1, 2, 1)),  # fewer rows than workers x accumulation: accumulation shrinks first
+        (1, 256, 1, 2, (1, 1, 1, 1)),  # one row: one worker
+    ],
+)
+def test_batching_is_fitted_to_the_number_of_training_rows(rows, micro, accumulation, workers, expected):
+    settings = TrainConfig(micro_batch_size=micro, gradient_accumulation_steps=accumulation)
+    batching = effective_batching(rows, settings, workers)
+    assert (batching.micro_batch_size, batching.gradient_accumulation_steps, batching.workers,
+            batching.steps_per_epoch) == expected  # fmt: skip
+    assert bool(batching.adjustments) == (expected[:3] != (micro, accumulation, workers))
+
+
+def test_a_diverging_run_is_recorded_and_its_retry_fails_at_once(ingested, tmp_path):
+    config, paths = ingested
+    settings = {"epochs": 2, "workers": 2, "micro_batch_size": 64, "gradient_clipping": 0.0,
+                "optimizer": {"type": "SGD", "lr": 1e30}, "scheduler": {"warmup_steps": 0}}  # fmt: skip
+    diverging = pipeline_config(config.data.source, train=settings)
+    with pytest.raises(DeterministicTrainingError, match="training diverged"):
+        train(diverging, paths.train, paths.validation, str(tmp_path / "m"), str(tmp_path / "ckpt"))
+    assert (tmp_path / "ckpt" / FAILURE_MARKER).exists()
+    start = time.monotonic()
+    with pytest.raises(DeterministicTrainingError, match="not retried: .*training diverged"):
+        train(diverging, paths.train, paths.validation, str(tmp_path / "m"), str(tmp_path / "ckpt"))
+    assert time.monotonic() - start < 5 and not (tmp_path / "m").exists()
 
 
 def test_early_stopping_ends_training_when_validation_stops_improving_under_zero_3(ingested, tmp_path):

@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import EvaluateConfig, PipelineConfig
 from kfp_mlops.components.shared.errors import InputError
-from kfp_mlops.components.shared.tabular import Preprocessing
+from kfp_mlops.components.shared.model_package import ModelConfig, Predictor, read_model_config
+from kfp_mlops.components.shared.splits import read_split
 
 MAX_ROC_POINTS = 200
 
@@ -39,15 +38,24 @@ class Evaluation:
     baseline: dict[str, Any] | None = None
 
 
-def predict_probabilities(model_dir: str, table) -> tuple[np.ndarray, Preprocessing]:
-    """Class probabilities from the exported ONNX model, with the preprocessing saved beside it."""
-    import onnxruntime
+def predict_probabilities(model_dir: str, table) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities of the package's serving graph on raw rows (what Triton will serve), and the rows'
+    true labels as class indices."""
+    predictor = Predictor(model_dir)
+    probabilities, _ = predictor.predict(table)
+    return probabilities, class_indices(table, predictor.config)
 
-    preprocessing = Preprocessing.load(model_dir)
-    session = onnxruntime.InferenceSession(str(Path(model_dir) / "model.onnx"), providers=["CPUExecutionProvider"])
-    inputs = {"numeric": preprocessing.numeric_matrix(table), "categorical": preprocessing.categorical_matrix(table)}
-    (probabilities,) = session.run(["probabilities"], {i.name: inputs[i.name] for i in session.get_inputs()})
-    return probabilities, preprocessing
+
+def class_indices(table, config: ModelConfig) -> np.ndarray:
+    """The label column as indices into the model's classes; a label the model never saw is an InputError."""
+    index = {value: i for i, value in enumerate(config.classes)}
+    values = table[config.label].to_pylist()
+    try:
+        return np.array([index[v] for v in values], dtype=np.int64)
+    except KeyError as missing:
+        raise InputError(
+            f"test split: label {missing.args[0]!r} in column {config.label!r} does not occur in the training split"
+        ) from None
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
@@ -118,9 +126,14 @@ def load_baseline(uri: str) -> dict[str, Any] | None:
     return record
 
 
+class BaselineUnavailableError(RuntimeError):
+    """The baseline's model could not be re-scored, and the config does not allow its recorded metrics instead."""
+
+
 def rescore_baseline(record: dict[str, Any], table, settings: EvaluateConfig) -> dict[str, Any]:
     """Score the baseline's model on this run's test split, so candidate and baseline are compared on the same rows
-    (TFX's way). If its model cannot be read or scored here, the recorded metrics stand, and the record says so."""
+    (TFX's way). If its model cannot be read or scored here, the step fails (a credential problem must not quietly
+    change the gate), unless ``evaluate.allow_recorded_baseline_metrics`` lets the recorded metrics stand."""
     import tempfile
 
     model_uri = record.get("model", "")
@@ -128,12 +141,18 @@ def rescore_baseline(record: dict[str, Any], table, settings: EvaluateConfig) ->
         with tempfile.TemporaryDirectory(prefix="kfp-mlops-baseline-") as local:
             if not storage.copy_tree(model_uri, local):
                 raise FileNotFoundError(f"{model_uri} holds no files")
-            probabilities, preprocessing = predict_probabilities(local, table)
-            y = preprocessing.labels(table, "test")
-            threshold = settings.decision_threshold or _model_threshold(local)
+            probabilities, y = predict_probabilities(local, table)
+            threshold = settings.decision_threshold or read_model_config(local).decision_threshold
             metrics = compute_metrics(y, probabilities, settings, threshold)["metrics"]
-    except Exception as exc:  # noqa: BLE001 - any failure falls back to the recorded numbers, reported
-        return record | {"scored_on": f"its own test split (recorded; re-scoring failed: {type(exc).__name__}: {exc})"}
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        if not settings.allow_recorded_baseline_metrics:
+            raise BaselineUnavailableError(
+                f"the baseline model {model_uri or '(none recorded)'} of {settings.baseline} could not be re-scored "
+                f"on this run's test split ({problem}); fix access to it, or set "
+                "evaluate.allow_recorded_baseline_metrics: true to compare with its recorded metrics"
+            ) from exc
+        return record | {"scored_on": f"its own test split (recorded; re-scoring failed: {problem})"}
     return record | {"metrics": metrics, "recorded_metrics": record["metrics"], "scored_on": "this run's test split"}
 
 
@@ -156,20 +175,12 @@ def bless(metrics: dict[str, float], settings: EvaluateConfig, baseline: dict[st
     return reasons
 
 
-def _model_threshold(model_dir: str) -> float:
-    """The decision threshold the training step tuned on the validation split (0.5 if the model has none)."""
-    path = Path(model_dir) / "model_config.json"
-    return float(json.loads(path.read_text()).get("decision_threshold", 0.5)) if path.exists() else 0.5
-
-
 def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluation:
     """Score the model on the test split and decide the blessing."""
-    table = pq.read_table(test_path)
-    if table.num_rows == 0:
-        raise InputError(f"test split ({test_path}) is empty")
-    probabilities, preprocessing = predict_probabilities(model_dir, table)
-    y = preprocessing.labels(table, "test")
-    threshold = config.evaluate.decision_threshold or _model_threshold(model_dir)
+    table = read_split(test_path, "test")
+    model_config = read_model_config(model_dir)
+    probabilities, y = predict_probabilities(model_dir, table)
+    threshold = config.evaluate.decision_threshold or model_config.decision_threshold
     scored = compute_metrics(y, probabilities, config.evaluate, threshold)
     baseline = load_baseline(config.evaluate.baseline)
     if baseline is not None:
@@ -177,7 +188,7 @@ def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluati
     reasons = bless(scored["metrics"], config.evaluate, baseline)
     return Evaluation(
         metrics=scored["metrics"],
-        classes=[str(c) for c in preprocessing.classes],
+        classes=[str(c) for c in model_config.classes],
         confusion_matrix=scored["confusion_matrix"],
         roc_curve=scored["roc_curve"],
         rows=table.num_rows,
@@ -188,10 +199,16 @@ def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluati
     )
 
 
-def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: dict[str, Any], data_hash: str) -> str:
+def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: ModelConfig, data_hash: str) -> str:
     """A Markdown model card: data, features, parameters, metrics against thresholds and baseline, decision."""
     decision = "**BLESSED**" if evaluation.blessed else "**NOT BLESSED**: " + "; ".join(evaluation.reasons)
     settings = config.evaluate
+    batching = model_config.batching
+    adjusted = "; adjusted to the data: " + "; ".join(batching["adjustments"]) if batching.get("adjustments") else ""
+    missing = {
+        "impute": "imputed inside the model (training median for numeric, the reserved category for categorical)",
+        "error": "rejected at ingest",
+    }[model_config.missing_values]
     lines = [
         "# Model card",
         "",
@@ -199,10 +216,13 @@ def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: dic
         f"- Data content hash: `{data_hash or 'unknown'}`",
         f"- Test rows: {evaluation.rows:,}; classes: {', '.join(evaluation.classes)}; "
         f"decision threshold: {evaluation.decision_threshold:.4f}",
-        f"- Features: {', '.join(model_config.get('features', []))}",
-        f"- Categorical: {', '.join(model_config.get('categorical', [])) or 'none'}",
-        f"- Architecture: {json.dumps(model_config.get('architecture', {}))}",
-        f"- Training: {json.dumps(model_config.get('train', {}))}",
+        f"- Features: {', '.join(model_config.features)}",
+        f"- Categorical: {', '.join(model_config.categorical) or 'none'}",
+        f"- Missing values: {missing}",
+        f"- Architecture: {json.dumps(model_config.architecture)}",
+        f"- Training: {json.dumps(model_config.train)}",
+        f"- Batching: micro_batch_size {batching.get('micro_batch_size')}, gradient_accumulation_steps "
+        f"{batching.get('gradient_accumulation_steps')}, workers {batching.get('workers')}{adjusted}",
         "",
         "| metric | value | threshold | baseline |",
         "|---|---:|---:|---:|",

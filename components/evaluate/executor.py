@@ -4,12 +4,12 @@ ClassificationMetrics, the model card and the blessing. Imports no KFP."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from kfp_mlops.components.evaluate import core
 from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
+from kfp_mlops.components.shared.model_package import read_model_config
 
 
 def run(
@@ -27,7 +27,7 @@ def run(
     classification_metrics.log_confusion_matrix(evaluation.classes, evaluation.confusion_matrix)
     roc = evaluation.roc_curve
     classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
-    model_config = json.loads((Path(model.path) / "model_config.json").read_text())
+    model_config = read_model_config(model.path)
     data_hash = test_data.metadata.get("content_hash") or model.metadata.get("content_hash", "")
     write_text_atomically(model_card.path, core.model_card(evaluation, pipeline_config, model_config, data_hash))
     blessing.metadata.update(

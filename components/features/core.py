@@ -31,11 +31,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from kfp_mlops.components.ingest.core import TIMESTAMP_TYPE, SplitPaths
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.artifacts import write_tables_atomically
 from kfp_mlops.components.shared.config import FeaturesConfig, PipelineConfig, SchemaConfig
 from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.components.shared.splits import TIMESTAMP_TYPE, SplitPaths, feature_columns, read_split
 
 if TYPE_CHECKING:
     from feast import Entity, FeatureStore, FeatureView, FileSource
@@ -127,7 +127,8 @@ def build_feature_sets(
         joined = {}
         for name, table in splits.items():
             joined[name] = point_in_time_join(store, view.name, columns, table)
-            check_joined_values(name, joined[name], columns, source, view.ttl)
+            given = table if config.schema_.missing_values == "impute" else None
+            check_joined_values(name, joined[name], columns, source, view.ttl, given)
         end = pc.max(source[columns.timestamp]).as_py() + timedelta(microseconds=1)
         materialization = materialize(store, view.name, source, columns, end)
         checked = check_online(store, view.name, source, columns, features_config.online_check_entities)
@@ -162,9 +163,9 @@ def build_feature_sets(
 def read_splits(inputs: SplitPaths, schema: SchemaConfig) -> tuple[dict[str, pa.Table], FeatureColumns]:
     """Read the three splits, check them and return them as (entity, timestamp, features, label) with the types
     Feast stores (int64, float64, string; timestamps in µs UTC)."""
-    raw = {name: _read_split(name, path) for name, path in inputs.items()}
+    raw = {name: read_split(path, name) for name, path in inputs.items()}
     roles = (schema.entity, schema.timestamp, schema.label)
-    features = schema.features or [c for c in raw["train"].column_names if c not in roles]
+    features = feature_columns(schema.features, raw["train"].column_names, *roles)
     if not features:
         raise InputError(f"train split {inputs.train}: no feature columns besides {list(roles)}")
     entity_types, feature_types = {}, {}
@@ -201,18 +202,6 @@ def read_splits(inputs: SplitPaths, schema: SchemaConfig) -> tuple[dict[str, pa.
         }
         tables[name] = pa.table(typed)
     return tables, columns
-
-
-def _read_split(name: str, path: str) -> pa.Table:
-    try:
-        table = pq.read_table(path)
-    except FileNotFoundError:
-        raise InputError(f"{name} split {path}: file does not exist") from None
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{name} split {path}: not a readable Parquet file ({exc})") from None
-    if table.num_rows == 0:
-        raise InputError(f"{name} split {path}: no rows")
-    return table
 
 
 def _entity_type(split: str, path: str, column: str, arrow_type: pa.DataType) -> str:
@@ -455,17 +444,25 @@ def _typed(values: pa.ChunkedArray, feast_type: str) -> pa.ChunkedArray:
 
 
 def check_joined_values(
-    split: str, table: pa.Table, columns: FeatureColumns, source: pa.Table | None = None, ttl: timedelta | None = None
+    split: str,
+    table: pa.Table,
+    columns: FeatureColumns,
+    source: pa.Table | None = None,
+    ttl: timedelta | None = None,
+    given: pa.Table | None = None,
 ) -> None:
-    """Every feature of every row must have a value after the join: no null, NaN or infinity.
+    """Every feature of every row must have a value after the join: no null, NaN or infinity — except, when the
+    rows as ``given`` to the join are passed (schema.missing_values: impute), a value those rows already lacked.
 
     Feast hands a NaN back as null: given the offline ``source`` (and the view's ``ttl``), the message tells a NaN
     or null in the data apart from a row that had no feature row in time."""
     for name in columns.features:
         values = table[name]
-        bad = pc.is_null(values)
+        bad = pc.is_null(values, nan_is_null=True)
+        if given is not None:
+            bad = pc.and_(bad, pc.invert(pc.is_null(given[name], nan_is_null=True)))
         if pa.types.is_floating(values.type):
-            bad = pc.or_(bad, pc.fill_null(pc.invert(pc.is_finite(values)), False))
+            bad = pc.or_(bad, pc.fill_null(pc.is_inf(values), False))
         if not pc.any(bad).as_py():
             continue
         row = int(pc.index(bad, True).as_py())

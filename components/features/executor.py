@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from kfp_mlops.components.features.core import FEATURE_STORE_YAML, FeaturesResult, build_feature_sets
-from kfp_mlops.components.ingest.core import SplitPaths
 from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
+from kfp_mlops.components.shared.splits import SplitPaths
 
 
 def run(

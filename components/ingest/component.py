@@ -10,6 +10,8 @@ from kfp_mlops.components.shared.images import ImageConfig
 def ingest(
     config: str,
     data_source: str,
+    pipeline_root: str,
+    run_id: str,
     train: Output[Dataset],
     validation: Output[Dataset],
     test: Output[Dataset],
@@ -22,10 +24,12 @@ def ingest(
     Args:
         config: The pipeline config: YAML text, or the URI of a YAML file.
         data_source: Overrides data.source of the config when not empty.
+        pipeline_root: The run's pipeline root: checked for write access first (training checkpoints go there).
+        run_id: The KFP run id.
     """
     from kfp_mlops.components.ingest import executor
 
-    return executor.run(config, data_source, train, validation, test, metrics, summary)
+    return executor.run(config, data_source, pipeline_root, run_id, train, validation, test, metrics, summary)
 
 
 def build(images: ImageConfig) -> PythonComponent:

@@ -8,8 +8,6 @@ so bad input leaves no partial output.
 from __future__ import annotations
 
 import hashlib
-import io
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,30 +15,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.artifacts import write_tables_atomically
-from kfp_mlops.components.shared.config import DataConfig, PipelineConfig, SchemaConfig, SplitConfig
+from kfp_mlops.components.shared.config import PipelineConfig, SchemaConfig, SplitConfig
+from kfp_mlops.components.shared.datafiles import format_of, parse_table, resolve_files, row_label
 from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.components.shared.splits import SPLITS, TIMESTAMP_TYPE, SplitPaths, feature_columns
+from kfp_mlops.components.shared.tabular import category_values
 
-SPLITS = ("train", "validation", "test")
-TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
-_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 _TOP_VALUES = 5
-
-
-@dataclass(frozen=True)
-class SplitPaths:
-    """Where the three splits are written (local paths, e.g. KFP ``Output[Dataset].path``)."""
-
-    train: str
-    validation: str
-    test: str
-
-    def items(self) -> list[tuple[str, str]]:
-        return [(name, getattr(self, name)) for name in SPLITS]
 
 
 @dataclass
@@ -56,11 +40,13 @@ class IngestResult:
     categorical: list[str]
     rows: dict[str, int] = field(default_factory=dict)
     statistics: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> column -> stats
+    missing: dict[str, int] = field(default_factory=dict)  # feature -> missing values over every split
+    missing_policy: str = "impute"
 
 
 def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
     """Read, validate, deduplicate, split and write; raises InputError naming file/column/row/value."""
-    files = resolve_files(config.data)
+    files = resolve_files(config.data.source, config.data.format)
     schema = config.schema_
     digest = hashlib.sha256()
     tables, bytes_read, features = [], 0, schema.features
@@ -68,15 +54,16 @@ def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
         data = storage.read_bytes(uri)
         bytes_read += len(data)
         digest.update(hashlib.sha256(data).digest())
-        raw = _parse(uri, data, _format_of(uri, config.data))
+        raw = parse_table(uri, data, format_of(uri, config.data.format))
         if features is None:
-            features = [c for c in raw.column_names if c not in (schema.entity, schema.timestamp, schema.label)]
+            features = feature_columns(None, raw.column_names, schema.entity, schema.timestamp, schema.label)
         tables.append(_validate(uri, raw, schema, features))
     categorical = list(schema.categorical)
     table = pa.concat_tables(tables, promote_options="permissive")
     rows_read = table.num_rows
     table = sort_and_deduplicate(table, schema)
     splits = split(table, schema, config.split)
+    check_label_classes(splits, schema.label)
     result = IngestResult(
         files=files,
         content_hash=f"sha256:{digest.hexdigest()}",
@@ -87,54 +74,11 @@ def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
         categorical=categorical,
         rows={name: part.num_rows for name, part in splits.items()},
         statistics={name: column_statistics(part, schema, categorical) for name, part in splits.items()},
+        missing={name: table[name].null_count for name in features or []},
+        missing_policy=schema.missing_values,
     )
     write_tables_atomically({path: splits[name] for name, path in outputs.items()})
     return result
-
-
-def resolve_files(data: DataConfig) -> list[str]:
-    """The data files a source names, in a stable order; hidden files and markers like _SUCCESS are skipped."""
-    try:
-        uris = storage.list_uris(data.source)
-    except FileNotFoundError:
-        uris = []
-    uris = [u for u in uris if not os.path.basename(storage.parse(u).key).startswith((".", "_"))]
-    if data.format is None:
-        uris = [u for u in uris if _extension(u) in _EXTENSIONS] if len(uris) > 1 else uris
-    if not uris:
-        raise InputError(f"data.source {data.source}: no data files found")
-    return uris
-
-
-def _extension(uri: str) -> str:
-    return os.path.splitext(storage.parse(uri).key)[1].lower()
-
-
-def _format_of(uri: str, data: DataConfig) -> str:
-    if data.format:
-        return data.format
-    try:
-        return _EXTENSIONS[_extension(uri)]
-    except KeyError:
-        raise InputError(
-            f"{uri}: cannot tell the format from the extension; set data.format to parquet or csv"
-        ) from None
-
-
-def _parse(uri: str, data: bytes, fmt: str) -> pa.Table:
-    if not data:
-        raise InputError(f"{uri}: file is empty (0 bytes)")
-    try:
-        if fmt == "parquet":
-            return pq.read_table(pa.BufferReader(data))
-        return pacsv.read_csv(io.BytesIO(data))
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{uri}: not a readable {fmt.upper()} file ({exc})") from None
-
-
-def _row_label(uri: str, index: int) -> str:
-    row = f"row {index + 1}"
-    return f"{row} (line {index + 2})" if _extension(uri) == ".csv" else row
 
 
 def _validate(uri: str, table: pa.Table, schema: SchemaConfig, features: list[str]) -> pa.Table:
@@ -152,16 +96,18 @@ def _validate(uri: str, table: pa.Table, schema: SchemaConfig, features: list[st
         )
     columns = {}
     entity = table[schema.entity]
-    _no_nulls(uri, schema.entity, entity, "entity id")
+    _no_nulls(uri, schema.entity, entity, "entity id is null or NaN")
     columns[schema.entity] = entity
     columns[schema.timestamp] = _timestamps(uri, schema.timestamp, table[schema.timestamp])
     for name in features:
         if name in schema.categorical:
-            columns[name] = table[name].cast(pa.string())
+            columns[name] = category_values(table[name])  # an empty string is a missing category
         else:
-            columns[name] = _numeric(uri, name, table[name])
+            columns[name] = _numeric(uri, name, table[name])  # NaN becomes null: one spelling of "missing"
+        if schema.missing_values == "error":
+            _no_nulls(uri, name, columns[name], "value is missing (schema.missing_values is error; impute fills it)")
     label = table[schema.label]
-    _no_nulls(uri, schema.label, label, "label")
+    _no_nulls(uri, schema.label, label, "label is null or NaN")
     columns[schema.label] = label
     return pa.table(columns)
 
@@ -170,10 +116,10 @@ def _first_index(mask: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.index(mask, True).as_py())
 
 
-def _no_nulls(uri: str, column: str, values: pa.ChunkedArray, role: str) -> None:
+def _no_nulls(uri: str, column: str, values: pa.ChunkedArray, problem: str) -> None:
     missing = pc.is_null(values, nan_is_null=True)
     if pc.any(missing).as_py():
-        raise InputError(f"{uri}: column {column!r} {_row_label(uri, _first_index(missing))}: {role} is null or NaN")
+        raise InputError(f"{uri}: column {column!r} {row_label(uri, _first_index(missing))}: {problem}")
 
 
 def _first_failing_cast(values: pa.ChunkedArray, target: pa.DataType) -> int:
@@ -191,21 +137,36 @@ def _first_failing_cast(values: pa.ChunkedArray, target: pa.DataType) -> int:
 
 
 def _numeric(uri: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedArray:
-    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_null(values.type):
-        return values if not pa.types.is_null(values.type) else values.cast(pa.float64())
+    """Integers stay integers; floats keep their type with NaN as null; infinity is an error."""
+    if pa.types.is_integer(values.type):
+        return values
+    if pa.types.is_null(values.type):
+        return values.cast(pa.float64())
     if pa.types.is_boolean(values.type):
         return values.cast(pa.int64())
+    if pa.types.is_floating(values.type):
+        return _finite_or_null(uri, column, values)
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         raise InputError(f"{uri}: column {column!r} is a numeric feature but holds {values.type}")
     try:
-        return values.cast(pa.float64())
+        return _finite_or_null(uri, column, values.cast(pa.float64()))
     except pa.ArrowException:
         index = _first_failing_cast(values, pa.float64())
         value = values[index].as_py()
         raise InputError(
-            f"{uri}: column {column!r} {_row_label(uri, index)}: value {value!r} is not numeric "
+            f"{uri}: column {column!r} {row_label(uri, index)}: value {value!r} is not numeric "
             "(list the column in schema.categorical if it is a category)"
         ) from None
+
+
+def _finite_or_null(uri: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedArray:
+    infinite = pc.fill_null(pc.is_inf(values), False)
+    if pc.any(infinite).as_py():
+        index = _first_index(infinite)
+        raise InputError(
+            f"{uri}: column {column!r} {row_label(uri, index)}: value {values[index].as_py()} is not finite"
+        )
+    return pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
 
 
 _ZONE_SUFFIX = re.compile(r"(Z|[+-]\d{2}(:?\d{2})?)$")
@@ -225,12 +186,12 @@ def _timestamps(uri: str, column: str, values: pa.ChunkedArray) -> pa.ChunkedArr
             index = _first_failing_cast(values, TIMESTAMP_TYPE)
             value = values[index].as_py()
             problem = "has no timezone" if _parses_without_zone(value) else "is not an ISO 8601 timestamp"
-            raise InputError(f"{uri}: column {column!r} {_row_label(uri, index)}: value {value!r} {problem}") from None
+            raise InputError(f"{uri}: column {column!r} {row_label(uri, index)}: value {value!r} {problem}") from None
     else:
         raise InputError(f"{uri}: column {column!r} must hold timestamps, not {values.type}")
     missing = pc.is_null(converted)
     if pc.any(missing).as_py():
-        raise InputError(f"{uri}: column {column!r} {_row_label(uri, _first_index(missing))}: timestamp is null")
+        raise InputError(f"{uri}: column {column!r} {row_label(uri, _first_index(missing))}: timestamp is null")
     return converted
 
 
@@ -331,6 +292,17 @@ def _split_by_entity(table: pa.Table, schema: SchemaConfig, config: SplitConfig)
     return parts
 
 
+def check_label_classes(splits: dict[str, pa.Table], label: str) -> None:
+    """Training needs two classes in the train split and evaluation two in the test split (ROC AUC)."""
+    for name in ("train", "test"):
+        values = pc.unique(splits[name][label]).to_pylist()
+        if len(values) < 2:
+            raise InputError(
+                f"{name} split: column {label!r} holds a single class {values} in its {splits[name].num_rows} rows; "
+                f"training and evaluation need two: add rows of another class, or change split.by or split.test"
+            )
+
+
 def column_statistics(table: pa.Table, schema: SchemaConfig, categorical: list[str]) -> dict[str, dict[str, Any]]:
     """Per-column statistics, JSON-serialisable: numeric moments, category counts, timestamp range, label balance."""
     stats: dict[str, dict[str, Any]] = {}
@@ -383,6 +355,7 @@ def render_summary(result: IngestResult, config: PipelineConfig) -> str:
         total = max(label["count"], 1)
         balance = ", ".join(f"{t['value']}: {t['count'] / total:.1%}" for t in label.get("top", []))
         lines.append(f"| {name} | {result.rows[name]:,} | {balance} |")
+    lines += _missing_section(result)
     lines += ["", "## Columns (train split)", "", "| column | type | nulls | summary |", "|---|---|---:|---|"]
     for column, entry in result.statistics["train"].items():
         if "mean" in entry:
@@ -395,6 +368,21 @@ def render_summary(result: IngestResult, config: PipelineConfig) -> str:
             summary = f"{entry.get('distinct', 0):,} distinct"
         lines.append(f"| {column} | {entry['type']} | {entry['nulls']} | {summary} |")
     return "\n".join(lines) + "\n"
+
+
+def _missing_section(result: IngestResult) -> list[str]:
+    total = result.rows_read - result.duplicates_dropped
+    gaps = {name: count for name, count in result.missing.items() if count}
+    if not gaps:
+        return ["", "No missing feature values."]
+    action = (
+        "imputed with the training median (numeric) or the reserved category (categorical), in the model too"
+        if result.missing_policy == "impute"
+        else "rejected"
+    )
+    lines = ["", f"## Missing values ({action})", "", "| column | missing | share |", "|---|---:|---:|"]
+    lines += [f"| {name} | {count:,} | {count / max(total, 1):.1%} |" for name, count in gaps.items()]
+    return lines
 
 
 def _plain(value: Any) -> Any:

@@ -5,15 +5,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from kfp_mlops.components.ingest.core import IngestResult, SplitPaths, ingest, render_summary
+from kfp_mlops.components.ingest.core import IngestResult, ingest, render_summary
+from kfp_mlops.components.shared import runs, storage
 from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, write_text_atomically
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
+from kfp_mlops.components.shared.splits import SplitPaths
 
 
-def run(config: str, data_source: str, train: Any, validation: Any, test: Any, metrics: Any, summary: Any) -> str:
+def run(
+    config: str,
+    data_source: str,
+    pipeline_root: str,
+    run_id: str,
+    train: Any,
+    validation: Any,
+    test: Any,
+    metrics: Any,
+    summary: Any,
+) -> str:
     """Returns the config resolved once (URI read, data_source applied) as YAML: every later step of the run
-    takes this text, so an edit to the config file mid-run or before a retry cannot mix two configs."""
+    takes this text, so an edit to the config file mid-run or before a retry cannot mix two configs.
+    First, the object storage that training checkpoints to must accept writes: a missing Secret fails here."""
     pipeline_config = load_config(config, data_source=data_source)
+    storage.check_access(runs.checkpoint_dir(run_id, pipeline_root, pipeline_config.train.checkpoint_dir))
     result = ingest(pipeline_config, SplitPaths(train.path, validation.path, test.path))
     publish(result, pipeline_config, {"train": train, "validation": validation, "test": test}, metrics, summary)
     return pipeline_config.to_yaml()
@@ -30,8 +44,10 @@ def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, An
         {
             "rows_read": result.rows_read,
             "duplicates_dropped": result.duplicates_dropped,
+            "missing_values": sum(result.missing.values()),
             **{f"rows_{name}": rows for name, rows in result.rows.items()},
         },
     )
     metrics.metadata["content_hash"] = result.content_hash
+    metrics.metadata["missing_by_column"] = {name: count for name, count in result.missing.items() if count}
     write_text_atomically(summary.path, render_summary(result, config))

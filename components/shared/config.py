@@ -34,6 +34,9 @@ class SchemaConfig(_Strict):
     features: list[str] | None = None
     categorical: list[str] = []
     allow_extra_columns: bool = False  # extra columns are dropped instead of failing the run
+    # impute: a missing feature value (empty, null, NaN, "n/a") becomes the training median (numeric) or the
+    # reserved category (categorical), inside the exported model too; error: ingest rejects it naming file/row
+    missing_values: Literal["impute", "error"] = "impute"
 
     @model_validator(mode="after")
     def _roles_are_distinct(self) -> SchemaConfig:
@@ -155,6 +158,9 @@ class EvaluateConfig(_Strict):
     max_metrics: dict[Literal["log_loss", "expected_calibration_error"], float] = {}
     max_regression: dict[Literal["accuracy", "precision", "recall", "f1", "roc_auc"], float] = {"roc_auc": 0.01}
     baseline: str = ""  # URI of the deployed model's metrics record (JSON); empty or absent: thresholds only
+    # the baseline's model is re-scored on this run's test split; when it cannot be read, fail, unless this allows
+    # falling back to the metrics the record holds (scored on another test split)
+    allow_recorded_baseline_metrics: bool = False
     decision_threshold: float | None = Field(None, gt=0, lt=1)  # None: the model's, tuned for F1 on validation
     calibration_bins: int = Field(10, ge=2)
 

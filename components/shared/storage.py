@@ -6,7 +6,9 @@ S3 takes its endpoint, region and credentials from the standard AWS environment 
 anonymously) and otherwise uses Application Default Credentials. Clients are created on first use.
 
 ``minio://bucket/key`` (KFP's default pipeline root, ``minio://mlpipeline/v2/artifacts``) is S3 on the cluster's
-MinIO: point ``AWS_ENDPOINT_URL`` (and the credentials) at it, e.g. ``http://minio-service.kubeflow:9000``.
+MinIO. It works out of the box with KFP's own MinIO Secret (``mlpipeline-minio-artifact``, keys ``accesskey`` and
+``secretkey``, mounted as ``KFP_MINIO_ACCESS_KEY``/``KFP_MINIO_SECRET_KEY``): when no ``AWS_ACCESS_KEY_ID`` is set,
+S3 uses those keys and, unless ``AWS_ENDPOINT_URL`` says otherwise, KFP's MinIO service.
 
 Writes are atomic: a local file is written to a temporary name in the same directory and renamed; an S3 or GCS
 object becomes visible only when its upload completes, so a failed write never leaves a partial object.
@@ -26,7 +28,12 @@ from pathlib import Path
 
 REMOTE_SCHEMES = ("s3", "gs")
 # The keys of the Kubernetes Secret with S3 credentials; each becomes the environment variable of the same name.
-CREDENTIAL_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+CREDENTIAL_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+STORAGE_SECRET = "kfp-mlops-storage"
+# KFP's own MinIO credentials (Secret mlpipeline-minio-artifact): key in the Secret -> environment variable
+KFP_MINIO_SECRET = "mlpipeline-minio-artifact"
+KFP_MINIO_SECRET_KEYS = {"accesskey": "KFP_MINIO_ACCESS_KEY", "secretkey": "KFP_MINIO_SECRET_KEY"}
+KFP_MINIO_ENDPOINT = "http://minio-service.kubeflow:9000"
 _GLOB_CHARS = "*?["
 
 
@@ -70,10 +77,20 @@ def is_remote(uri: str) -> bool:
     return parse(uri).scheme in REMOTE_SCHEMES
 
 
+class StorageAccessError(RuntimeError):
+    """Object storage refused or could not be reached; the message says which Secret and keys to provide."""
+
+
 @functools.cache
 def _s3_client():
     import boto3
 
+    if not os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("KFP_MINIO_ACCESS_KEY"):
+        return boto3.session.Session(
+            aws_access_key_id=os.environ["KFP_MINIO_ACCESS_KEY"],
+            aws_secret_access_key=os.environ.get("KFP_MINIO_SECRET_KEY", ""),
+            region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        ).client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or KFP_MINIO_ENDPOINT)
     return boto3.session.Session().client("s3")
 
 
@@ -87,6 +104,33 @@ def _gcs_client():
         project = os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator")
         return storage.Client(project=project, credentials=AnonymousCredentials())
     return storage.Client()
+
+
+def reset_clients() -> None:
+    """Forget the S3 and GCS clients, so the next call builds them from the environment as it is now."""
+    _s3_client.cache_clear()
+    _gcs_client.cache_clear()
+
+
+def check_access(uri: str) -> None:
+    """Write, read and delete a small object under ``uri``: fails early, naming what to provide, when the
+    credentials or endpoint are missing or wrong (instead of at a checkpoint an hour into training)."""
+    probe = parse(uri).child(f".kfp-mlops-access-check-{secrets.token_hex(4)}").uri
+    try:
+        write_bytes(probe, b"ok")
+        read_bytes(probe)
+        delete_tree(probe)
+    except Exception as exc:
+        if parse(uri).scheme == "file":
+            raise
+        hint = (
+            f"create the Kubernetes Secret {STORAGE_SECRET} with keys {', '.join(CREDENTIAL_SECRET_KEYS)} "
+            f"(or, for KFP's MinIO, keep its Secret {KFP_MINIO_SECRET} with keys accesskey and secretkey)"
+            if parse(uri).scheme == "s3"
+            else "give the pod's service account access to the bucket (workload identity) or set "
+            "GOOGLE_APPLICATION_CREDENTIALS"
+        )
+        raise StorageAccessError(f"cannot write to {uri} ({type(exc).__name__}: {exc}); {hint}") from None
 
 
 def _gcs_blob(loc: Location):

@@ -1,8 +1,10 @@
-"""Tabular preprocessing shared by training, evaluation and serving: no torch, so every image can load it.
+"""Tabular preprocessing fitted on the training split: no torch, so every image can load it.
 
-Numeric features become a float32 matrix (nulls/NaN → the training mean, so standardisation maps them to 0);
-categorical features become int64 indices into vocabularies fitted on the training split (0 = unseen/null);
-labels become int64 class indices. Statistics come from the training split only and are saved with the model.
+Numeric features become a float32 matrix with missing values (null, NaN) replaced by the training median;
+categorical features become int64 indices into vocabularies fitted on the training split (0 = missing or unseen:
+the reserved category); labels become int64 class indices. The model standardises numeric inputs with the means and
+standard deviations kept here. The exported serving graph applies the same imputation and vocabularies to raw
+values (see ``serving_graph``), so training and serving share one definition.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pyarrow.compute as pc
 from kfp_mlops.components.shared.errors import InputError
 
 FILE_NAME = "preprocessing.json"
+MISSING_CATEGORY = ""  # what a caller sends for a missing category; never part of a vocabulary
 
 
 @dataclass(frozen=True)
@@ -27,43 +30,47 @@ class Preprocessing:
     label: str
     means: list[float]
     stds: list[float]
+    medians: list[float]
     vocabularies: dict[str, list[str]]
-    classes: list[str | int | bool]
+    classes: list[str | int]
 
     @classmethod
     def fit(cls, table: pa.Table, features: list[str], categorical: list[str], label: str) -> Preprocessing:
-        """Fit on the training split: means/stds of numeric features, sorted vocabularies, sorted label classes."""
+        """Fit on the training split: median/mean/std of numeric features (over present values), sorted
+        vocabularies, sorted label classes. A numeric feature with no value at all is an InputError."""
         numeric = [f for f in features if f not in categorical]
-        means, stds = [], []
+        means, stds, medians = [], [], []
         for name in numeric:
-            values = table[name].cast(pa.float64()).to_numpy(zero_copy_only=False)
-            finite = values[np.isfinite(values)]
-            means.append(float(finite.mean()) if finite.size else 0.0)
-            std = float(finite.std()) if finite.size else 0.0
+            values = numeric_values(table[name])
+            present = values[~np.isnan(values)]
+            if present.size == 0:
+                raise InputError(f"train split: column {name!r} has no value in any row; drop it from schema.features")
+            means.append(float(present.mean()))
+            medians.append(float(np.median(present)))
+            std = float(present.std())
             stds.append(std if std > 1e-12 else 1.0)
-        vocabularies = {
-            name: sorted(str(v) for v in pc.unique(table[name].cast(pa.string())).to_pylist() if v is not None)
-            for name in categorical
-        }
+        vocabularies = {name: sorted(category_values(table[name]).unique().to_pylist()) for name in categorical}
+        for name in categorical:
+            vocabularies[name] = [v for v in vocabularies[name] if v is not None and v != MISSING_CATEGORY]
         classes = sorted(pc.unique(table[label]).to_pylist(), key=lambda v: (str(type(v)), v))
-        return cls(numeric, list(categorical), label, means, stds, vocabularies, classes)
+        return cls(numeric, list(categorical), label, means, stds, medians, vocabularies, classes)
 
     @property
     def features(self) -> list[str]:
         return self.numeric + self.categorical
 
     def cardinalities(self) -> list[int]:
-        """Embedding table sizes: the vocabulary plus index 0 for unseen values."""
+        """Embedding table sizes: the vocabulary plus index 0 for missing and unseen values."""
         return [len(self.vocabularies[name]) + 1 for name in self.categorical]
 
     def numeric_matrix(self, table: pa.Table) -> np.ndarray:
-        """Raw (unstandardised) numeric features; nulls and NaN become the training mean. The model standardises."""
+        """Raw (unstandardised) numeric features, missing values imputed with the training median."""
         if not self.numeric:
             return np.zeros((table.num_rows, 0), dtype=np.float32)
         columns = []
-        for name, mean in zip(self.numeric, self.means, strict=True):
-            values = table[name].cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
-            values[np.isnan(values)] = mean
+        for name, median in zip(self.numeric, self.medians, strict=True):
+            values = numeric_values(table[name])
+            values[np.isnan(values)] = median
             columns.append(values)
         return np.stack(columns, axis=1).astype(np.float32)
 
@@ -73,7 +80,7 @@ class Preprocessing:
         columns = []
         for name in self.categorical:
             vocabulary = pa.array(self.vocabularies[name], pa.string())
-            positions = pc.index_in(table[name].cast(pa.string()), value_set=vocabulary)
+            positions = pc.index_in(category_values(table[name]), value_set=vocabulary)
             columns.append(pc.fill_null(pc.add(positions, 1), 0).to_numpy(zero_copy_only=False))
         return np.stack(columns, axis=1).astype(np.int64)
 
@@ -95,3 +102,14 @@ class Preprocessing:
     @classmethod
     def load(cls, directory: str | Path) -> Preprocessing:
         return cls(**json.loads((Path(directory) / FILE_NAME).read_text()))
+
+
+def numeric_values(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A writable float64 copy with null (and NaN) as NaN."""
+    return values.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
+
+
+def category_values(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Categories as strings; the empty string counts as missing (null)."""
+    strings = values.cast(pa.string())
+    return pc.if_else(pc.equal(strings, MISSING_CATEGORY), pa.scalar(None, pa.string()), strings)

@@ -9,6 +9,7 @@ from kfp_mlops.components.shared import storage
 
 LATEST = "latest"
 BEST_WEIGHTS = "best.pt"
+FAILURE_MARKER = "deterministic_failure.json"  # a failure a retry would repeat: the retry fails at once
 
 
 def upload_shards(local_dir: Path, remote: str, tag: str) -> None:

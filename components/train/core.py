@@ -1,9 +1,12 @@
-"""Train: check the inputs, fit preprocessing on the training split, launch the DeepSpeed workers, then export the
-best weights to ONNX and check the export with onnxruntime. Paths and values only; no KFP.
+"""Train in two parts. ``prepare`` (a CPU task) checks the inputs and settings, fits preprocessing on the training
+split and writes the arrays; ``train_prepared`` (the accelerator task) fits the batching to the data, launches the
+DeepSpeed workers, then exports the best weights as the serving graph (raw features in) and checks it against
+PyTorch on raw validation rows. Paths and values only; no KFP.
 
-The step launches its workers itself with ``torch.distributed.run``: one per GPU on the node, or ``train.workers``
-CPU processes with gloo. Checkpoints go to ``checkpoint_dir`` (a path, or an s3:// / gs:// URI synced both ways),
-so a retried task resumes from the latest one instead of starting over.
+The workers are started with ``torch.distributed.run``: one per GPU on the node, or ``train.workers`` CPU
+processes with gloo. Checkpoints go to ``checkpoint_dir`` (a path, or an s3:// / gs:// URI synced both ways), so a
+retried task resumes from the latest one instead of starting over; a failure a retry would repeat is recorded there
+so that the retry fails at once.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +27,39 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kfp_mlops.components.shared import storage
-from kfp_mlops.components.shared.config import PipelineConfig
+from kfp_mlops.components.shared import serving_graph, storage
+from kfp_mlops.components.shared.config import PipelineConfig, TrainConfig
 from kfp_mlops.components.shared.errors import ConfigError, InputError
+from kfp_mlops.components.shared.model_package import (
+    ONNX_FILE,
+    PIPELINE_CONFIG_FILE,
+    PROBABILITIES_OUTPUT,
+    WEIGHTS_FILE,
+    ModelConfig,
+    raw_inputs,
+    write_model_config,
+)
+from kfp_mlops.components.shared.splits import feature_columns, read_split
+from kfp_mlops.components.shared.tabular import FILE_NAME as PREPROCESSING_FILE
 from kfp_mlops.components.shared.tabular import Preprocessing
 from kfp_mlops.components.train import checkpoints
-from kfp_mlops.components.train.deepspeed_config import build_deepspeed_config
+from kfp_mlops.components.train.deepspeed_config import build_deepspeed_config, resolve_precision
 
-ONNX_FILE = "model.onnx"
-WEIGHTS_FILE = "weights.pt"
-MODEL_CONFIG_FILE = "model_config.json"
-PIPELINE_CONFIG_FILE = "pipeline_config.yaml"
+PREPARED_ARRAYS = "arrays.npz"
+PREPARED_SUMMARY = "prepared.json"
+VALIDATION_SAMPLE = "validation_sample.parquet"  # raw rows: the serving graph is checked against PyTorch on them
 ONNX_TOLERANCE = 1e-4
+MIN_STEPS_PER_EPOCH = 8  # the micro-batch shrinks for small data so an epoch still takes this many steps
+_SAMPLE_ROWS = 512
 
 
 class TrainingError(RuntimeError):
     """The worker processes failed; the message carries the end of their log."""
+
+
+class DeterministicTrainingError(TrainingError):
+    """A failure that a retry would repeat (training diverged, the export disagrees with PyTorch): recorded beside
+    the checkpoints so that a retried attempt of the task fails at once instead of holding its GPUs again."""
 
 
 @dataclass(frozen=True)
@@ -57,22 +77,46 @@ class ClusterContext:
     api_client: Any = None
 
 
+@dataclass(frozen=True)
+class Batching:
+    """The batch settings training runs with: the configured ones, shrunk to fit small data."""
+
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    workers: int
+    steps_per_epoch: int
+    adjustments: tuple[str, ...] = ()  # what was shrunk and why, for the log and the model card
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"adjustments": list(self.adjustments)}
+
+
 @dataclass
 class TrainResult:
     metrics: dict[str, Any]
     deepspeed_config: dict[str, Any]
     onnx_max_abs_diff: float
+    batching: Batching | None = None
 
 
-def read_split(path: str, name: str) -> pa.Table:
-    table = pq.read_table(path)
-    if table.num_rows == 0:
-        raise InputError(f"{name} split ({path}) is empty")
-    return table
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` wrote: the preprocessing fitted on the train split and the row counts."""
+
+    directory: Path
+    preprocessing: Preprocessing
+    rows: dict[str, int]
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Prepared:
+        directory = Path(directory)
+        summary = json.loads((directory / PREPARED_SUMMARY).read_text())
+        return cls(directory, Preprocessing.load(directory), summary["rows"])
 
 
 def check_training_inputs(tables: dict[str, pa.Table], features: list[str], categorical: list[str], label: str) -> None:
-    """Fail before any worker starts: missing columns, one-class labels, NaN/inf features."""
+    """Fail before any worker starts: missing columns, one-class labels, infinite features. Missing values (null,
+    NaN) are imputed (schema.missing_values: impute; ingest already rejected them under ``error``)."""
     for name, table in tables.items():
         missing = [c for c in [*features, label] if c not in table.column_names]
         if missing:
@@ -81,9 +125,9 @@ def check_training_inputs(tables: dict[str, pa.Table], features: list[str], cate
             if column in categorical:
                 continue
             values = table[column].cast(pa.float64())
-            bad = pc.invert(pc.fill_null(pc.is_finite(values), False))
-            if pc.any(bad).as_py():
-                row = int(pc.index(bad, True).as_py())
+            infinite = pc.fill_null(pc.is_inf(values), False)
+            if pc.any(infinite).as_py():
+                row = int(pc.index(infinite, True).as_py())
                 raise InputError(
                     f"{name} split: column {column!r} row {row + 1}: value {values[row].as_py()} is not finite"
                 )
@@ -105,6 +149,76 @@ def device_and_world_size(requested_workers: int) -> tuple[str, int, bool]:
     return "cpu", requested_workers or 2, False
 
 
+def effective_batching(rows: int, settings: TrainConfig, workers: int, nodes: int = 1) -> Batching:
+    """Fit the configured batching to ``rows`` training rows: every rank gets at least one micro-batch (gradient
+    accumulation shrinks first, then the local workers; a TrainJob's node count is kept), and the micro-batch
+    shrinks (never grows) so an epoch keeps ``MIN_STEPS_PER_EPOCH`` optimizer steps where the data allows."""
+    adjustments = []
+    accumulation = settings.gradient_accumulation_steps
+    if rows < workers * nodes * accumulation:
+        fitted = max(1, rows // (workers * nodes))
+        adjustments.append(f"gradient_accumulation_steps {accumulation} -> {fitted} ({rows} training rows)")
+        accumulation = fitted
+    if rows < workers * nodes and nodes == 1:
+        adjustments.append(f"workers {workers} -> {rows} ({rows} training rows)")
+        workers = rows
+    world = workers * nodes
+    if rows < world * accumulation:
+        raise InputError(f"train split has {rows} rows: too few for {world} worker processes")
+    micro = min(settings.micro_batch_size, max(1, rows // (world * accumulation * MIN_STEPS_PER_EPOCH)))
+    if micro < settings.micro_batch_size:
+        adjustments.append(
+            f"micro_batch_size {settings.micro_batch_size} -> {micro} ({rows} training rows, {world} worker(s), "
+            f"at least {MIN_STEPS_PER_EPOCH} steps per epoch)"
+        )
+    steps = rows // (micro * world) // accumulation
+    return Batching(micro, accumulation, workers, steps, tuple(adjustments))
+
+
+def prepare(
+    config: PipelineConfig,
+    train_path: str,
+    validation_path: str,
+    output_dir: str,
+    gpus_per_node: int | None = None,
+    checkpoint_dir: str = "",
+) -> Prepared:
+    """Check the training inputs and settings, fit preprocessing on the train split and write the arrays the
+    workers train on. Cheap and CPU-only: every deterministic input or config error surfaces here, before a GPU
+    is held. ``gpus_per_node`` (when known) checks the precision against the device."""
+    schema, settings = config.schema_, config.train
+    tables = {"train": read_split(train_path, "train"), "validation": read_split(validation_path, "validation")}
+    features = feature_columns(schema.features, tables["train"].column_names, schema.entity, schema.timestamp,
+                               schema.label)  # fmt: skip
+    check_training_inputs(tables, features, schema.categorical, schema.label)
+    if gpus_per_node == 0:
+        resolve_precision(settings.precision, "cpu")
+    if settings.nodes > 1 and checkpoint_dir and not storage.is_remote(checkpoint_dir):
+        raise ConfigError(
+            "train.nodes > 1 runs a TrainJob: it needs the cluster context and checkpoint_dir on object storage "
+            f"(s3:// or gs://), got {checkpoint_dir!r}"
+        )
+    preprocessing = Preprocessing.fit(tables["train"], features, schema.categorical, schema.label)
+    arrays = {}
+    for name, table in tables.items():
+        arrays[f"{name}_numeric"] = preprocessing.numeric_matrix(table)
+        arrays[f"{name}_categorical"] = preprocessing.categorical_matrix(table)
+        arrays[f"{name}_y"] = preprocessing.labels(table, f"{name} split")
+    target = Path(output_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".prepared-", dir=target.parent))
+    try:
+        np.savez(staging / PREPARED_ARRAYS, **arrays)
+        preprocessing.save(staging)
+        pq.write_table(tables["validation"].slice(0, _SAMPLE_ROWS), staging / VALIDATION_SAMPLE)
+        rows = {name: table.num_rows for name, table in tables.items()}
+        (staging / PREPARED_SUMMARY).write_text(json.dumps({"rows": rows, "features": features}))
+        _replace_directory(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Prepared(target, preprocessing, rows)
+
+
 def train(
     config: PipelineConfig,
     train_path: str,
@@ -114,16 +228,29 @@ def train(
     log_path: str | None = None,
     cluster: ClusterContext | None = None,
 ) -> TrainResult:
-    """Train with DeepSpeed and write ``model_dir``: ONNX model, weights, preprocessing and model config.
+    """``prepare`` then ``train_prepared``, in one call (local runs, tests and benchmarks)."""
+    with tempfile.TemporaryDirectory(prefix="kfp-mlops-prepared-") as prepared:
+        gpus = None if cluster is None else cluster.gpus_per_node
+        prepare(config, train_path, validation_path, prepared, gpus, checkpoint_dir if cluster else "")
+        return train_prepared(config, prepared, model_dir, checkpoint_dir, log_path, cluster)
+
+
+def train_prepared(
+    config: PipelineConfig,
+    prepared_dir: str,
+    model_dir: str,
+    checkpoint_dir: str,
+    log_path: str | None = None,
+    cluster: ClusterContext | None = None,
+) -> TrainResult:
+    """Train with DeepSpeed on ``prepare``'s output and write ``model_dir`` (see ``model_package``).
 
     ``train.nodes > 1`` runs the workers as a Kubeflow Trainer TrainJob (``cluster`` says how); the data, the
     checkpoints and the result then travel through object storage next to ``checkpoint_dir``."""
-    schema, settings = config.schema_, config.train
-    tables = {"train": read_split(train_path, "train"), "validation": read_split(validation_path, "validation")}
-    features = schema.features or [
-        c for c in tables["train"].column_names if c not in (schema.entity, schema.timestamp, schema.label)
-    ]
-    check_training_inputs(tables, features, schema.categorical, schema.label)
+    started = _process_start()
+    _raise_recorded_failure(checkpoint_dir)
+    settings = config.train
+    prepared = Prepared.load(prepared_dir)
     if settings.nodes > 1:
         if cluster is None or not storage.is_remote(checkpoint_dir):
             raise ConfigError(
@@ -131,82 +258,131 @@ def train(
                 f"(s3:// or gs://), got {checkpoint_dir!r}"
             )
         device, world_size, bf16_supported = _trainjob_devices(settings, cluster)
+        batching = effective_batching(prepared.rows["train"], settings, world_size // settings.nodes, settings.nodes)
     else:
-        device, world_size, bf16_supported = device_and_world_size(settings.workers)
-    per_rank_batches = tables["train"].num_rows // (settings.micro_batch_size * world_size)
-    if per_rank_batches < settings.gradient_accumulation_steps:
-        raise InputError(
-            f"train split has {tables['train'].num_rows} rows: too few for micro_batch_size "
-            f"{settings.micro_batch_size} × gradient_accumulation_steps {settings.gradient_accumulation_steps} "
-            f"× {world_size} workers"
-        )
-    steps_per_epoch = per_rank_batches // settings.gradient_accumulation_steps
+        device, workers, bf16_supported = device_and_world_size(settings.workers)
+        batching = effective_batching(prepared.rows["train"], settings, workers)
+        world_size = batching.workers
+    _log(log_path, f"[train] {prepared.rows['train']:,} training rows, {world_size} worker(s) on {device}: "
+                   f"micro_batch_size {batching.micro_batch_size}, gradient_accumulation_steps "
+                   f"{batching.gradient_accumulation_steps}, {batching.steps_per_epoch} steps per epoch")  # fmt: skip
+    for adjustment in batching.adjustments:
+        _log(log_path, f"[train] adjusted to the data: {adjustment}")
     deepspeed_config = build_deepspeed_config(
-        settings, world_size, device, steps_per_epoch * settings.epochs, bf16_supported
-    )
-    preprocessing = Preprocessing.fit(tables["train"], features, schema.categorical, schema.label)
-
+        settings.model_copy(update={"micro_batch_size": batching.micro_batch_size,
+                                    "gradient_accumulation_steps": batching.gradient_accumulation_steps}),
+        world_size, device, batching.steps_per_epoch * settings.epochs, bf16_supported,
+    )  # fmt: skip
+    preprocessing = prepared.preprocessing
     with tempfile.TemporaryDirectory(prefix="kfp-mlops-train-") as tmp:
         work = Path(tmp)
-        preprocessing.save(work)
-        arrays = {}
-        for name, table in tables.items():
-            arrays[f"{name}_numeric"] = preprocessing.numeric_matrix(table)
-            arrays[f"{name}_categorical"] = preprocessing.categorical_matrix(table)
-            arrays[f"{name}_y"] = preprocessing.labels(table, name)
-        np.savez(work / "arrays.npz", **arrays)
         spec = {
             "train": settings.model_dump(),
             "deepspeed": deepspeed_config,
-            "arrays": str(work / "arrays.npz"),
-            "preprocessing_dir": str(work),
+            "arrays": str(Path(prepared_dir) / PREPARED_ARRAYS),
+            "preprocessing_dir": str(prepared_dir),
             "checkpoint_every_steps": settings.checkpoint_every_steps,
             "output_dir": str(work / "output"),
+            "process_started": started,
         }
-        if settings.nodes > 1:
-            _run_as_trainjob(work, spec, checkpoint_dir, settings, cluster, log_path)
-        else:
-            local_checkpoints, checkpoint_uri = _checkpoint_location(checkpoint_dir, work)
-            spec |= {"checkpoint_dir": str(local_checkpoints), "checkpoint_uri": checkpoint_uri}
-            (work / "spec.json").write_text(json.dumps(spec))
-            _launch_workers(work / "spec.json", world_size, log_path)
+        try:
+            if settings.nodes > 1:
+                _run_as_trainjob(work, spec, checkpoint_dir, settings, cluster, log_path)
+            else:
+                local_checkpoints, checkpoint_uri = _checkpoint_location(checkpoint_dir, work)
+                spec |= {"checkpoint_dir": str(local_checkpoints), "checkpoint_uri": checkpoint_uri}
+                (work / "spec.json").write_text(json.dumps(spec))
+                _launch_workers(work / "spec.json", world_size, log_path)
+        except (TrainingError, RuntimeError):
+            failure = _worker_failure(work, checkpoint_dir, settings.nodes > 1)
+            if failure is None:
+                raise
+            _record_failure(checkpoint_dir, failure)
+            raise DeterministicTrainingError(json.loads(failure)["error"]) from None
         metrics = json.loads((work / "output" / "metrics.json").read_text())
+        arrays = dict(np.load(Path(prepared_dir) / PREPARED_ARRAYS))
+        sample = pq.read_table(Path(prepared_dir) / VALIDATION_SAMPLE)
         Path(model_dir).parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".model-", dir=Path(model_dir).parent))
         try:
-            diff, threshold = _export(preprocessing, settings, work / "output" / WEIGHTS_FILE, staging, arrays)
-            model_config = {
-                "features": preprocessing.features,
-                "numeric": preprocessing.numeric,
-                "categorical": preprocessing.categorical,
-                "label": preprocessing.label,
-                "classes": preprocessing.classes,
-                "entity": schema.entity,
-                "timestamp": schema.timestamp,
-                "architecture": {
+            try:
+                diff, threshold = _export(preprocessing, settings, work / "output" / WEIGHTS_FILE, staging, arrays,
+                                          sample)  # fmt: skip
+            except DeterministicTrainingError as exc:
+                _record_failure(checkpoint_dir, json.dumps({"error": str(exc)}).encode())
+                raise
+            schema = config.schema_
+            model_config = ModelConfig(
+                features=preprocessing.features,
+                numeric=preprocessing.numeric,
+                categorical=preprocessing.categorical,
+                label=preprocessing.label,
+                classes=preprocessing.classes,
+                entity=schema.entity,
+                timestamp=schema.timestamp,
+                decision_threshold=threshold,
+                missing_values=schema.missing_values,
+                architecture={
                     "hidden_layers": settings.hidden_layers,
                     "dropout": settings.dropout,
                     "embedding_dim": settings.embedding_dim,
-                },
-                "train": settings.model_dump(),
-                "deepspeed": deepspeed_config,
-                "onnx": {"file": ONNX_FILE, "inputs": ["numeric", "categorical"], "output": "probabilities"},
-                "decision_threshold": threshold,
-            }
-            (staging / MODEL_CONFIG_FILE).write_text(json.dumps(model_config, indent=2))
+                },  # fmt: skip
+                train=settings.model_dump(),
+                batching=batching.as_dict(),
+                deepspeed=deepspeed_config,
+                data={"rows": prepared.rows},
+            )
+            write_model_config(staging, model_config)
             (staging / PIPELINE_CONFIG_FILE).write_text(config.to_yaml())  # the whole config this model came from
             preprocessing.save(staging)
             _replace_directory(staging, Path(model_dir))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return TrainResult(metrics, deepspeed_config, diff)
+    return TrainResult(metrics, deepspeed_config, diff, batching)
 
 
-def checkpoint_dir_for(run_id: str, pipeline_root: str, configured: str = "") -> str:
-    """Where a run's checkpoints live: ``<configured or <pipeline root>/checkpoints>/<run id>/train``, the same for
-    every retry of the task and never shared by two runs (a run must not resume another's model)."""
-    base = configured or storage.parse(pipeline_root).child("checkpoints").uri
-    return storage.parse(base).child(f"{run_id}/train").uri
+def _process_start() -> float:
+    """When this process started (the KFP task's executor): start-up time is measured from it."""
+    import psutil
+
+    return psutil.Process(os.getpid()).create_time()
+
+
+def _log(log_path: str | None, message: str) -> None:
+    print(message, flush=True)
+    if log_path:
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(message + "\n")
+
+
+def _worker_failure(work: Path, checkpoint_dir: str, trainjob: bool) -> bytes | None:
+    """The deterministic failure rank 0 recorded before the workers exited, if any."""
+    try:
+        if trainjob:
+            return storage.read_bytes(_job_stage(checkpoint_dir).child("output").child(checkpoints.FAILURE_MARKER).uri)
+        return (work / "output" / checkpoints.FAILURE_MARKER).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _job_stage(checkpoint_uri: str) -> storage.Location:
+    """Where a TrainJob's spec, arrays and output travel: beside its checkpoints."""
+    return storage.parse(checkpoint_uri.rstrip("/") + "-job")
+
+
+def _raise_recorded_failure(checkpoint_dir: str) -> None:
+    marker = storage.parse(checkpoint_dir).child(checkpoints.FAILURE_MARKER).uri
+    try:
+        recorded = json.loads(storage.read_bytes(marker))
+    except FileNotFoundError:
+        return
+    raise DeterministicTrainingError(
+        f"an earlier attempt of this task failed in a way a retry repeats, so it is not retried: {recorded['error']}"
+    )
+
+
+def _record_failure(checkpoint_dir: str, document: bytes) -> None:
+    storage.write_bytes(storage.parse(checkpoint_dir).child(checkpoints.FAILURE_MARKER).uri, document)
 
 
 def _checkpoint_location(checkpoint_dir: str, work: Path) -> tuple[Path, str]:
@@ -239,12 +415,12 @@ def _run_as_trainjob(work: Path, spec: dict, checkpoint_uri: str, settings, clus
     starts the same worker module), then fetch the result into ``work/output``."""
     from kfp_mlops.components.train.trainjob import TrainJobSpec, run_trainjob
 
-    stage = storage.parse(checkpoint_uri.rstrip("/") + "-job")
-    storage.upload_file(work / "arrays.npz", stage.child("arrays.npz").uri)
-    storage.upload_file(work / "preprocessing.json", stage.child("preprocessing.json").uri)
+    stage = _job_stage(checkpoint_uri)
+    storage.upload_file(spec["arrays"], stage.child(PREPARED_ARRAYS).uri)
+    storage.upload_file(Path(spec["preprocessing_dir"]) / PREPROCESSING_FILE, stage.child(PREPROCESSING_FILE).uri)
     remote_spec = spec | {
-        "arrays": stage.child("arrays.npz").uri,
-        "preprocessing": stage.child("preprocessing.json").uri,
+        "arrays": stage.child(PREPARED_ARRAYS).uri,
+        "preprocessing": stage.child(PREPROCESSING_FILE).uri,
         "checkpoint_uri": checkpoint_uri,
         "output_uri": stage.child("output").uri,
     }
@@ -325,10 +501,14 @@ def f1_optimal_threshold(positive_probability: np.ndarray, is_positive: np.ndarr
     return float(np.clip(positive_probability[order][best], 1e-6, 1 - 1e-6))
 
 
-def _export(preprocessing: Preprocessing, settings, weights: Path, target: Path, arrays: dict) -> tuple[float, float]:
-    """Save the weights and an ONNX export with a dynamic batch axis. Returns max |onnxruntime - torch| on
-    validation rows (must stay below ONNX_TOLERANCE) and the F1-optimal decision threshold on the validation split
-    (0.5 for more than two classes)."""
+def _export(
+    preprocessing: Preprocessing, settings, weights: Path, target: Path, arrays: dict, sample: pa.Table
+) -> tuple[float, float]:
+    """Write the weights and the serving graph (``serving_graph.compose`` around the exported network), then
+    check train/serve consistency: the serving graph on raw validation rows must match PyTorch on the same rows
+    preprocessed for training (max abs diff below ONNX_TOLERANCE). Returns that difference and the F1-optimal
+    decision threshold on the validation split (0.5 for more than two classes)."""
+    import onnx
     import onnxruntime
     import torch
 
@@ -338,32 +518,41 @@ def _export(preprocessing: Preprocessing, settings, weights: Path, target: Path,
     classifier.load_state_dict(torch.load(weights, map_location="cpu"))
     model = ProbabilityModel(classifier).eval()
     shutil.copyfile(weights, target / WEIGHTS_FILE)
-    numeric = torch.from_numpy(arrays["validation_numeric"][:512])
-    categorical = torch.from_numpy(arrays["validation_categorical"][:512])
+    numeric = torch.from_numpy(preprocessing.numeric_matrix(sample))
+    categorical = torch.from_numpy(preprocessing.categorical_matrix(sample))
+    core_path = target / "core.onnx"
     torch.onnx.export(
         model,
         (numeric, categorical),
-        str(target / ONNX_FILE),
+        str(core_path),
         input_names=["numeric", "categorical"],
-        output_names=["probabilities"],
-        dynamic_axes={"numeric": {0: "batch"}, "categorical": {0: "batch"}, "probabilities": {0: "batch"}},
+        output_names=[PROBABILITIES_OUTPUT],
+        dynamic_axes={"numeric": {0: "batch"}, "categorical": {0: "batch"}, PROBABILITIES_OUTPUT: {0: "batch"}},
         opset_version=17,
         dynamo=False,
     )
+    core = onnx.load(str(core_path))
+    core_path.unlink()
+    threshold = 0.5
+    if len(preprocessing.classes) == 2:
+        with torch.no_grad():
+            validation = model(torch.from_numpy(arrays["validation_numeric"]),
+                               torch.from_numpy(arrays["validation_categorical"]))[:, 1].numpy()  # fmt: skip
+        threshold = f1_optimal_threshold(validation, arrays["validation_y"] == 1)
+    served = serving_graph.compose(core, preprocessing, threshold)
+    onnx.save(served, str(target / ONNX_FILE))
     with torch.no_grad():
         expected = model(numeric, categorical).numpy()
     session = onnxruntime.InferenceSession(str(target / ONNX_FILE), providers=["CPUExecutionProvider"])
-    feeds = {i.name: {"numeric": numeric, "categorical": categorical}[i.name].numpy() for i in session.get_inputs()}
-    (actual,) = session.run(["probabilities"], feeds)
+    (actual,) = session.run(
+        [PROBABILITIES_OUTPUT], raw_inputs(sample, preprocessing.numeric, preprocessing.categorical)
+    )
     diff = float(np.abs(actual - expected).max())
     if not np.isfinite(diff) or diff > ONNX_TOLERANCE:
-        raise TrainingError(f"ONNX export differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE}) on validation rows")
-    if len(preprocessing.classes) != 2:
-        return diff, 0.5
-    with torch.no_grad():
-        numeric = torch.from_numpy(arrays["validation_numeric"])
-        probabilities = model(numeric, torch.from_numpy(arrays["validation_categorical"]))[:, 1].numpy()
-    return diff, f1_optimal_threshold(probabilities, arrays["validation_y"] == 1)
+        raise DeterministicTrainingError(
+            f"the serving graph differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE}) on raw validation rows"
+        )
+    return diff, threshold
 
 
 def _replace_directory(staging: Path, target: Path) -> None:

@@ -23,7 +23,8 @@ def resolve_precision(requested: str, device: str, bf16_supported: bool = True) 
 
 def _scheduler(config: TrainConfig, total_steps: int) -> dict[str, Any]:
     lr = config.optimizer.lr
-    warmup = min(config.scheduler.warmup_steps, max(total_steps - 1, 0))
+    # DeepSpeed wants at least one warm-up step; one step at the full rate is what warmup_steps 0 asks for
+    warmup = max(1, min(config.scheduler.warmup_steps, max(total_steps - 1, 0)))
     kind = config.scheduler.type
     if kind == "WarmupLR":
         params = {"warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": warmup, "warmup_type": "linear"}
@@ -53,8 +54,12 @@ def build_deepspeed_config(
         raise ConfigError(f"train.workers: need at least one worker process, got {world_size}")
     precision = resolve_precision(config.precision, device, bf16_supported)
     optimizer_params: dict[str, Any] = {"lr": config.optimizer.lr, "weight_decay": config.optimizer.weight_decay}
-    if config.optimizer.type in ("Adam", "AdamW") and device == "cpu":
-        optimizer_params["torch_adam"] = True  # DeepSpeed's fused Adam is a CUDA kernel
+    if config.optimizer.type in ("Adam", "AdamW"):
+        # PyTorch's Adam, not DeepSpeed's FusedAdam: that one is compiled with nvcc when first used, at pod start.
+        # On a GPU, torch's fused kernel is as fast and ships prebuilt.
+        optimizer_params["torch_adam"] = True
+        if device == "cuda":
+            optimizer_params["fused"] = True
     return {
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,

@@ -1,20 +1,43 @@
-"""Train executor: unpacks the KFP artifacts (duck-typed), calls ``core.train``, records model metadata and metrics.
-Imports no KFP."""
+"""Train executors: unpack the KFP artifacts (duck-typed), call ``core.prepare`` / ``core.train_prepared``, record
+model metadata and metrics. Imports no KFP."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from kfp_mlops.components.shared import runs
 from kfp_mlops.components.shared.artifacts import log_metrics
 from kfp_mlops.components.shared.config import load_config
-from kfp_mlops.components.train.core import ClusterContext, checkpoint_dir_for, train
+from kfp_mlops.components.train import core
+
+
+def prepare(
+    config: str,
+    train_data: Any,
+    validation_data: Any,
+    gpus_per_node: int,
+    pipeline_root: str,
+    run_id: str,
+    training_data: Any,
+) -> None:
+    pipeline_config = load_config(config)
+    checkpoint_dir = runs.checkpoint_dir(run_id, pipeline_root, pipeline_config.train.checkpoint_dir)
+    prepared = core.prepare(pipeline_config, train_data.path, validation_data.path, training_data.path,
+                            int(gpus_per_node), checkpoint_dir)  # fmt: skip
+    training_data.metadata.update(
+        {
+            "rows": prepared.rows,
+            "features": prepared.preprocessing.features,
+            "classes": prepared.preprocessing.classes,
+            "content_hash": train_data.metadata.get("content_hash", ""),
+        }
+    )
 
 
 def run(
     config: str,
-    train_data: Any,
-    validation_data: Any,
+    training_data: Any,
     pipeline_root: str,
     run_id: str,
     cluster: dict[str, Any],
@@ -23,8 +46,8 @@ def run(
     training_log: Any,
 ) -> None:
     pipeline_config = load_config(config)
-    checkpoint_dir = checkpoint_dir_for(run_id, pipeline_root, pipeline_config.train.checkpoint_dir)
-    context = ClusterContext(
+    checkpoint_dir = runs.checkpoint_dir(run_id, pipeline_root, pipeline_config.train.checkpoint_dir)
+    context = core.ClusterContext(
         image=cluster["image"],
         run_id=run_id,
         gpus_per_node=int(cluster["gpus_per_node"]),
@@ -33,8 +56,8 @@ def run(
         tolerations=list(cluster["tolerations"] or []),
         storage_secret=cluster["storage_secret"],
     )
-    result = train(
-        pipeline_config, train_data.path, validation_data.path, model.path, checkpoint_dir, training_log.path, context
+    result = core.train_prepared(
+        pipeline_config, training_data.path, model.path, checkpoint_dir, training_log.path, context
     )
     summary = {  # finite numbers only: the cluster's launcher reads executor output as strict JSON (no NaN/Infinity)
         k: v
@@ -48,11 +71,12 @@ def run(
             "format": "onnx",
             "onnx_file": "model.onnx",
             "onnx_max_abs_diff": result.onnx_max_abs_diff,
-            "content_hash": train_data.metadata.get("content_hash", ""),
+            "content_hash": training_data.metadata.get("content_hash", ""),
             "checkpoint_dir": checkpoint_dir,
             "stopped_early": result.metrics["stopped_early"],
             "precision": result.metrics["precision"],
             "zero_stage": result.metrics["zero_stage"],
             "world_size": result.metrics["world_size"],
+            "batching": result.batching.as_dict() if result.batching else {},
         }
     )

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared.tabular import FILE_NAME as PREPROCESSING_FILE
 from kfp_mlops.components.shared.tabular import Preprocessing
 from kfp_mlops.components.train import checkpoints
 from kfp_mlops.components.train.model import TabularClassifier
@@ -58,7 +59,7 @@ def localise(spec_uri: str) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
         (work / "checkpoints").mkdir(parents=True)
         storage.download_file(spec["arrays"], work / "arrays.npz")
-        storage.download_file(spec["preprocessing"], work / "preprocessing.json")
+        storage.download_file(spec["preprocessing"], work / PREPROCESSING_FILE)
         checkpoints.download_latest(spec["checkpoint_uri"], work / "checkpoints")
     dist.barrier()
     return {
@@ -93,8 +94,9 @@ class Trainer:
         arrays = np.load(spec["arrays"])
         self.data = {key: torch.from_numpy(arrays[key]) for key in arrays.files}
         self.checkpoints = Path(spec["checkpoint_dir"])
-        self.micro = self.config["micro_batch_size"]
-        accumulation = self.config["gradient_accumulation_steps"]
+        self.micro = ds["train_micro_batch_size_per_gpu"]  # the batching fitted to the data by the launcher
+        self.accumulation = ds["gradient_accumulation_steps"]
+        accumulation = self.accumulation
         per_rank = len(self.data["train_y"]) // (self.micro * self.world)
         self.batches_per_epoch = per_rank - per_rank % accumulation
         self.remote_tags: list[str] = []  # checkpoints this process knows on object storage, oldest first
@@ -168,7 +170,8 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         resumed_from = self.resume()
         every = self.spec["checkpoint_every_steps"]
-        accumulation = self.config["gradient_accumulation_steps"]
+        accumulation = self.accumulation
+        started, startup_seconds = self.spec.get("process_started", time.time()), None
         seed, n_train = self.config["seed"], len(self.data["train_y"])
         samples, seconds = 0, 0.0
         for epoch in range(self.state["epoch"], self.config["epochs"]):
@@ -186,6 +189,9 @@ class Trainer:
                 loss = F.cross_entropy(logits, self.data["train_y"][index].to(self.device))
                 self.engine.backward(loss)
                 self.engine.step()
+                if startup_seconds is None and self.engine.global_steps > resumed_from:
+                    startup_seconds = time.time() - started
+                    log(f"start-up {startup_seconds:.1f}s (task process start to first optimizer step)")
                 loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
                 self.state["batch"] = batch + 1
                 samples += self.micro * self.world
@@ -225,6 +231,7 @@ class Trainer:
             "final_val_loss": history[-1]["val_loss"] if history else float("nan"),
             "best_val_loss": self.state["best_val_loss"],
             "samples_per_second": samples / seconds if seconds else 0.0,
+            "startup_seconds": startup_seconds if startup_seconds is not None else float("nan"),
             "world_size": self.world,
             "resumed_from_step": resumed_from,
             "stopped_early": self.state["stopped_early"],
@@ -248,7 +255,16 @@ def main(spec_path: str) -> None:
     remote = storage.is_remote(spec_path)
     spec = localise(spec_path) if remote else json.loads(Path(spec_path).read_text())
     trainer = Trainer(spec)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except FloatingPointError as exc:  # the same data, seed and settings diverge again: a retry would repeat it
+        if dist.get_rank() == 0:
+            output = Path(spec["output_dir"])
+            output.mkdir(parents=True, exist_ok=True)
+            (output / checkpoints.FAILURE_MARKER).write_text(json.dumps({"error": str(exc)}))
+            if remote:
+                storage.copy_tree(str(output), spec["output_uri"])
+        raise
     # Decided from all-reduced state, the same on every rank: a ZeRO-3 gather is collective, all ranks or none.
     have_best = math.isfinite(trainer.state["best_val_loss"])
     final = None if have_best else _gathered_state_dict(trainer.engine)
