@@ -4,31 +4,53 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 ROWS ?= 20000
+KEEP_TRITON ?=
 # The CPU build of PyTorch first: a bare "torch" requirement would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-DEMO_DIR ?= build
+DEMO_ENTITIES ?= 100000 100001 100002
 
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 
-.PHONY: install system-deps checkov demo test lint golden constraints bench-ingest bench-materialize bench-train clean
+REGISTRY ?= ghcr.io/kfp-mlops
+TAG ?= $(shell $(BIN)/python -c "import kfp_mlops; print(kfp_mlops.__version__)" 2>/dev/null)
+STEPS := $(notdir $(patsubst %/,%,$(dir $(wildcard images/*/Dockerfile))))
 
-$(STAMP): pyproject.toml
+.PHONY: install system-deps checkov triton-venv demo test lint golden constraints image-locks images \
+	bench-ingest bench-materialize bench-train bench-quantize bench-serve bench-drift clean
+
+# DeepSpeed is built here with its CPU shared-memory op compiled in (as the train image does), so no training process
+# compiles anything at start; it needs torch in the virtualenv first (--no-build-isolation).
+$(STAMP): pyproject.toml images/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -c "from deepspeed.git_version_info import installed_ops as o; assert o['deepspeed_shm_comm']" 2>/dev/null \
+		|| DS_BUILD_SHM_COMM=1 DS_ACCELERATOR=cpu $(BIN)/python -m pip install --quiet --no-build-isolation \
+			--no-cache-dir --no-deps --force-reinstall --constraint images/constraints.txt deepspeed
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## virtualenv with the package, every step's dependencies and the test tools
 
-demo: install  ## sample data -> compile -> run the training pipeline locally from its YAML -> print the result
-	$(BIN)/kfp-mlops sample-data --output $(DEMO_DIR)/sample-data --rows $(ROWS)
-	$(BIN)/kfp-mlops compile --output-dir $(DEMO_DIR)/pipelines
-	$(BIN)/kfp-mlops run training --local --package $(DEMO_DIR)/pipelines/training.yaml \
-		--config examples/training.yaml --pipeline-root $(DEMO_DIR)/local-runs
-	@run="$$(ls -td $(DEMO_DIR)/local-runs/kfp-mlops-training-*/ | head -1)"; \
-		cat "$${run}ingest/summary"; echo; cat "$${run}evaluate-model/model_card"
+triton-venv: install  ## Triton's own virtualenv (.venv-triton: numpy<2, onnxruntime, the nvidia-pytriton server)
+	$(BIN)/kfp-mlops local venv
+
+demo: install triton-venv  ## sample data, local Triton, the training pipeline from its YAML, a prediction by entity id
+	$(BIN)/kfp-mlops sample-data --output build/sample-data --rows $(ROWS)
+	$(BIN)/kfp-mlops compile --output-dir build/pipelines
+	mkdir -p build/triton/models
+	@set -e; \
+	$(BIN)/kfp-mlops local up --model-repository build/triton/models; \
+	if [ -z "$(KEEP_TRITON)" ]; then trap '$(BIN)/kfp-mlops local down' EXIT; \
+	else echo "Triton keeps running (KEEP_TRITON): stop it with $(BIN)/kfp-mlops local down"; fi; \
+	$(BIN)/kfp-mlops run training --local --package build/pipelines/training.yaml --config examples/training.yaml \
+		--pipeline-root build/local-runs; \
+	run="$$(ls -td build/local-runs/kfp-mlops-training-*/ | head -1)"; \
+	echo; cat "$${run}evaluate-model/model_card"; echo; \
+	echo "Predictions by entity id (features from Feast's online store, probabilities from Triton):"; \
+	$(BIN)/kfp-mlops predict $(addprefix --entity ,$(DEMO_ENTITIES)) --url 127.0.0.1:8001 --protocol grpc \
+		--model churn --model-repository build/triton/models --feature-repo "$${run}features/feature_repo"
 
 system-deps:  ## Debian's redis-server and PostgreSQL, which the Feast tests start (installed only where missing)
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
@@ -41,21 +63,33 @@ $(CHECKOV):
 
 checkov: $(CHECKOV)  ## checkov (the manifests' policy scanner) in its own virtualenv: it pins many packages
 
-test: install system-deps $(CHECKOV)  ## lint and the whole suite, real servers included
+test: install system-deps $(CHECKOV) triton-venv  ## lint, image checks and the whole suite, real servers included
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/hadolint images/*/Dockerfile
+	$(BIN)/python images/lock.py --check
 	$(BIN)/python -m pytest
 
-lint: install
+lint: install  ## ruff and hadolint only
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/hadolint images/*/Dockerfile
 
 golden: install  ## rewrite tests/golden/*.yaml after an intended pipeline change
 	UPDATE_GOLDEN=1 $(BIN)/python -m pytest -q tests/test_compile.py
 
-constraints: install  ## re-pin images/constraints.txt from the tested environment
-	{ sed -n '1,3p' images/constraints.txt; $(BIN)/pip freeze --exclude-editable \
-		| grep -viE '^(torch|triton|nvidia-|kfp-mlops|pytest|ruff|hadolint|seaweedfs|fake-gcs|mypy|iniconfig|pluggy|pygments|librt|ast-serialize|types-)'; } \
-		> images/constraints.txt.new && mv images/constraints.txt.new images/constraints.txt
+constraints: install  ## re-pin images/constraints.txt from the tested environment (torch's own dependencies left free)
+	$(BIN)/python images/lock.py --constraints
+
+image-locks: install  ## resolve every image's install against its base on the registry: images/<step>/requirements.txt
+	$(BIN)/python images/lock.py
+
+images: install  ## build and push every step image: make images REGISTRY=registry.example.com/ml TAG=0.1.0
+	@test -n "$(TAG)" && test "$(TAG)" != latest || { echo "set TAG to a version (latest is refused)"; exit 2; }
+	for step in $(STEPS); do \
+		docker build -f images/$$step/Dockerfile --build-arg VERSION=$(TAG) -t $(REGISTRY)/kfp-mlops-$$step:$(TAG) . \
+		&& docker push $(REGISTRY)/kfp-mlops-$$step:$(TAG) || exit 1; \
+	done
 
 bench-ingest: install
 	$(BIN)/python benchmarks/ingest.py
@@ -65,6 +99,16 @@ bench-materialize: install
 
 bench-train: install
 	$(BIN)/python benchmarks/train.py
+
+bench-quantize: install
+	$(BIN)/python benchmarks/quantize.py
+
+bench-serve: triton-venv  ## Triton against a hand-written FastAPI server, driven by wrk
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python benchmarks/serve.py
+
+bench-drift: install
+	$(BIN)/python benchmarks/drift.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""The ``kfp-mlops`` command line: compile pipelines, run them locally, make sample data."""
+"""The ``kfp-mlops`` command line: make sample data, compile pipelines, run them locally; upload, submit and schedule
+them on a Kubeflow cluster; start a local Triton; predict by entity id."""
 
 from __future__ import annotations
 
@@ -37,17 +38,27 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0 if len(paths) == (1 if args.pipeline else len(PIPELINES)) else 1
 
 
+# Settings that hold a local path or a URI: a relative local path is taken relative to the config file's folder.
+PATH_SETTINGS = (
+    ("data", "source"),
+    ("evaluate", "baseline"),
+    ("deploy", "model_repository"),
+    ("train", "checkpoint_dir"),
+)
+
+
 def config_text(path: Path) -> str:
-    """Read a config file and make relative local data paths absolute, resolved against the file's directory."""
+    """Read a config file and make its relative local paths absolute, resolved against the file's folder."""
     from kfp_mlops.components.shared import storage
     from kfp_mlops.components.shared.config import parse_config
 
     config = parse_config(yaml.safe_load(path.read_text()), str(path))
-    source = config.data.source
-    if not storage.is_remote(source) and not source.startswith("file://") and not Path(source).is_absolute():
-        resolved = str((path.parent / source).resolve())
-        config = config.with_source(resolved + ("/" if source.endswith("/") else ""))
-    return config.to_yaml()
+    document = config.model_dump(by_alias=True, exclude_none=True)
+    for section, key in PATH_SETTINGS:
+        value = document[section][key]
+        if value and not storage.is_remote(value) and not value.startswith("file://") and not Path(value).is_absolute():
+            document[section][key] = str((path.parent / value).resolve()) + ("/" if value.endswith("/") else "")
+    return parse_config(document, str(path)).to_yaml()
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:
@@ -122,8 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(func=cmd_sample_data)
 
     from kfp_mlops.cluster_cli import add_commands as add_cluster_commands
+    from kfp_mlops.local_cli import add_commands as add_local_commands
+    from kfp_mlops.serving_cli import add_commands as add_serving_commands
 
     add_cluster_commands(commands)
+    add_local_commands(commands)
+    add_serving_commands(commands)
     return parser
 
 

@@ -515,6 +515,44 @@ def submit_run(
 
 
 @_on_server
+def submit_uploaded(
+    client: Any,
+    pipeline_name: str,
+    arguments: dict[str, Any],
+    *,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str = "",
+    namespace: str = "",
+) -> SubmittedRun:
+    """Start a run of the newest version of the pipeline uploaded as ``pipeline_name`` (e.g. the monitoring pipeline
+    retraining through the training pipeline the operator uploaded)."""
+    import kfp_server_api
+
+    pipeline = _find_pipeline(client, pipeline_name, namespace)
+    if pipeline is None:
+        raise KfpApiError(f"no pipeline named {pipeline_name!r} is uploaded: kfp-mlops upload training first", 2)
+    versions = client.list_pipeline_versions(pipeline.pipeline_id, page_size=1, sort_by="created_at desc")
+    newest = (versions.pipeline_versions or [None])[0]
+    if newest is None:
+        raise KfpApiError(f"pipeline {pipeline_name!r} has no version", 2)
+    experiment_id = ensure_experiment(client, experiment, namespace)
+    run_name = run_name or f"{pipeline_name} {datetime.now(UTC):%Y-%m-%d %H-%M-%S}"
+    body = kfp_server_api.V2beta1Run(
+        display_name=run_name,
+        experiment_id=experiment_id,
+        pipeline_version_reference=kfp_server_api.V2beta1PipelineVersionReference(
+            pipeline_id=pipeline.pipeline_id, pipeline_version_id=newest.pipeline_version_id
+        ),
+        runtime_config=kfp_server_api.V2beta1RuntimeConfig(parameters=dict(arguments)),
+    )
+    run = client.runs.run_service_create_run(run=body)
+    upload = UploadResult(
+        pipeline.pipeline_id, pipeline_name, newest.pipeline_version_id, newest.display_name, UNCHANGED
+    )
+    return SubmittedRun(run.run_id, run_name, experiment, upload)
+
+
+@_on_server
 def wait_for_run(
     client: Any,
     run_id: str,

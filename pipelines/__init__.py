@@ -14,7 +14,13 @@ def _training(images: ImageConfig):
     return build(images)
 
 
-PIPELINES: dict[str, Callable[[ImageConfig], Callable]] = {"training": _training}
+def _monitoring(images: ImageConfig):
+    from kfp_mlops.pipelines.monitoring import build
+
+    return build(images)
+
+
+PIPELINES: dict[str, Callable[[ImageConfig], Callable]] = {"training": _training, "monitoring": _monitoring}
 
 
 def compile_pipeline(name: str, output: str | Path, images: ImageConfig | None = None) -> Path:

@@ -1,51 +1,21 @@
-"""Shared fixtures: real object-storage servers (SeaweedFS S3, fake-gcs-server) and sample data.
-
-The servers are real programs from PyPI wheels (see kfp_mlops.local_services), started once per session on free
-loopback ports with fresh data directories. Tests that use them carry the ``servers`` marker.
-"""
+"""Shared fixtures: the real servers (tests/support/servers.py), the sample data, its ingested splits and a model
+trained on them for real. Helpers shared by several test modules live in tests/support/."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from kfp_mlops import local_services
-from kfp_mlops.components.shared import storage
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory) -> Iterator[local_services.Service]:
-    with local_services.seaweedfs_s3(tmp_path_factory.mktemp("s3"), bucket="kfp-mlops-test") as service:
-        yield service
-
-
-@pytest.fixture(scope="session")
-def gcs_server(tmp_path_factory) -> Iterator[local_services.Service]:
-    with local_services.fake_gcs(tmp_path_factory.mktemp("gcs"), bucket="kfp-mlops-test") as service:
-        yield service
-
-
-def _use(service: local_services.Service, monkeypatch: pytest.MonkeyPatch) -> local_services.Service:
-    for key, value in service.env.items():
-        monkeypatch.setenv(key, value)
-    storage.reset_clients()
-    return service
-
-
-@pytest.fixture
-def s3(s3_server, monkeypatch) -> Iterator[local_services.Service]:
-    """The S3 server, with this process's environment (and so its subprocesses') pointing at it."""
-    yield _use(s3_server, monkeypatch)
-    storage.reset_clients()
-
-
-@pytest.fixture
-def gcs(gcs_server, monkeypatch) -> Iterator[local_services.Service]:
-    """The GCS emulator, with this process's environment pointing at it."""
-    yield _use(gcs_server, monkeypatch)
-    storage.reset_clients()
+from support.configs import pipeline_config
+from support.servers import (  # noqa: F401 - fixtures, used by name
+    gcs,
+    gcs_server,
+    kube_api,
+    postgres_registry_url,
+    redis_server,
+    s3,
+    s3_server,
+)
 
 
 @pytest.fixture(scope="session")
@@ -56,19 +26,6 @@ def sample_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("sample")
     write_sample_data(str(directory), rows=5_000, seed=0)
     return directory
-
-
-def pipeline_config(source: str | Path, **sections):
-    """The examples/training.yaml config on ``source``, with sections updated (e.g. train={"epochs": 2})."""
-    import yaml
-
-    from kfp_mlops.components.shared.config import parse_config
-
-    document = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples" / "training.yaml").read_text())
-    document["data"]["source"] = str(source)
-    for name, values in sections.items():
-        document[name] = {**document.get(name, {}), **values}
-    return parse_config(document)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,11 @@ STEP_OF_EXECUTOR = {
     "exec-train-model": "train",
     "exec-evaluate-model": "evaluate",
     "exec-record-baseline": "evaluate",
+    "exec-quantize-model": "quantize",
+    "exec-deploy-model": "deploy",
+    "exec-drift-check": "drift",
+    "exec-submit-training": "drift",
+    "exec-report-outcome": "drift",
 }
 
 
@@ -97,7 +102,7 @@ def test_every_step_runs_on_its_own_image_without_runtime_installs(compiled, nam
 def test_image_flags_reach_the_compiled_yaml(tmp_path):
     path = compile_pipeline("training", tmp_path / "t.yaml", ImageConfig(registry="r.local/ml", tag="sha-1"))
     images = {e["container"]["image"] for e in load_documents(path)[0]["deploymentSpec"]["executors"].values()}
-    assert images == {f"r.local/ml/kfp-mlops-{step}:sha-1" for step in set(STEP_OF_EXECUTOR.values())}
+    assert images == {f"r.local/ml/kfp-mlops-{step}:sha-1" for step in set(STEP_OF_EXECUTOR.values()) - {"drift"}}
 
 
 def test_pipeline_parameters_have_defaults_and_descriptions(compiled):
@@ -108,19 +113,41 @@ def test_pipeline_parameters_have_defaults_and_descriptions(compiled):
             assert spec.get("description"), f"{name}.{key} has no description"
 
 
-def test_caching_is_a_deliberate_choice_for_every_task(compiled):
-    from kfp_mlops.pipelines.training import CACHING
-
+def all_tasks(document: dict) -> dict[str, dict]:
+    """Every task of a compiled pipeline, nested pipelines and condition groups included, by name."""
     tasks = {}
-    for component in [
-        load_documents(compiled["training"])[0]["root"],
-        *load_documents(compiled["training"])[0]["components"].values(),
-    ]:
+    for component in [document["root"], *document["components"].values()]:
         tasks |= component.get("dag", {}).get("tasks", {})
-    steps = {name: task for name, task in tasks.items() if not name.startswith("condition")}
-    assert set(steps) == set(CACHING)
-    for name, task in steps.items():
-        assert task.get("cachingOptions", {}).get("enableCache", False) is CACHING[name], name
+    return tasks
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_caching_is_a_deliberate_choice_for_every_task(compiled, name):
+    from kfp_mlops.pipelines.train_and_deploy import CACHING
+
+    document = load_documents(compiled[name])[0]
+    components = document["components"]
+    steps = {n: t for n, t in all_tasks(document).items() if "executorLabel" in components[t["componentRef"]["name"]]}
+    assert steps and set(steps) <= set(CACHING)
+    for step, task in steps.items():
+        assert task.get("cachingOptions", {}).get("enableCache", False) is CACHING[step], step
+
+
+def test_monitoring_retrains_only_on_drift_and_reports_from_an_exit_handler(compiled):
+    document = load_documents(compiled["monitoring"])[0]
+    tasks = all_tasks(document)
+    exit_handler = next(task for name, task in tasks.items() if name.startswith("exit-handler"))
+    assert tasks["report-outcome"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert tasks["report-outcome"]["dependentTasks"] == [next(n for n in tasks if n.startswith("exit-handler"))]
+    inside = document["components"][exit_handler["componentRef"]["name"]]["dag"]["tasks"]
+    conditions = {name: task for name, task in inside.items() if name.startswith("condition")}
+    assert sorted(t["triggerPolicy"]["condition"] for t in conditions.values()) == [
+        "inputs.parameter_values['pipelinechannel--drift-check-Output'] == 'kfp_api'",
+        "inputs.parameter_values['pipelinechannel--drift-check-Output'] == 'nested'",
+    ]
+    groups = [document["components"][task["componentRef"]["name"]]["dag"]["tasks"] for task in conditions.values()]
+    nested = {name for group in groups for name in group}
+    assert nested == {"train-and-deploy", "submit-training"}
 
 
 def test_unknown_pipeline_is_rejected(tmp_path):
@@ -130,21 +157,24 @@ def test_unknown_pipeline_is_rejected(tmp_path):
 
 def test_training_pipeline_gates_on_the_blessing_and_puts_training_on_the_gpu_pool(compiled):
     documents = load_documents(compiled["training"])
-    tasks = documents[0]["root"]["dag"]["tasks"]
-    gate = (
-        tasks["condition-blessed-1"]
-        if "condition-blessed-1" in tasks
-        else next(t for name, t in tasks.items() if name.startswith("condition"))
-    )
+    tasks = all_tasks(documents[0])
+    gate = next(task for name, task in tasks.items() if name.startswith("condition"))
     assert "evaluate-model" in gate["dependentTasks"]
     assert "== true" in gate["triggerPolicy"]["condition"]
+    blessed = documents[0]["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(blessed) == {"quantize-model", "deploy-model", "record-baseline"}  # only a blessed model goes on
+    assert "quantize-model" in blessed["deploy-model"]["dependentTasks"]
+    assert "deploy-model" in blessed["record-baseline"]["dependentTasks"]
     train = tasks["train-model"]
     assert train["retryPolicy"]["maxRetryCount"] == 2
+    assert "retryPolicy" not in tasks["prepare-training"]  # input errors fail on the CPU pod, at once
     resources = documents[0]["deploymentSpec"]["executors"]["exec-train-model"]["container"]["resources"]
     assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus_per_node']}}"
     platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-model"]
-    assert platform["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == "train_node_selector"
-    assert platform["tolerations"][0]["tolerationJson"]["componentInputParameter"] == "train_tolerations"
+    selector = platform["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
+    assert selector.removeprefix("pipelinechannel--") == "train_node_selector"
+    toleration = platform["tolerations"][0]["tolerationJson"]["componentInputParameter"]
+    assert toleration.removeprefix("pipelinechannel--") == "train_tolerations"
     assert platform["emptyDirMounts"] == [
         {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "4Gi"}
     ]

@@ -7,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import pipeline_config
 from sklearn.metrics import roc_auc_score
+from support.configs import pipeline_config
 
 from kfp_mlops.components.evaluate import core
+from kfp_mlops.components.shared import metrics
 from kfp_mlops.components.shared.config import EvaluateConfig
 from kfp_mlops.components.shared.model_package import read_model_config
 
@@ -22,8 +23,8 @@ def with_evaluate(config, **values):
 def test_expected_calibration_error_of_perfect_and_overconfident_predictions():
     confidence = np.array([0.9, 0.9, 0.9, 0.9, 0.1, 0.1])
     correct = np.array([1, 1, 1, 1, 0, 0], dtype=float)
-    assert core.expected_calibration_error(confidence, correct, bins=10) == pytest.approx(0.1)
-    assert core.expected_calibration_error(np.full(4, 1.0), np.array([1, 0, 1, 0.0]), bins=5) == pytest.approx(0.5)
+    assert metrics.expected_calibration_error(confidence, correct, bins=10) == pytest.approx(0.1)
+    assert metrics.expected_calibration_error(np.full(4, 1.0), np.array([1, 0, 1, 0.0]), bins=5) == pytest.approx(0.5)
 
 
 def test_trained_model_is_scored_on_the_test_split_and_blessed_on_first_run(trained_model, ingested):
@@ -41,7 +42,7 @@ def test_trained_model_is_scored_on_the_test_split_and_blessed_on_first_run(trai
     assert evaluation.classes == ["0", "1"]
     roc = evaluation.roc_curve
     assert roc["fpr"][0] == 0.0 and roc["tpr"][-1] == 1.0 and max(roc["thresholds"]) <= 1.0
-    assert len(roc["fpr"]) <= core.MAX_ROC_POINTS
+    assert len(roc["fpr"]) <= metrics.MAX_ROC_POINTS
     import pyarrow.parquet as pq
 
     test = pq.read_table(paths.test)
@@ -107,7 +108,7 @@ def test_baseline_record_round_trips_through_s3(s3):
 def test_malformed_baseline_is_reported(tmp_path):
     path = tmp_path / "b.json"
     path.write_text(json.dumps({"model": "x"}))
-    with pytest.raises(ValueError, match="has no 'metrics' mapping"):
+    with pytest.raises(ValueError, match=r"serving record .*b.json is malformed: metrics: Field required"):
         core.load_baseline(str(path))
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import runpy
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from kfp_mlops import local_services
 from kfp_mlops.components.features import core, executor
 from kfp_mlops.components.ingest.core import ingest
 from kfp_mlops.components.shared.config import parse_config
@@ -409,26 +407,6 @@ def test_online_value_that_differs_from_the_latest_offline_value_is_reported(tmp
 # --- Redis online store against a real redis-server -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RedisServer:
-    connection_string: str  # Feast's format: host:port,password=...
-
-    @property
-    def password(self) -> str:
-        return self.connection_string.split("password=", 1)[1]
-
-    @property
-    def port(self) -> int:
-        return int(self.connection_string.split(",", 1)[0].rsplit(":", 1)[1])
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
-    """A real redis-server (Debian's package), started for this session."""
-    with local_services.redis_server(tmp_path_factory.mktemp("redis")) as service:
-        yield RedisServer(service.env["FEAST_REDIS_CONNECTION_STRING"])
-
-
 @pytest.mark.servers
 def test_redis_online_store_serves_the_offline_values_and_no_file_holds_the_connection_string(
     redis_server, tmp_path, inputs, monkeypatch, capfd
@@ -455,13 +433,6 @@ def test_redis_online_store_serves_the_offline_values_and_no_file_holds_the_conn
     assert "${FEAST_REDIS_CONNECTION_STRING}" in (repo / "feature_store.yaml").read_text()
     captured = capfd.readouterr()
     assert redis_server.password not in captured.out + captured.err
-
-
-@pytest.fixture(scope="session")
-def postgres_registry_url(tmp_path_factory) -> Iterator[str]:
-    """A real PostgreSQL server (Debian's package) for Feast's SQL registry, started for this session."""
-    with local_services.postgres_server(tmp_path_factory.mktemp("postgres")) as service:
-        yield service.env["FEAST_REGISTRY_URL"]
 
 
 @pytest.mark.servers

@@ -2,39 +2,68 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from support import configs as support_configs
+from support.triton import running_triton
 
 from kfp_mlops.cli import main
 from kfp_mlops.components.shared.images import ImageConfig
+from kfp_mlops.components.shared.model_package import Predictor
 from kfp_mlops.pipelines import compile_pipeline
+from kfp_mlops.sample_data import write_sample_data
 
 pytestmark = pytest.mark.local_run
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory) -> Path:
-    """The training pipeline compiled once to a file; every run below loads it back from there."""
-    return compile_pipeline("training", tmp_path_factory.mktemp("pkg") / "training.yaml", ImageConfig(tag="test"))
+def package_of(tmp_path_factory):
+    """Each pipeline compiled once to a file; every run below loads it back from there."""
+    directory, compiled = tmp_path_factory.mktemp("pkg"), {}
+
+    def package(name: str) -> Path:
+        if name not in compiled:
+            compiled[name] = compile_pipeline(name, directory / f"{name}.yaml", ImageConfig(tag="test"))
+        return compiled[name]
+
+    return package
+
+
+@pytest.fixture(scope="module")
+def package(package_of) -> Path:
+    return package_of("training")
+
+
+def infer_triton(url: str, model: str, feeds: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, labels) from Triton over gRPC for the serving graph's inputs."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    inputs = []
+    for name, values in feeds.items():
+        tensor = grpcclient.InferInput(name, list(values.shape), "BYTES" if values.dtype == object else "FP32")
+        tensor.set_data_from_numpy(values)
+        inputs.append(tensor)
+    result = client.infer(model, inputs)
+    return result.as_numpy("probabilities"), result.as_numpy("label")[:, 0]
 
 
 def write_config(directory: Path, source: str, **sections) -> Path:
     """examples/training.yaml on ``source``, training kept short, sections updated."""
-    document = yaml.safe_load((REPO / "examples" / "training.yaml").read_text())
-    document["data"]["source"] = source
-    document["train"] = {"epochs": 4, "micro_batch_size": 64, "optimizer": {"lr": 0.003}}
-    for name, values in sections.items():
-        document[name] = {**document.get(name, {}), **values}
-    path = directory / "config.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    short = {"epochs": 4, "micro_batch_size": 64, "optimizer": {"lr": 0.003}}
+    return support_configs.write_config(directory, source, **{**sections, "train": short | sections.get("train", {})})
 
 
 def metadata_of(task_dir: Path, output: str) -> dict:
@@ -44,6 +73,14 @@ def metadata_of(task_dir: Path, output: str) -> dict:
 def run_training(package: Path, root: Path, *args: str) -> int:
     """``kfp-mlops run training --local`` on the compiled ``package``, with a pipeline root and more arguments."""
     return main(["run", "training", "--local", "--package", str(package), "--pipeline-root", str(root), *args])
+
+
+def run_monitoring(package: Path, root: Path, config: Path, window: Path) -> tuple[int, str]:
+    """``kfp-mlops run monitoring --local`` on ``window``; returns the exit code and the console."""
+    arguments = ["--package", str(package), "--pipeline-root", str(root), "--config", str(config)]
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = main(["run", "monitoring", "--local", *arguments, "--param", f"data_source={window}"])
+    return code, out.getvalue()
 
 
 def run_dir_of(root: Path) -> Path:
@@ -56,23 +93,55 @@ def executor_output(task_dir: Path) -> dict:
     return json.loads((task_dir / "executor_output.json").read_text())
 
 
-def test_training_yaml_runs_every_step_locally_and_records_the_blessed_model(package, sample_dir, tmp_path, capsys):
-    baseline = tmp_path / "registry" / "baseline.json"
-    config = write_config(tmp_path, str(sample_dir), evaluate={"baseline": str(baseline)})
-    root = tmp_path / "root"
-    code = run_training(package, root, "--config", str(config))
-    out = capsys.readouterr().out
-    assert code == 0, out
+@dataclass
+class TrainingRun:
+    """The training pipeline run once from its YAML, deploying to a real local Triton; the tests below read it."""
+
+    code: int
+    out: str
+    run_dir: Path
+    config: Path
+    record: Path
+    triton: Any
+    repository: Path
+    sample_dir: Path
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory):
+    """A real local Triton (python backend) on an empty model repository, for the module."""
+    repository = tmp_path_factory.mktemp("triton-models")
+    with running_triton(repository) as server:
+        yield server, repository
+
+
+@pytest.fixture(scope="module")
+def deployed(package, sample_dir, triton, tmp_path_factory) -> TrainingRun:
+    server, repository = triton
+    work = tmp_path_factory.mktemp("deployed")
+    record = work / "serving" / "record.json"
+    deploy = {"model_repository": str(repository), "triton_url": server.grpc_url, "backend": "python",
+              "model_name": "churn"}  # fmt: skip
+    config = write_config(work, str(sample_dir), evaluate={"baseline": str(record)}, deploy=deploy)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = run_training(package, work / "root", "--config", str(config))
+    return TrainingRun(code, out.getvalue(), run_dir_of(work / "root"), config, record, server, repository, sample_dir)
+
+
+@pytest.mark.servers
+def test_training_yaml_runs_every_step_and_leaves_a_verified_model_served_by_triton(deployed):
+    out, run_dir = deployed.out, deployed.run_dir
+    assert deployed.code == 0, out
     assert "Pipeline kfp-mlops-training: SUCCEEDED" in out
-    steps = ("ingest", "features", "prepare-training", "train-model", "evaluate-model", "record-baseline")
+    steps = ("ingest", "features", "prepare-training", "train-model", "evaluate-model", "quantize-model",
+             "deploy-model", "record-baseline")  # fmt: skip
     for step in steps:
         assert re.search(rf"^{step} +SUCCESS", out, re.MULTILINE), f"{step} did not succeed"
     # a short console: start/end of each step, epochs, outcomes and the summary; the full output is in logs/
-    assert len(out.splitlines()) < 45, out
+    assert len(out.splitlines()) < 55, out
     assert "executor_input" not in out and "DeepSpeed" not in out
     assert re.search(r"^  train-model +epoch 4/4 train_loss=\S+ val_loss=\S+ step=\d+ samples/s=", out, re.MULTILINE)
-    assert "[evaluate] BLESSED" in out
-    run_dir = run_dir_of(root)
+    assert "[evaluate] BLESSED" in out and "[quantize] " in out and "[deploy] " in out
     logs = run_dir / "logs"
     assert {p.name for p in logs.iterdir()} == {"run.log", *(f"{step}.log" for step in steps)}
     assert "executor_input" in (logs / "ingest.log").read_text()
@@ -92,12 +161,12 @@ def test_training_yaml_runs_every_step_locally_and_records_the_blessed_model(pac
     features_dir = run_dir / "features"
     assert pq.read_table(features_dir / "train_features").num_rows == rows["train"]
     assert (features_dir / "feature_repo" / "feature_store.yaml").exists()
-    # train: DeepSpeed with 2 CPU processes, ONNX model, the training log
+    # train: DeepSpeed with 2 CPU processes, the serving graph, the training log
     train_metrics = metadata_of(run_dir / "train-model", "metrics")
     assert train_metrics["world_size"] == 2 and train_metrics["samples_per_second"] > 0
     assert (run_dir / "train-model" / "model" / "model.onnx").exists()
     assert "[train] epoch 4/4" in (run_dir / "train-model" / "training_log").read_text()
-    # evaluate: the UI's ClassificationMetrics, the model card, the blessing; then the baseline record
+    # evaluate: the UI's ClassificationMetrics, the model card, the blessing and metrics in plausible ranges
     confusion = metadata_of(run_dir / "evaluate-model", "classification_metrics")["confusionMatrix"]
     assert sum(sum(r["row"]) for r in confusion["rows"]) == rows["test"]
     assert "**BLESSED**" in (run_dir / "evaluate-model" / "model_card").read_text()
@@ -105,7 +174,63 @@ def test_training_yaml_runs_every_step_locally_and_records_the_blessed_model(pac
     scores = metadata_of(run_dir / "evaluate-model", "metrics")
     assert 0.65 < scores["roc_auc"] <= 1.0 and 0.5 < scores["accuracy"] <= 1.0 and scores["log_loss"] < 0.69
     assert 0.0 < scores["f1"] <= 1.0 and 0.0 <= scores["expected_calibration_error"] < 0.2
-    assert json.loads(baseline.read_text())["model"].endswith("train-model/model")
+    # quantize → deploy: the chosen package serves as churn version 1 and answers as the package itself does
+    quantized = run_dir / "quantize-model" / "quantized_model"
+    precision = json.loads((quantized / "model_config.json").read_text())["precision"]
+    assert (
+        precision in ("int8_dynamic", "int8_static")
+        and "| candidate |" in (run_dir / "quantize-model" / "comparison").read_text()
+    )
+    record = json.loads(deployed.record.read_text())
+    assert record["model"] == str(quantized) and record["deployment"]["version"] == 1
+    assert record["reference_data"] == str(features_dir / "train_features")
+    test = pq.read_table(run_dir / "features" / "test_features").slice(0, 50)
+    expected, labels = Predictor(quantized).predict(test)
+    served, served_labels = infer_triton(deployed.triton.grpc_url, "churn", Predictor(quantized).feeds(test))
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert served_labels.tolist() == labels.tolist()
+
+
+@pytest.mark.servers
+def test_monitoring_on_a_clean_window_stops_after_the_drift_check(deployed, tmp_path, package_of):
+    """A new window from the distribution the serving model learned (runs before the drifted window redeploys)."""
+    assert deployed.code == 0, deployed.out
+    window = tmp_path / "window"
+    write_sample_data(str(window), rows=5_000, seed=2)
+    code, out = run_monitoring(package_of("monitoring"), tmp_path / "root", deployed.config, window)
+    assert code == 0, out
+    assert "[drift] no drift" in out
+    ran = re.findall(r"^(\S+) +SUCCESS", out, re.MULTILINE)
+    assert ran == ["ingest", "drift-check", "report-outcome"], out
+    run_dir = next((tmp_path / "root").glob("kfp-mlops-monitoring-*"))
+    outcome = (run_dir / "report-outcome" / "outcome").read_text()
+    assert "- Drift: no" in outcome and "- Retrained: no" in outcome and "- Deployed: no" in outcome
+
+
+@pytest.mark.servers
+def test_monitoring_on_a_drifted_window_retrains_and_redeploys_only_a_blessed_model(deployed, tmp_path, package_of):
+    """From the compiled monitoring YAML: the drifted window is detected, the model is retrained on it and blessed
+    against the one that serves (re-scored on the window's test split), then deployed as version 2."""
+    assert deployed.code == 0, deployed.out
+    window = tmp_path / "window"
+    write_sample_data(str(window), rows=5_000, seed=1, drift=True)
+    code, out = run_monitoring(package_of("monitoring"), tmp_path / "root", deployed.config, window)
+    assert code == 0, out
+    assert re.search(r"^  drift-check +\[drift\] drift \(\d+ of 9 columns: .*plan", out, re.MULTILINE), out
+    run_dir = next((tmp_path / "root").glob("kfp-mlops-monitoring-*"))
+    for step in ("ingest", "drift-check", "features", "train-model", "evaluate-model", "report-outcome"):
+        assert re.search(rf"^{step} +SUCCESS", out, re.MULTILINE), f"{step} did not succeed"
+    assert (run_dir / "drift-check" / "report").read_text().lstrip().lower().startswith("<")  # Evidently's HTML
+    outcome = (run_dir / "report-outcome" / "outcome").read_text()
+    assert "- Drift: yes" in outcome and "- Retrained: yes, in this run" in outcome
+    blessed = metadata_of(run_dir / "evaluate-model", "blessing")["blessed"]
+    record = json.loads(deployed.record.read_text())
+    if blessed:  # deployed as version 2; the record now points at the new model and its data
+        assert "- Blessed: yes" in outcome and "- Deployed: churn version 2" in outcome
+        assert record["deployment"]["version"] == 2 and record["reference_data"].startswith(str(run_dir))
+    else:  # not deployed: version 1 keeps serving and stays the record
+        assert "- Deployed: no" in outcome and record["deployment"]["version"] == 1
+    assert blessed == (metadata_of(run_dir / "evaluate-model", "metrics")["roc_auc"] >= 0.6)
 
 
 def test_model_worse_than_the_baseline_is_not_blessed_and_not_recorded(package, sample_dir, tmp_path, capsys):
@@ -167,8 +292,7 @@ def test_ingest_step_reads_its_config_and_data_from_s3(package, s3, sample_dir, 
     from kfp_mlops.components.shared import storage
 
     storage.copy_tree(str(sample_dir), s3.uri("runs/raw"))
-    document = yaml.safe_load((REPO / "examples" / "training.yaml").read_text())
-    document["data"]["source"] = s3.uri("runs/raw/")
+    document = support_configs.config_document(s3.uri("runs/raw/"))
     storage.write_bytes(s3.uri("runs/config.yaml"), yaml.safe_dump(document).encode())
     code = run_training(package, tmp_path / "root", "--param", f"config={s3.uri('runs/config.yaml')}")
     out = capsys.readouterr().out
@@ -182,8 +306,8 @@ def test_later_steps_read_the_config_ingest_resolved_not_the_uri(package, sample
     configs in one run; the model keeps the config it was trained with."""
     config = write_config(tmp_path, str(sample_dir))
     compiled = next(yaml.safe_load_all(package.read_text()))
-    features_inputs = compiled["root"]["dag"]["tasks"]["features"]["inputs"]["parameters"]
-    assert features_inputs["config"] == {
+    shared_inputs = compiled["root"]["dag"]["tasks"]["train-and-deploy"]["inputs"]["parameters"]
+    assert shared_inputs["config"] == {
         "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "ingest"}
     }
     code = run_training(package, tmp_path / "root", "--param", f"config={config}")

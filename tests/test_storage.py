@@ -148,12 +148,12 @@ def test_access_check_names_the_secret_to_create_when_credentials_are_missing(s3
     storage.reset_clients()
     with pytest.raises(storage.StorageAccessError, match=r"cannot write to s3://.*create the Kubernetes Secret "
                        r"kfp-mlops-storage with keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY"):  # fmt: skip
-        storage.check_access(s3.uri("pipeline-root"))
+        storage.check_access(s3.uri("access-check-root"))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.env["AWS_ACCESS_KEY_ID"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.env["AWS_SECRET_ACCESS_KEY"])
     storage.reset_clients()
-    storage.check_access(s3.uri("pipeline-root"))
-    assert storage.list_uris(s3.uri("pipeline-root")) == []  # the probe is removed
+    storage.check_access(s3.uri("access-check-root"))
+    assert storage.list_uris(s3.uri("access-check-root")) == []  # the probe is removed
 
 
 def test_delete_tree_removes_only_whole_segments(root):

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import pipeline_config
+from support.configs import pipeline_config
 
 from kfp_mlops.components.shared.config import TrainConfig
 from kfp_mlops.components.shared.errors import ConfigError, InputError
@@ -169,7 +169,7 @@ def test_training_killed_mid_epoch_resumes_from_its_latest_checkpoint(ingested, 
     script = tmp_path / "run_training.py"
     script.write_text(
         "import sys\nsys.path.insert(0, sys.argv[1])\n"
-        "from conftest import pipeline_config\nfrom kfp_mlops.components.train.core import train\n"
+        "from support.configs import pipeline_config\nfrom kfp_mlops.components.train.core import train\n"
         f"config = pipeline_config({str(config.data.source)!r}, train={settings!r})\n"
         f"train(config, {paths.train!r}, {paths.validation!r}, sys.argv[2], sys.argv[3])\n"
     )

@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import pipeline_config
-from test_trainjob import COMPLETE, FakeKubeApiServer, api_client_for, not_found, stored
+from support.configs import pipeline_config
+from support.kube_api import COMPLETE, FakeKubeApiServer, api_client_for, not_found, stored
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.errors import ConfigError

@@ -16,28 +16,44 @@ def evaluate_model(
     classification_metrics: Output[ClassificationMetrics],
     model_card: Output[Markdown],
     blessing: Output[Artifact],
+    pipeline_root: str = "",
+    run_id: str = "",
 ) -> bool:
     """Score the model on the test split; bless it only if thresholds hold and it does not regress. Returns the
     blessing (a single ``bool`` output: kfp.local resolves it in dsl.If, unlike a NamedTuple field).
 
     Args:
         config: The pipeline config as the ingest step resolved it (YAML text).
+        pipeline_root: With run_id: where the decision is kept for the run's outcome report.
+        run_id: The KFP run id.
     """
     from kfp_mlops.components.evaluate import executor
 
-    return executor.run(config, model, test_data, metrics, classification_metrics, model_card, blessing)
+    return executor.run(config, model, test_data, metrics, classification_metrics, model_card, blessing,
+                        pipeline_root, run_id)  # fmt: skip
 
 
-def record_baseline(config: str, model: Input[Model], metrics: Input[Metrics], run_id: str):
-    """Record a blessed model and its metrics as the baseline the next candidate is compared with.
+def record_baseline(
+    config: str,
+    model: Input[Model],
+    metrics: Input[Metrics],
+    reference_data: Input[Dataset],
+    deployment: Input[Artifact],
+    run_id: str,
+):
+    """Record the blessed model that now serves, its metrics and its train split in the serving record: the next
+    candidate is compared with this model, the next drift check with this data.
 
     Args:
         config: The pipeline config as the ingest step resolved it (YAML text).
+        model: The model package that serves (the quantized one).
+        reference_data: The split the model was trained on.
+        deployment: The deploy step's record of where it serves.
         run_id: The KFP run id, kept in the record.
     """
     from kfp_mlops.components.evaluate import executor
 
-    executor.record(config, model, metrics, run_id)
+    executor.record(config, model, metrics, reference_data, deployment, run_id)
 
 
 def build(images: ImageConfig) -> PythonComponent:

@@ -1,28 +1,26 @@
-"""Evaluate: score the ONNX model on the test split, compute metrics, compare with thresholds and the recorded
-baseline, and decide the blessing (TFX Evaluator's guarantee). Paths and values only; no KFP, no torch.
+"""Evaluate: score the model package's serving graph on the test split, compute metrics, compare with thresholds
+and the serving record's model, and decide the blessing (TFX Evaluator's guarantee). Paths and values only; no KFP,
+no torch.
 
-A baseline record is a JSON document ``{"metrics": {...}, "model": URI, "content_hash": ..., ...}`` at
-``evaluate.baseline``; the pipeline writes it for a blessed model (``record_baseline``). The next candidate must
-not regress against that model, which is re-scored on the candidate's own test split (its recorded metrics are
-used only when its model cannot be read).
+The baseline is the serving record at ``evaluate.baseline`` (``components/shared/records.py``): the pipeline writes
+it once a blessed model is deployed (``record_baseline``). The next candidate must not regress against that model,
+which is re-scored on the candidate's own test split (its recorded metrics stand in only when the config allows it).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import EvaluateConfig, PipelineConfig
-from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.components.shared.metrics import class_indices, compute_metrics
 from kfp_mlops.components.shared.model_package import ModelConfig, Predictor, read_model_config
+from kfp_mlops.components.shared.records import Deployment, ServingRecord, read_record, write_record
 from kfp_mlops.components.shared.splits import read_split
-
-MAX_ROC_POINTS = 200
 
 
 @dataclass
@@ -43,87 +41,13 @@ def predict_probabilities(model_dir: str, table) -> tuple[np.ndarray, np.ndarray
     true labels as class indices."""
     predictor = Predictor(model_dir)
     probabilities, _ = predictor.predict(table)
-    return probabilities, class_indices(table, predictor.config)
-
-
-def class_indices(table, config: ModelConfig) -> np.ndarray:
-    """The label column as indices into the model's classes; a label the model never saw is an InputError."""
-    index = {value: i for i, value in enumerate(config.classes)}
-    values = table[config.label].to_pylist()
-    try:
-        return np.array([index[v] for v in values], dtype=np.int64)
-    except KeyError as missing:
-        raise InputError(
-            f"test split: label {missing.args[0]!r} in column {config.label!r} does not occur in the training split"
-        ) from None
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
-    """Weighted mean |accuracy - confidence| over equal-width confidence bins."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(error)
-
-
-def compute_metrics(
-    y: np.ndarray, probabilities: np.ndarray, settings: EvaluateConfig, threshold: float = 0.5
-) -> dict[str, Any]:
-    """Accuracy, precision/recall/F1, ROC AUC, log loss and calibration error, plus confusion matrix and ROC curve.
-    Binary: the positive class is the second class, predicted at ``threshold``; multiclass: macro averages and
-    one-vs-rest AUC."""
-    from sklearn import metrics as skm
-
-    n_classes = probabilities.shape[1]
-    labels = list(range(n_classes))
-    binary = n_classes == 2
-    predicted = (probabilities[:, 1] >= threshold).astype(int) if binary else probabilities.argmax(1)
-    average = "binary" if binary else "macro"
-    present = np.unique(y)
-    values = {
-        "accuracy": skm.accuracy_score(y, predicted),
-        "precision": skm.precision_score(y, predicted, average=average, zero_division=0),
-        "recall": skm.recall_score(y, predicted, average=average, zero_division=0),
-        "f1": skm.f1_score(y, predicted, average=average, zero_division=0),
-        "log_loss": skm.log_loss(y, np.clip(probabilities, 1e-7, 1.0), labels=labels),
-    }
-    if len(present) < 2:
-        raise InputError(f"test split holds a single class ({present.tolist()}): ROC AUC is undefined")
-    if binary:
-        values["roc_auc"] = skm.roc_auc_score(y, probabilities[:, 1])
-        fpr, tpr, thresholds = skm.roc_curve(y, probabilities[:, 1])
-        confidence, correct = probabilities[:, 1], (y == 1).astype(float)
-    else:
-        values["roc_auc"] = skm.roc_auc_score(y, probabilities, multi_class="ovr", average="macro", labels=labels)
-        fpr, tpr, thresholds = skm.roc_curve((y == probabilities.argmax(1)).astype(int), probabilities.max(1))
-        confidence, correct = probabilities.max(1), (predicted == y).astype(float)
-    values["expected_calibration_error"] = expected_calibration_error(confidence, correct, settings.calibration_bins)
-    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), MAX_ROC_POINTS)).round().astype(int))
-    return {
-        "metrics": {name: float(value) for name, value in values.items()},
-        "confusion_matrix": skm.confusion_matrix(y, predicted, labels=labels).tolist(),
-        "roc_curve": {
-            "fpr": fpr[keep].tolist(),
-            "tpr": tpr[keep].tolist(),
-            "thresholds": np.minimum(thresholds[keep], 1.0).tolist(),  # the first threshold is +inf
-        },
-    }
+    return probabilities, class_indices(table, predictor.config, "test")
 
 
 def load_baseline(uri: str) -> dict[str, Any] | None:
-    if not uri:
-        return None
-    try:
-        record = json.loads(storage.read_bytes(uri))
-    except FileNotFoundError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
-        raise InputError(f"baseline record {uri} has no 'metrics' mapping")
-    return record
+    """The serving record at ``uri`` as a dict (None on the first run, when nothing is recorded yet)."""
+    record = read_record(uri)
+    return None if record is None else record.model_dump()
 
 
 class BaselineUnavailableError(RuntimeError):
@@ -246,13 +170,18 @@ def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: Mod
     return "\n".join(lines) + "\n"
 
 
-def record_baseline(uri: str, model_uri: str, metrics: dict[str, float], data_hash: str, run_id: str) -> None:
-    """Record a blessed model as the baseline the next candidate is compared with (atomic write)."""
-    record = {
-        "model": model_uri,
-        "metrics": metrics,
-        "content_hash": data_hash,
-        "run_id": run_id,
-        "recorded_at": datetime.now(UTC).isoformat(),
-    }
-    storage.write_bytes(uri, json.dumps(record, indent=2).encode())
+def record_baseline(
+    uri: str,
+    model_uri: str,
+    metrics: dict[str, float],
+    data_hash: str,
+    run_id: str,
+    reference_data: str = "",
+    deployment: Deployment | None = None,
+) -> ServingRecord:
+    """Record a blessed (and, when configured, deployed) model as the one the next candidate is compared with and
+    the next drift check's reference comes from (atomic write)."""
+    record = ServingRecord(model=model_uri, metrics=metrics, content_hash=data_hash, run_id=run_id,
+                           reference_data=reference_data, deployment=deployment)  # fmt: skip
+    write_record(uri, record)
+    return record

@@ -7,9 +7,11 @@ import json
 from typing import Any
 
 from kfp_mlops.components.evaluate import core
+from kfp_mlops.components.shared import outcomes
 from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.shared.model_package import read_model_config
+from kfp_mlops.components.shared.records import Deployment
 
 
 def run(
@@ -20,6 +22,8 @@ def run(
     classification_metrics: Any,
     model_card: Any,
     blessing: Any,
+    pipeline_root: str = "",
+    run_id: str = "",
 ) -> bool:
     pipeline_config = load_config(config)
     evaluation = core.evaluate(pipeline_config, model.path, test_data.path)
@@ -41,16 +45,26 @@ def run(
     )
     write_text_atomically(blessing.path, json.dumps({"blessed": evaluation.blessed, "reasons": evaluation.reasons}))
     print(f"[evaluate] {'BLESSED' if evaluation.blessed else 'NOT BLESSED: ' + '; '.join(evaluation.reasons)}")
+    outcomes.record(pipeline_root, run_id, "evaluate", {"blessed": evaluation.blessed, "reasons": evaluation.reasons,
+                                                         "metrics": evaluation.metrics})  # fmt: skip
     return evaluation.blessed
 
 
-def record(config: str, model: Any, metrics: Any, run_id: str) -> None:
-    """Record the blessed model as the baseline (evaluate.baseline); without one configured, say so and stop."""
+def record(config: str, model: Any, metrics: Any, reference_data: Any, deployment: Any, run_id: str) -> None:
+    """Record the blessed model (the package that serves, when deployed) in the serving record
+    (evaluate.baseline), with its train split as the next drift check's reference; without one configured, say so."""
     pipeline_config = load_config(config)
     uri = pipeline_config.evaluate.baseline
     if not uri:
-        print("[record] evaluate.baseline is empty: no baseline recorded")
+        print("[record] evaluate.baseline is empty: no serving record kept")
         return
-    values = {k: float(v) for k, v in metrics.metadata.items() if isinstance(v, (int, float))}
-    core.record_baseline(uri, model.uri, values, model.metadata.get("content_hash", ""), run_id)
-    print(f"[record] baseline {uri} now points at {model.uri}")
+    values = {
+        k: float(v) for k, v in metrics.metadata.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    served = deployment.metadata.get("deployment") if deployment is not None else None
+    record_ = core.record_baseline(
+        uri, model.uri, values, model.metadata.get("content_hash", ""), run_id, reference_data.uri,
+        Deployment.model_validate(served) if served else None,
+    )  # fmt: skip
+    where = f", serving as {served['model_name']} version {served['version']}" if served else ""
+    print(f"[record] serving record {uri} now points at {record_.model}{where}")

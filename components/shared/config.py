@@ -165,6 +165,98 @@ class EvaluateConfig(_Strict):
     calibration_bins: int = Field(10, ge=2)
 
 
+MetricName = Literal["accuracy", "precision", "recall", "f1", "roc_auc"]
+
+
+class QuantizeConfig(_Strict):
+    """Quantization candidates and the accuracy budget. Every candidate is measured on the validation split against
+    the fp32 model; the choice (``fastest`` at batch 1, or ``smallest``) is made among those within the budget, and
+    the step fails with the comparison table when none is. List ``fp32`` to let the unquantized model win."""
+
+    candidates: list[Literal["fp32", "int8_dynamic", "int8_static", "fp16"]] = Field(
+        ["int8_dynamic", "int8_static"], min_length=1
+    )
+    target: Literal["cpu", "gpu"] = "cpu"  # gpu: the fp16 candidate joins (it pays off on GPUs only)
+    choose: Literal["fastest", "smallest"] = "fastest"
+    # absolute drops against fp32 (0.01 = 1 percentage point). Accuracy moves in steps of 1/validation rows and flips
+    # near the decision threshold: below a few thousand validation rows a tighter accuracy budget is within noise;
+    # ROC AUC, free of the threshold, is the steadier measure of quantization error.
+    max_metric_drop: dict[MetricName, float] = {"accuracy": 0.01, "roc_auc": 0.005}
+    max_abs_diff: float = Field(0.05, gt=0)  # largest allowed |probability - fp32 probability| on any row
+    calibration_rows: int = Field(512, ge=16)  # of the train split, for int8_static
+    latency_repeats: int = Field(200, ge=10)  # batch-1 runs timed per candidate (median reported)
+    seed: int = 0
+
+
+class VerifyConfig(_Strict):
+    """In-server verification before a version takes traffic (TFX InfraValidator's role)."""
+
+    rows: int = Field(256, ge=1)  # validation rows sent through Triton, compared with the model's own outputs
+    atol: float = Field(1e-4, ge=0)  # allowed |Triton - reference| per probability
+    requests: int = Field(200, ge=10)  # batch-1 requests timed for the latency budget
+    max_p50_ms: float = Field(50.0, gt=0)
+    max_p99_ms: float = Field(250.0, gt=0)
+
+
+class DeployConfig(_Strict):
+    """Triton deployment: the model repository the server reads, the server (gRPC, for model control and
+    verification), and the generated model config. ``model_repository`` empty: the deploy step records that nothing
+    was deployed (the training pipeline then only blesses and records)."""
+
+    model_repository: str = ""  # local path, s3:// or gs://: the same storage Triton reads
+    triton_url: str = "triton.kfp-mlops-serving.svc:8001"  # gRPC host:port
+    replicas_host: str = ""  # a headless Service resolving to every Triton pod (load on each); empty: triton_url only
+    model_name: str = Field("kfp-mlops", pattern=r"^[A-Za-z0-9_.-]+$")
+    backend: Literal["onnxruntime", "python"] = "onnxruntime"  # python: the local Triton (python backend only)
+    instance_kind: Literal["auto", "cpu", "gpu"] = "auto"  # auto: gpu when quantize.target is gpu
+    instance_count: int = Field(1, ge=1)
+    max_batch_size: int = Field(64, ge=1)
+    preferred_batch_sizes: list[int] = [8, 32, 64]
+    max_queue_delay_microseconds: int = Field(0, ge=0)  # 0: dispatch at once (best latency at low load)
+    ready_timeout_seconds: int = Field(180, ge=1)
+    keep_versions: int = Field(2, ge=1)  # versions kept in the repository (the served one and its predecessor)
+    verify: VerifyConfig = VerifyConfig()
+
+    @model_validator(mode="after")
+    def _batch_sizes_fit(self) -> DeployConfig:
+        too_big = [size for size in self.preferred_batch_sizes if size > self.max_batch_size or size < 1]
+        if too_big:
+            raise ValueError(f"deploy.preferred_batch_sizes {too_big} must lie in 1..max_batch_size")
+        return self
+
+
+DriftMethod = Literal["ks", "chisquare", "z", "wasserstein", "jensenshannon", "psi", "kl_div"]
+
+
+class ColumnDriftConfig(_Strict):
+    """One column's test (Evidently's name) and threshold; None keeps the setting above it."""
+
+    method: DriftMethod | None = None
+    threshold: float | None = Field(None, gt=0)
+
+
+class DriftConfig(_Strict):
+    """The drift check, with Evidently 0.7 DataDriftPreset's semantics and defaults, computed on every row."""
+
+    columns: list[str] | None = None  # None: every feature of the deployed model
+    method: DriftMethod | None = None  # None: Evidently's automatic choice per column
+    threshold: float | None = Field(None, gt=0)  # None: the method's default (0.05 for p-values, 0.1 for distances)
+    per_column: dict[str, ColumnDriftConfig] = {}
+    drift_share: float = Field(0.5, gt=0, le=1)  # the dataset drifts when this share of columns (or more) drifts
+    report_sample_rows: int = Field(20_000, ge=1_000)  # rows of each frame the Evidently HTML report is drawn from
+    report_seed: int = 0
+
+
+class MonitoringConfig(_Strict):
+    """How the monitoring pipeline retrains on drift: the training steps inside this run (``nested``), or a run of
+    the uploaded training pipeline through the KFP API (``kfp_api``)."""
+
+    retrain: Literal["nested", "kfp_api"] = "nested"
+    kfp_host: str = ""  # kfp_api: the KFP API endpoint (in-cluster: http://ml-pipeline.kubeflow:8888)
+    training_pipeline: str = "kfp-mlops-training"  # kfp_api: the uploaded pipeline's name
+    experiment: str = "kfp-mlops-monitoring"
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline config."""
 
@@ -174,6 +266,10 @@ class PipelineConfig(_Strict):
     features: FeaturesConfig = FeaturesConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    deploy: DeployConfig = DeployConfig()
+    drift: DriftConfig = DriftConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     def with_source(self, source: str) -> PipelineConfig:
         """Return a copy whose data.source is ``source`` (the pipeline's ``data_source`` override)."""

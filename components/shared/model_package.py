@@ -56,9 +56,13 @@ class ModelConfig(BaseModel):
 
 
 def read_model_config(model_dir: str | Path) -> ModelConfig:
-    path = Path(model_dir) / MODEL_CONFIG_FILE
+    """The package's model config; ``model_dir`` is a local directory or a URI (s3://, gs://)."""
+    from kfp_mlops.components.shared import storage
+
     try:
-        return ModelConfig.model_validate_json(path.read_text())
+        return ModelConfig.model_validate_json(
+            storage.read_bytes(storage.parse(model_dir).child(MODEL_CONFIG_FILE).uri)
+        )
     except FileNotFoundError:
         raise FileNotFoundError(f"{model_dir} is not a model package: {MODEL_CONFIG_FILE} is missing") from None
 

@@ -467,6 +467,9 @@ def _launch_workers(spec_path: Path, world_size: int, log_path: str | None) -> N
         str(spec_path),
     ]  # fmt: skip  (--standalone: a local rendezvous on a port it picks itself)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
+    # Nothing is compiled at start (DeepSpeed's CPU op is prebuilt, the optimizer is torch's), but should an op be
+    # built, it goes to a writable place, not $HOME (read-only under arbitrary UIDs)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(tempfile.gettempdir()) / "torch_extensions"))
     tail: list[str] = []
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env

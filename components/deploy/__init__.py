@@ -1,0 +1,1 @@
+"""Deploy step: Triton model configs and local serving of the ONNX model."""

@@ -1,0 +1,99 @@
+"""Drift executors: unpack the KFP artifacts (duck-typed), find the reference through the serving record, call
+``core.check_drift``, and decide what the monitoring pipeline does next. Imports no KFP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kfp_mlops.components.drift.core import check_drift
+from kfp_mlops.components.shared import outcomes
+from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
+from kfp_mlops.components.shared.config import load_config
+from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.components.shared.model_package import read_model_config
+from kfp_mlops.components.shared.records import read_record
+
+NO_ACTION = "none"
+
+
+def run(
+    config: str, current: list[Any], pipeline_root: str, run_id: str, report: Any, metrics: Any, summary: Any
+) -> str:
+    """Compare the window (the ingest step's splits of it) with the data the serving model was trained on.
+    Returns what to do: ``none`` without drift, else ``monitoring.retrain`` (``nested`` or ``kfp_api``)."""
+    pipeline_config = load_config(config)
+    baseline = pipeline_config.evaluate.baseline
+    record = read_record(baseline)
+    if record is None or not record.reference_data:
+        where = baseline or "(evaluate.baseline is empty)"
+        raise InputError(
+            f"serving record {where}: no model serves yet, so there is no reference to compare with; run the "
+            "training pipeline first (it records the deployed model and its training data there)"
+        )
+    model = read_model_config(record.model)
+    result = check_drift(record.reference_data, [artifact.path for artifact in current], pipeline_config.drift,
+                         model.numeric, model.categorical, report.path, summary.path)  # fmt: skip
+    log_metrics(metrics, result.metrics())
+    action = pipeline_config.monitoring.retrain if result.drifted else NO_ACTION
+    outcomes.record(pipeline_root, run_id, "drift", {
+        "drifted": result.drifted, "share": result.share, "drifted_columns": result.drifted_columns,
+        "reference": record.reference_data, "serving_model": record.model, "action": action,
+    })  # fmt: skip
+    verdict = "drift" if result.drifted else "no drift"
+    columns = f": {', '.join(result.drifted_columns)}" if result.drifted_columns else ""
+    print(f"[drift] {verdict} ({len(result.drifted_columns)} of {len(result.columns)} columns{columns}); next: "
+          f"{'retrain (' + action + ')' if result.drifted else 'nothing'}")  # fmt: skip
+    return action
+
+
+def submit_training(config: str, data_source: str, pipeline_root: str, run_id: str) -> str:
+    """Retrain through the KFP API: a run of the uploaded training pipeline on the window, with this run's config;
+    waits for it and returns its state. Fails when that run does not succeed."""
+    from kfp_mlops import kfp_api
+
+    pipeline_config = load_config(config)
+    settings = pipeline_config.monitoring
+    if not settings.kfp_host:
+        raise InputError("monitoring.retrain is kfp_api but monitoring.kfp_host is empty: name the KFP API endpoint")
+    client = kfp_api.connect(kfp_api.Connection(host=settings.kfp_host))
+    arguments = {"config": pipeline_config.to_yaml(), "data_source": data_source}
+    submitted = kfp_api.submit_uploaded(client, settings.training_pipeline, arguments, experiment=settings.experiment)
+    print(f"[retrain] started run {submitted.run_id} of {settings.training_pipeline}")
+    outcome = kfp_api.wait_for_run(client, submitted.run_id, poll_seconds=30)
+    outcomes.record(pipeline_root, run_id, "retrain", {"run_id": submitted.run_id, "state": outcome.state})
+    print(f"[retrain] run {submitted.run_id}: {outcome.state}")
+    if outcome.state != "SUCCEEDED":
+        raise RuntimeError(f"the training run {submitted.run_id} ended {outcome.state}: {outcome.error}")
+    return outcome.state
+
+
+def report(pipeline_root: str, run_id: str, state: str, error: str, outcome: Any) -> None:
+    """The run's outcome as Markdown: the drift verdict, whether it retrained, the blessing, the deployed version."""
+    facts = outcomes.read_all(pipeline_root, run_id)
+    text = render_outcome(facts, state, error)
+    write_text_atomically(outcome.path, text)
+    outcome.metadata.update({"state": state, **{f"{step}": facts[step] for step in facts}})
+    print("[outcome] " + " | ".join(line.removeprefix("- ") for line in text.splitlines() if line.startswith("- ")))
+
+
+def render_outcome(facts: dict[str, dict[str, Any]], state: str, error: str) -> str:
+    drift, evaluate, deploy = facts.get("drift"), facts.get("evaluate"), facts.get("deploy")
+    retrain = facts.get("retrain")
+    lines = ["# Monitoring outcome", "", f"- Run: {state}{f' ({error})' if error else ''}"]
+    if drift is None:
+        lines.append("- Drift: not checked (the run stopped before the drift check)")
+    else:
+        columns = ", ".join(drift["drifted_columns"]) or "none"
+        lines.append(f"- Drift: {'yes' if drift['drifted'] else 'no'} ({drift['share']:.0%} of columns; {columns})")
+    if evaluate is not None:
+        lines.append("- Retrained: yes, in this run")
+        lines.append(f"- Blessed: {'yes' if evaluate['blessed'] else 'no: ' + '; '.join(evaluate['reasons'])}")
+    elif retrain is not None:
+        lines.append(f"- Retrained: yes, training run {retrain['run_id']} ({retrain['state']})")
+    else:
+        lines.append("- Retrained: no")
+    if deploy is not None and deploy.get("version"):
+        lines.append(f"- Deployed: {deploy['model_name']} version {deploy['version']} ({deploy['endpoint']})")
+    else:
+        lines.append("- Deployed: no")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Quantize step: smaller, faster ONNX candidates measured against fp32 and chosen within an accuracy budget."""

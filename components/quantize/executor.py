@@ -1,0 +1,44 @@
+"""Quantize executor: unpacks the KFP artifacts (duck-typed), calls ``core.quantize``, records metrics, the
+comparison table and the chosen model's metadata. Imports no KFP."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from kfp_mlops.components.quantize import core
+from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
+from kfp_mlops.components.shared.config import load_config
+
+CARRIED_METADATA = ("framework", "format", "onnx_file", "content_hash")  # of the input model, kept as they are
+
+
+def run(
+    config: str,
+    model: Any,
+    train_data: Any,
+    validation_data: Any,
+    quantized_model: Any,
+    metrics: Any,
+    comparison: Any,
+) -> core.QuantizeResult:
+    pipeline_config = load_config(config)
+    result = core.quantize(pipeline_config, model.path, train_data.path, validation_data.path, quantized_model.path)
+    log_metrics(metrics, result.metrics())
+    write_text_atomically(comparison.path, result.table())
+    chosen = result.selected
+    quantized_model.metadata.update(
+        {key: model.metadata[key] for key in CARRIED_METADATA if key in model.metadata}
+        | {
+            "precision": chosen.name,
+            "onnx_bytes": chosen.onnx_bytes,
+            "metric_deltas": {name: value for name, value in chosen.deltas.items() if math.isfinite(value)},
+            "max_abs_diff": chosen.max_abs_diff,
+            "label_agreement": chosen.label_agreement,
+            "latency_ms_batch1": chosen.latency_ms,
+            "source_model": getattr(model, "uri", ""),
+            "rejected": result.rejected,
+        }
+    )
+    print(result.summary())
+    return result

@@ -1,0 +1,360 @@
+"""Predict by entity id: read the entities' latest features from the Feast online store the features step
+materialized and send them to the model Triton serves (HTTP or gRPC).
+
+Which features the model takes, in which order and of which kind (numeric or categorical), is the model package's
+``model_config.json``: Triton's own model config names tensors and shapes, never features. ``predict`` reads it from
+
+- the model package (``model_config``: a directory or an ``s3://`` / ``gs://`` prefix holding ``model_config.json``,
+  or the JSON file itself), or
+- the served version's ``kfp-mlops.json``, which the deploy step writes beside ``model.onnx``
+  (``<model repository>/<model>/<version>/kfp-mlops.json``, ``model_repository``): the version is the one asked for,
+  else the latest version Triton serves. Per version, so versions trained on different features stay right.
+
+``kfp-mlops.json`` holds the package's model config, either as the whole document or under a ``model_config`` key.
+Every request pins the version whose config was read. Errors: ``InputError`` (bad ids, missing entities, a feature
+repository or model config that does not fit) and ``ServingError`` (Triton unreachable, model not ready, inference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import yaml
+
+from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared.config import DeployConfig
+from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.components.shared.model_package import (
+    LABEL_OUTPUT,
+    MODEL_CONFIG_FILE,
+    PROBABILITIES_OUTPUT,
+    ModelConfig,
+    raw_inputs,
+)
+
+if TYPE_CHECKING:
+    from feast import FeatureStore, FeatureView
+
+MODEL_METADATA_FILE = "kfp-mlops.json"  # written by the deploy step into each version directory
+FEATURE_STORE_YAML = "feature_store.yaml"
+DEFAULT_MODEL_NAME: str = DeployConfig.model_fields["model_name"].default
+Protocol = Literal["http", "grpc"]
+EntityId = int | str
+
+
+class ServingError(RuntimeError):
+    """Triton could not be reached, does not serve the model, or failed the request."""
+
+
+class MissingEntitiesError(InputError):
+    """Entities the online store holds no features for; ``entity_ids`` names them."""
+
+    def __init__(self, message: str, entity_ids: list[EntityId]):
+        super().__init__(message)
+        self.entity_ids = entity_ids
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One row per requested entity, in request order."""
+
+    entity: str  # the entity's join key, e.g. customer_id
+    entity_ids: list[EntityId]
+    classes: list[EntityId]
+    probabilities: np.ndarray  # float32 [N, len(classes)]
+    labels: list[EntityId]  # the predicted class under the model's decision threshold
+    model: str
+    version: str
+
+
+# --- the model config ------------------------------------------------------------------------------------------
+
+
+def parse_model_metadata(document: Any, where: str) -> ModelConfig:
+    """The model config in a ``model_config.json`` or ``kfp-mlops.json`` document (whole, or under
+    ``model_config``)."""
+    body = document.get("model_config", document) if isinstance(document, dict) else document
+    try:
+        return ModelConfig.model_validate(body)
+    except ValueError as exc:
+        raise InputError(f"{where}: not a kfp-mlops model config: {exc}") from None
+
+
+def load_model_config(uri: str) -> ModelConfig:
+    """The model config from a JSON file, or from a directory / prefix holding ``kfp-mlops.json`` (a Triton version
+    directory) or ``model_config.json`` (a model package). Local, ``s3://`` or ``gs://``."""
+    base = uri.rstrip("/")
+    candidates = [uri] if base.endswith(".json") else [f"{base}/{MODEL_METADATA_FILE}", f"{base}/{MODEL_CONFIG_FILE}"]
+    for candidate in candidates:
+        try:
+            data = storage.read_bytes(candidate)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            continue
+        try:
+            document = json.loads(data)
+        except ValueError as exc:
+            raise InputError(f"{candidate}: not JSON: {exc}") from None
+        return parse_model_metadata(document, candidate)
+    raise FileNotFoundError(f"{uri}: no model config there (looked for {', '.join(candidates)})")
+
+
+# --- Triton ----------------------------------------------------------------------------------------------------
+
+
+class TritonModel:
+    """A served model on Triton over HTTP or gRPC, pinned to one ready version. Raises ServingError."""
+
+    def __init__(
+        self, url: str, model: str, version: str = "", protocol: Protocol = "http", timeout: float = 30.0
+    ) -> None:
+        if protocol not in ("http", "grpc"):
+            raise InputError(f"protocol must be http or grpc, not {protocol!r}")
+        self.url, self.model, self.protocol = url, model, protocol
+        scheme, sep, address = url.partition("://")
+        address, ssl = (address, scheme in ("https", "grpcs")) if sep else (url, False)
+        with self._explained():
+            if protocol == "http":
+                import tritonclient.http as client
+
+                self._client = client.InferenceServerClient(
+                    address, ssl=ssl, connection_timeout=timeout, network_timeout=timeout
+                )
+                self._options: dict[str, Any] = {}
+            else:
+                import tritonclient.grpc as client
+
+                self._client = client.InferenceServerClient(address, ssl=ssl)
+                self._options = {"client_timeout": timeout}
+            self._module = client
+            if not self._client.is_server_live(**self._options):
+                raise ServingError(f"Triton at {url} ({protocol}) is not live")
+            if not self._client.is_model_ready(model, version, **self._options):
+                raise ServingError(self._not_ready(version))
+            self.version = version or max(self._json("get_model_metadata", model)["versions"], key=int)
+            self.metadata = self._json("get_model_metadata", model, self.version)
+            config = self._json("get_model_config", model, self.version)
+            self.max_batch_size = int(config.get("config", config).get("max_batch_size", 0))
+
+    @contextlib.contextmanager
+    def _explained(self) -> Iterator[None]:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            yield
+        except (InferenceServerException, OSError) as exc:
+            raise ServingError(f"Triton at {self.url} ({self.protocol}), model {self.model!r}: {exc}") from None
+
+    def _json(self, method: str, *args: Any) -> dict[str, Any]:
+        extra = {"as_json": True} if self.protocol == "grpc" else {}
+        return getattr(self._client, method)(*args, **extra, **self._options)
+
+    def _not_ready(self, version: str) -> str:
+        index = self._json("get_model_repository_index")
+        models = index.get("models", []) if isinstance(index, dict) else index
+        served = ", ".join(f"{m['name']} v{m.get('version', '-')} {m.get('state', 'UNAVAILABLE')}" for m in models)
+        which = f"model {self.model!r}" + (f" version {version}" if version else "")
+        return (
+            f"{which} is not ready on Triton at {self.url} ({self.protocol}); its repository holds: {served or 'none'}"
+        )
+
+    def check_inputs(self, config: ModelConfig) -> None:
+        """The served model must take the config's columns: one input per kind, the last dimension its width."""
+        widths = {"numeric": len(config.numeric), "categorical": len(config.categorical)}
+        served = {i["name"]: [int(d) for d in i["shape"]] for i in self.metadata["inputs"]}
+        expected = {name: widths[name] for name in config.inputs}
+        problems = (
+            [f"inputs {sorted(served)}, the model config {sorted(expected)}"] if set(served) != set(expected) else []
+        )
+        problems += [
+            f"{name!r} has shape {served[name]}, the model config lists {width} {name} feature(s)"
+            for name, width in expected.items()
+            if name in served and served[name][-1] not in (-1, width)
+        ]
+        if problems:
+            raise InputError(
+                f"model {self.model!r} version {self.version} on Triton does not fit the model config: "
+                f"{'; '.join(problems)}"
+            )
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, list[EntityId]]:
+        """(probabilities [N, classes], labels [N]) in chunks of at most ``max_batch_size`` rows."""
+        rows = len(next(iter(feeds.values())))
+        step = self.max_batch_size or rows
+        probabilities, labels = [], []
+        with self._explained():
+            for start in range(0, rows, step):
+                inputs = []
+                for name, array in feeds.items():
+                    chunk = array[start : start + step]
+                    tensor = self._module.InferInput(
+                        name, list(chunk.shape), "BYTES" if chunk.dtype == object else "FP32"
+                    )
+                    tensor.set_data_from_numpy(chunk)
+                    inputs.append(tensor)
+                outputs = [self._module.InferRequestedOutput(n) for n in (PROBABILITIES_OUTPUT, LABEL_OUTPUT)]
+                result = self._client.infer(
+                    self.model, inputs, model_version=self.version, outputs=outputs, **self._options
+                )
+                probabilities.append(result.as_numpy(PROBABILITIES_OUTPUT))
+                labels += [_label(v) for v in result.as_numpy(LABEL_OUTPUT).reshape(-1)]
+        return np.concatenate(probabilities).astype(np.float32), labels
+
+
+def _label(value: Any) -> EntityId:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# --- Feast -----------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def feature_repo_dir(uri: str) -> Iterator[Path]:
+    """The feature repository as a local directory: ``uri`` itself, or a temporary copy of an s3:// or gs://
+    prefix (removed on exit)."""
+    with contextlib.ExitStack() as stack:
+        if storage.is_remote(uri):
+            path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kfp-mlops-feature-repo-")))
+            storage.copy_tree(uri, str(path))
+        else:
+            path = Path(storage.parse(uri).key)
+        if not (path / FEATURE_STORE_YAML).is_file():
+            raise FileNotFoundError(f"{uri} is not a feature repository: {FEATURE_STORE_YAML} is missing")
+        yield path
+
+
+def open_feature_store(repo_dir: str | Path) -> FeatureStore:
+    """Feast on the repository's ``feature_store.yaml``; the ``${VAR}`` placeholders it holds (Redis connection
+    string, SQL registry URL) must be set in the environment, which Feast reads them from."""
+    from feast import FeatureStore
+
+    path = Path(repo_dir) / FEATURE_STORE_YAML
+    placeholders = re.findall(r"\$\{(\w+)\}", json.dumps(yaml.safe_load(path.read_text())))  # comments left out
+    unset = sorted({name for name in placeholders if not os.environ.get(name)})
+    if unset:
+        raise InputError(f"{path} reads environment variable(s) {unset}: set them (the Feast secrets) and retry")
+    return FeatureStore(repo_path=str(repo_dir))
+
+
+def find_feature_view(store: FeatureStore, config: ModelConfig, name: str | None = None) -> FeatureView:
+    """The feature view (``name``, or the only one) keyed by the model's entity that holds every model feature."""
+    views = [store.get_feature_view(name)] if name else store.list_feature_views()
+    fitting = [
+        v for v in views if config.entity in v.join_keys and set(config.features) <= {f.name for f in v.features}
+    ]
+    if len(fitting) == 1:
+        return fitting[0]
+    project = store.config.project
+    if not fitting:
+        raise InputError(
+            f"no feature view of project {project!r} is keyed by {config.entity!r} and holds the model's features "
+            f"{config.features}; views: {[v.name for v in views]}"
+        )
+    raise InputError(f"feature views {[v.name for v in fitting]} of project {project!r} all fit the model: name one")
+
+
+def entity_keys(store: FeatureStore, entity: str, entity_ids: Sequence[EntityId]) -> list[EntityId]:
+    """The ids as the entity's value type takes them: int for an integer entity, else str."""
+    from feast import ValueType
+
+    if entity not in {e.name for e in store.list_entities()}:
+        raise InputError(f"the feature repository has no entity {entity!r} (the model's entity)")
+    if store.get_entity(entity).value_type not in (ValueType.INT64, ValueType.INT32):
+        return [str(e) for e in entity_ids]
+    bad = [e for e in entity_ids if not re.fullmatch(r"[+-]?\d+", str(e).strip())]
+    if bad:
+        raise InputError(f"{entity} is an integer entity; not integers: {bad}")
+    return [int(str(e)) for e in entity_ids]
+
+
+def online_features(
+    store: FeatureStore, view: FeatureView, config: ModelConfig, entity_ids: Sequence[EntityId]
+) -> dict[str, list[Any]]:
+    """The latest value of every model feature for each entity, as columns (Feast's ``to_dict``). Raises
+    MissingEntitiesError naming the entities the online store has no features for."""
+    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+
+    response = store.get_online_features(
+        features=[f"{view.name}:{name}" for name in config.features],
+        entity_rows=[{config.entity: entity} for entity in entity_ids],
+    )
+    names = list(response.proto.metadata.feature_names.val)
+    statuses = [response.proto.results[names.index(name)].statuses for name in config.features]
+    found = {FieldStatus.PRESENT, FieldStatus.NULL_VALUE}
+    missing = [e for row, e in enumerate(entity_ids) if not any(s[row] in found for s in statuses)]
+    if missing:
+        raise MissingEntitiesError(
+            f"{config.entity} {', '.join(map(str, dict.fromkeys(missing)))}: not in the online store of feature view "
+            f"{view.name!r} (project {store.config.project!r}): never materialized, or older than the view's ttl",
+            list(dict.fromkeys(missing)),
+        )
+    return response.to_dict()
+
+
+# --- predict ---------------------------------------------------------------------------------------------------
+
+
+def predict_entities(
+    entity_ids: Sequence[EntityId],
+    feature_repo: str,
+    triton_url: str,
+    model_name: str = DEFAULT_MODEL_NAME,
+    *,
+    model_config: ModelConfig | str | None = None,
+    model_repository: str | None = None,
+    protocol: Protocol = "http",
+    version: str = "",
+    feature_view: str | None = None,
+    timeout: float = 30.0,
+) -> Predictions:
+    """Predict for entities by id: their online features from ``feature_repo`` (a directory, s3:// or gs://),
+    sent to ``model_name`` on Triton. The model config is ``model_config`` (a ModelConfig, or a package / JSON URI
+    for ``load_model_config``) or the served version's ``kfp-mlops.json`` under ``model_repository``."""
+    if not entity_ids:
+        raise InputError("no entity ids given")
+    if (model_config is None) == (model_repository is None):
+        raise InputError("give the model config (a model package or JSON) or the model repository, exactly one")
+    triton = TritonModel(triton_url, model_name, version, protocol, timeout)
+    if model_repository is not None:
+        location = f"{model_repository.rstrip('/')}/{model_name}/{triton.version}/{MODEL_METADATA_FILE}"
+        config = load_model_config(location)
+    else:
+        config = model_config if isinstance(model_config, ModelConfig) else load_model_config(str(model_config))
+    triton.check_inputs(config)
+    with feature_repo_dir(feature_repo) as repo:
+        store = open_feature_store(repo)
+        view = find_feature_view(store, config, feature_view)
+        keys = entity_keys(store, config.entity, entity_ids)
+        columns = online_features(store, view, config, keys)
+    probabilities, labels = triton.infer(raw_inputs(columns, config.numeric, config.categorical))
+    if probabilities.shape != (len(keys), len(config.classes)):
+        raise ServingError(
+            f"model {model_name!r} version {triton.version} returned probabilities of shape {probabilities.shape} for "
+            f"{len(keys)} entities and {len(config.classes)} classes"
+        )
+    return Predictions(config.entity, keys, list(config.classes), probabilities, labels, model_name, triton.version)
+
+
+def format_predictions(predictions: Predictions, digits: int = 6) -> str:
+    """A plain-text table: the entity id, one ``p(<class>)`` column per class, and the predicted label."""
+    header = [predictions.entity, *(f"p({c})" for c in predictions.classes), "label"]
+    rows = [
+        [str(entity), *(f"{p:.{digits}f}" for p in probabilities), str(label)]
+        for entity, probabilities, label in zip(
+            predictions.entity_ids, predictions.probabilities, predictions.labels, strict=True
+        )
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]
+    )

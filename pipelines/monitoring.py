@@ -1,0 +1,104 @@
+"""Monitoring pipeline: ingest the current window → drift check → on drift, retrain (the shared train-and-deploy
+steps in this run, or a run of the uploaded training pipeline through the KFP API) → deploy only a blessed model;
+an exit handler reports the outcome. On a window without drift the run stops after the drift check."""
+
+from kfp import dsl
+
+from kfp_mlops.components.drift import component as drift_component
+from kfp_mlops.components.ingest import component as ingest_component
+from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared.images import ImageConfig
+from kfp_mlops.pipelines import train_and_deploy
+
+PIPELINE_NAME = "kfp-mlops-monitoring"
+DEFAULT_CONFIG = "s3://kfp-mlops/configs/training.yaml"
+
+
+def build(images: ImageConfig):
+    """The monitoring pipeline with every step on the image ``images`` names."""
+    ingest_op = ingest_component.build(images)
+    drift_op = drift_component.build(images)
+    submit_op = drift_component.build_submit_training(images)
+    report_op = drift_component.build_report_outcome(images)
+    shared_steps = train_and_deploy.build(images)
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Check the latest data for drift; retrain and redeploy only a "
+                  "better model.")  # fmt: skip
+    def monitoring(
+        config: str = DEFAULT_CONFIG,
+        data_source: str = "",
+        gpu_type: str = "nvidia.com/gpu",
+        gpus_per_node: int = 1,
+        train_cpu: str = "8",
+        train_memory: str = "32G",
+        train_node_selector: dict = {},  # noqa: B006 - KFP reads the default from the signature
+        train_tolerations: list = [train_and_deploy.GPU_TOLERATION],  # noqa: B006
+        storage_secret: str = storage.STORAGE_SECRET,
+        feast_secret: str = train_and_deploy.FEAST_SECRET,
+    ):
+        """Compare the current window with the data the serving model was trained on; on drift, retrain on the
+        window and deploy the new model only if it is blessed against the one that serves.
+
+        Args:
+            config: Pipeline config (the training pipeline's): the URI of a YAML file or the YAML text itself.
+            data_source: The current window: feature logs or inference inputs (file, prefix/directory or glob);
+                empty: data.source of the config (e.g. a prefix that always holds the latest window).
+            gpu_type: Accelerator resource of the training pod, e.g. nvidia.com/gpu.
+            gpus_per_node: GPUs for the training pod (one DeepSpeed worker each); 0 trains on CPU.
+            train_cpu: CPU limit of the training pod.
+            train_memory: Memory limit of the training pod.
+            train_node_selector: Node selector of the training pod (JSON object), e.g. {"pool": "a100"}.
+            train_tolerations: Tolerations of the training pod (JSON list); the default tolerates GPU-node taints.
+            storage_secret: Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL.
+            feast_secret: Kubernetes Secret with FEAST_REDIS_CONNECTION_STRING and FEAST_REGISTRY_URL.
+        """
+        report_task = report_op(pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        report_task.set_display_name("report the outcome")
+        train_and_deploy.configure(report_task, storage_secret)
+        with dsl.ExitHandler(report_task, name="monitor"):
+            ingest_task = ingest_op(
+                config=config,
+                data_source=data_source,
+                pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            )
+            ingest_task.set_display_name("ingest the window").set_cpu_limit("2").set_memory_limit("8G")
+            run_config = ingest_task.outputs["Output"]
+            drift_task = drift_op(
+                config=run_config,
+                current_train=ingest_task.outputs["train"],
+                current_validation=ingest_task.outputs["validation"],
+                current_test=ingest_task.outputs["test"],
+                pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            )
+            drift_task.set_display_name("drift check").set_cpu_limit("4").set_memory_limit("16G")
+            for task in (ingest_task, drift_task):
+                train_and_deploy.configure(task, storage_secret)
+
+            with dsl.If(drift_task.outputs["Output"] == "nested", name="drifted-retrain-here"):
+                shared_steps(
+                    config=run_config,
+                    train=ingest_task.outputs["train"],
+                    validation=ingest_task.outputs["validation"],
+                    test=ingest_task.outputs["test"],
+                    gpu_type=gpu_type,
+                    gpus_per_node=gpus_per_node,
+                    train_cpu=train_cpu,
+                    train_memory=train_memory,
+                    train_node_selector=train_node_selector,
+                    train_tolerations=train_tolerations,
+                    storage_secret=storage_secret,
+                    feast_secret=feast_secret,
+                ).set_display_name("retrain and deploy")
+            with dsl.If(drift_task.outputs["Output"] == "kfp_api", name="drifted-retrain-via-kfp-api"):
+                submit_task = submit_op(
+                    config=run_config,
+                    data_source=data_source,
+                    pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                )
+                submit_task.set_display_name("retrain: run the training pipeline")
+                train_and_deploy.configure(submit_task, storage_secret)
+
+    return monitoring

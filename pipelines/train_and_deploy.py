@@ -1,0 +1,157 @@
+"""The steps both pipelines share, as one nested pipeline: features → prepare (CPU) → train (GPU) → evaluate →
+(blessed) quantize → deploy → record. The training pipeline runs it after ingesting its data; the monitoring
+pipeline runs it when the window drifted."""
+
+from kfp import dsl, kubernetes
+
+from kfp_mlops.components.deploy import component as deploy_component
+from kfp_mlops.components.evaluate import component as evaluate_component
+from kfp_mlops.components.features import component as features_component
+from kfp_mlops.components.quantize import component as quantize_component
+from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared.images import ImageConfig
+from kfp_mlops.components.train import component as train_component
+
+FEAST_SECRET = "kfp-mlops-feast"
+FEAST_SECRET_KEYS = {
+    "FEAST_REDIS_CONNECTION_STRING": "FEAST_REDIS_CONNECTION_STRING",
+    "FEAST_REGISTRY_URL": "FEAST_REGISTRY_URL",
+}
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}  # GKE taints GPU nodes so
+TRAIN_TIMEOUT_SECONDS = 24 * 3600  # a hung collective must not hold a GPU node forever
+SHARED_MEMORY = "4Gi"  # NCCL needs more /dev/shm than a container's default 64 MiB
+# Caching, decided per task. KFP's cache key is the component and its inputs; a task whose inputs include the run
+# id, or artifacts from an uncached upstream task, never hits, so caching it would only store entries.
+CACHING = {
+    "ingest": False,  # the data behind a URI changes between runs
+    "drift-check": False,  # the window behind its URI changes between runs
+    "submit-training": False,  # starts a run: a side effect
+    "report-outcome": False,  # reads what this run's steps recorded
+    "features": False,  # materializes into the online store: a side effect a cache hit would skip
+    "prepare-training": False,  # its inputs come from the uncached steps above: a hit is impossible
+    "train-model": False,  # takes the run id (its checkpoints): a hit is impossible
+    "evaluate-model": False,  # the recorded baseline it compares with can change between runs
+    "quantize-model": False,  # its model comes from the uncached train task: a hit is impossible
+    "deploy-model": False,  # changes what Triton serves: a side effect
+    "record-baseline": False,  # writes the serving record: a side effect
+}
+
+
+def with_storage_credentials(task: dsl.PipelineTask, secret: str) -> dsl.PipelineTask:
+    """Object-storage credentials from the pipeline's Secret and from KFP's own MinIO Secret (both optional: KFP's
+    MinIO works out of the box, and clusters with workload identity need none; see ``storage``)."""
+    keys = {key: key for key in storage.CREDENTIAL_SECRET_KEYS}
+    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys, optional=True)
+    return kubernetes.use_secret_as_env(
+        task, secret_name=storage.KFP_MINIO_SECRET, secret_key_to_env=storage.KFP_MINIO_SECRET_KEYS, optional=True
+    )
+
+
+def configure(task: dsl.PipelineTask, storage_secret: str) -> dsl.PipelineTask:
+    """What every task gets: its caching choice (CACHING) and the object-storage credentials."""
+    task.set_caching_options(CACHING[task.name])
+    return with_storage_credentials(task, storage_secret)
+
+
+def build(images: ImageConfig):
+    """The shared steps as a nested pipeline, every step on the image ``images`` names."""
+    features_op = features_component.build(images)
+    prepare_op = train_component.build_prepare(images)
+    train_op = train_component.build(images)
+    evaluate_op = evaluate_component.build(images)
+    quantize_op = quantize_component.build(images)
+    deploy_op = deploy_component.build(images)
+    record_op = evaluate_component.build_record_baseline(images)
+
+    @dsl.pipeline(name="train-and-deploy", description="Features, training, blessing, quantization, deployment.")
+    def train_and_deploy(
+        config: str,
+        train: dsl.Input[dsl.Dataset],
+        validation: dsl.Input[dsl.Dataset],
+        test: dsl.Input[dsl.Dataset],
+        gpu_type: str,
+        gpus_per_node: int,
+        train_cpu: str,
+        train_memory: str,
+        train_node_selector: dict,
+        train_tolerations: list,
+        storage_secret: str,
+        feast_secret: str,
+    ):
+        features_task = features_op(config=config, train=train, validation=validation, test=test)
+        features_task.set_display_name("Feast features").set_cpu_limit("4").set_memory_limit("16G")
+        kubernetes.use_secret_as_env(features_task, feast_secret, FEAST_SECRET_KEYS, optional=True)
+
+        prepare_task = prepare_op(
+            config=config,
+            train_data=features_task.outputs["train_features"],
+            validation_data=features_task.outputs["validation_features"],
+            gpus_per_node=gpus_per_node,
+            pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
+        prepare_task.set_display_name("prepare training data").set_cpu_limit("4").set_memory_limit("16G")
+
+        train_task = train_op(
+            config=config,
+            training_data=prepare_task.outputs["training_data"],
+            pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            image=images.ref("train"),
+            gpu_type=gpu_type,
+            gpus_per_node=gpus_per_node,
+            node_selector=train_node_selector,
+            tolerations=train_tolerations,
+            storage_secret=storage_secret,
+        )
+        train_task.set_display_name("train (DeepSpeed)")
+        train_task.set_accelerator_type(gpu_type).set_accelerator_limit(gpus_per_node)
+        train_task.set_cpu_limit(train_cpu).set_memory_limit(train_memory)
+        # Retries resume from checkpoints. Input and config errors never reach this task (prepare-training checks
+        # them on a CPU pod without retries), and a failure a retry would repeat fails the retry at once.
+        train_task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
+        kubernetes.add_node_selector_json(train_task, train_node_selector)
+        kubernetes.add_toleration_json(train_task, train_tolerations)
+        kubernetes.empty_dir_mount(train_task, "dshm", "/dev/shm", medium="Memory", size_limit=SHARED_MEMORY)
+        kubernetes.set_timeout(train_task, TRAIN_TIMEOUT_SECONDS)
+
+        evaluate_task = evaluate_op(
+            config=config,
+            model=train_task.outputs["model"],
+            test_data=features_task.outputs["test_features"],
+            pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
+        evaluate_task.set_display_name("evaluate and bless")
+
+        with dsl.If(evaluate_task.outputs["Output"] == True, name="blessed"):  # noqa: E712 - a KFP condition
+            quantize_task = quantize_op(
+                config=config,
+                model=train_task.outputs["model"],
+                train_data=features_task.outputs["train_features"],
+                validation_data=features_task.outputs["validation_features"],
+            )
+            quantize_task.set_display_name("quantize within the accuracy budget").set_cpu_limit("4")
+            deploy_task = deploy_op(
+                config=config,
+                model=quantize_task.outputs["quantized_model"],
+                validation_data=features_task.outputs["validation_features"],
+                pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            )
+            deploy_task.set_display_name("deploy to Triton (verify, promote)")
+            record_task = record_op(
+                config=config,
+                model=quantize_task.outputs["quantized_model"],
+                metrics=evaluate_task.outputs["metrics"],
+                reference_data=features_task.outputs["train_features"],
+                deployment=deploy_task.outputs["deployment"],
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            )
+            record_task.set_display_name("record what serves")
+
+        tasks = (features_task, prepare_task, train_task, evaluate_task, quantize_task, deploy_task, record_task)
+        for task in tasks:
+            configure(task, storage_secret)
+
+    return train_and_deploy

@@ -1,0 +1,39 @@
+"""The one pipeline-config builder of the tests: examples/training.yaml on a data source, sections updated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+ENVIRONMENT_SECTIONS = ("evaluate", "deploy")  # the example's point at the demo's local Triton and build/ paths
+
+
+def config_document(source: str | Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """examples/training.yaml's data, schema and split as a document on ``source`` (its evaluate and deploy
+    sections are the demo's: a test gives its own); each section given is merged into the example's
+    (``train={"epochs": 2}`` keeps the rest of the train section)."""
+    document = yaml.safe_load((REPO / "examples" / "training.yaml").read_text())
+    document = {name: values for name, values in document.items() if name not in ENVIRONMENT_SECTIONS}
+    document["data"]["source"] = str(source)
+    for name, values in sections.items():
+        document[name] = {**document.get(name, {}), **values}
+    return document
+
+
+def pipeline_config(source: str | Path, **sections: dict[str, Any]):
+    """The validated PipelineConfig of ``config_document``."""
+    from kfp_mlops.components.shared.config import parse_config
+
+    return parse_config(config_document(source, **sections))
+
+
+def write_config(directory: Path, source: str | Path, **sections: dict[str, Any]) -> Path:
+    """``config_document`` written to ``directory/config.yaml``."""
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config_document(source, **sections)))
+    return path
