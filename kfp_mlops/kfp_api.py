@@ -497,21 +497,8 @@ def submit_run(
     namespace: str = "",
 ) -> SubmittedRun:
     """Start a run of the uploaded version whose YAML is ``package`` (uploaded first if absent)."""
-    import kfp_server_api
-
     uploaded = upload_pipeline(client, package, namespace=namespace)
-    experiment_id = ensure_experiment(client, experiment, namespace)
-    run_name = run_name or f"{uploaded.pipeline_name} {datetime.now(UTC):%Y-%m-%d %H-%M-%S}"
-    body = kfp_server_api.V2beta1Run(
-        display_name=run_name,
-        experiment_id=experiment_id,
-        pipeline_version_reference=kfp_server_api.V2beta1PipelineVersionReference(
-            pipeline_id=uploaded.pipeline_id, pipeline_version_id=uploaded.version_id
-        ),
-        runtime_config=kfp_server_api.V2beta1RuntimeConfig(parameters=dict(arguments)),
-    )
-    run = client.runs.run_service_create_run(run=body)
-    return SubmittedRun(run.run_id, run_name, experiment, uploaded)
+    return _create_run(client, uploaded, arguments, experiment, run_name, namespace)
 
 
 @_on_server
@@ -526,7 +513,6 @@ def submit_uploaded(
 ) -> SubmittedRun:
     """Start a run of the newest version of the pipeline uploaded as ``pipeline_name`` (e.g. the monitoring pipeline
     retraining through the training pipeline the operator uploaded)."""
-    import kfp_server_api
 
     pipeline = _find_pipeline(client, pipeline_name, namespace)
     if pipeline is None:
@@ -535,21 +521,30 @@ def submit_uploaded(
     newest = (versions.pipeline_versions or [None])[0]
     if newest is None:
         raise KfpApiError(f"pipeline {pipeline_name!r} has no version", 2)
+    upload = UploadResult(
+        pipeline.pipeline_id, pipeline_name, newest.pipeline_version_id, newest.display_name, UNCHANGED
+    )
+    return _create_run(client, upload, arguments, experiment, run_name, namespace)
+
+
+def _create_run(
+    client: Any, version: UploadResult, arguments: dict[str, Any], experiment: str, run_name: str, namespace: str
+) -> SubmittedRun:
+    """A run of ``version`` in ``experiment`` (created if absent), named after the pipeline and the time."""
+    import kfp_server_api
+
     experiment_id = ensure_experiment(client, experiment, namespace)
-    run_name = run_name or f"{pipeline_name} {datetime.now(UTC):%Y-%m-%d %H-%M-%S}"
+    run_name = run_name or f"{version.pipeline_name} {datetime.now(UTC):%Y-%m-%d %H-%M-%S}"
     body = kfp_server_api.V2beta1Run(
         display_name=run_name,
         experiment_id=experiment_id,
         pipeline_version_reference=kfp_server_api.V2beta1PipelineVersionReference(
-            pipeline_id=pipeline.pipeline_id, pipeline_version_id=newest.pipeline_version_id
+            pipeline_id=version.pipeline_id, pipeline_version_id=version.version_id
         ),
         runtime_config=kfp_server_api.V2beta1RuntimeConfig(parameters=dict(arguments)),
     )
     run = client.runs.run_service_create_run(run=body)
-    upload = UploadResult(
-        pipeline.pipeline_id, pipeline_name, newest.pipeline_version_id, newest.display_name, UNCHANGED
-    )
-    return SubmittedRun(run.run_id, run_name, experiment, upload)
+    return SubmittedRun(run.run_id, run_name, experiment, version)
 
 
 @_on_server

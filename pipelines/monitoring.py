@@ -82,14 +82,7 @@ def build(images: ImageConfig):
                     train=ingest_task.outputs["train"],
                     validation=ingest_task.outputs["validation"],
                     test=ingest_task.outputs["test"],
-                    gpu_type=gpu_type,
-                    gpus_per_node=gpus_per_node,
-                    train_cpu=train_cpu,
-                    train_memory=train_memory,
-                    train_node_selector=train_node_selector,
-                    train_tolerations=train_tolerations,
-                    storage_secret=storage_secret,
-                    feast_secret=feast_secret,
+                    **train_and_deploy.cluster_arguments(locals()),
                 ).set_display_name("retrain and deploy")
             with dsl.If(drift_task.outputs["Output"] == "kfp_api", name="drifted-retrain-via-kfp-api"):
                 submit_task = submit_op(

@@ -37,6 +37,16 @@ CACHING = {
 }
 
 
+# The pipelines' parameters the shared steps take as they are (both pipelines declare them alike).
+CLUSTER_PARAMETERS = ("gpu_type", "gpus_per_node", "train_cpu", "train_memory", "train_node_selector",
+                      "train_tolerations", "storage_secret", "feast_secret")  # fmt: skip
+
+
+def cluster_arguments(parameters: dict) -> dict:
+    """The shared steps' cluster arguments, from a pipeline function's parameters (its ``locals()``)."""
+    return {name: parameters[name] for name in CLUSTER_PARAMETERS}
+
+
 def with_storage_credentials(task: dsl.PipelineTask, secret: str) -> dsl.PipelineTask:
     """Object-storage credentials from the pipeline's Secret and from KFP's own MinIO Secret (both optional: KFP's
     MinIO works out of the box, and clusters with workload identity need none; see ``storage``)."""

@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 import yaml
 from google.protobuf import json_format
-
-from kfp_mlops.components.shared.images import ImageConfig
-from kfp_mlops.pipelines import PIPELINES, compile_all
-from tests.support.kfp_protos import (
+from support.kfp_protos import (
     DEFAULT_CACHE_DIR,
     KUBERNETES_EXECUTOR_CONFIG,
     PIPELINE_SPEC,
     installed_release,
     load_release,
 )
+
+from kfp_mlops.components.shared.images import ImageConfig
+from kfp_mlops.pipelines import PIPELINES, compile_all
 
 pytestmark = pytest.mark.timeout(300)  # the first run downloads four wheels of about 10-25 KB each
 

@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from onnx import helper, numpy_helper
+from support.triton import running_pod, running_triton
 
 from kfp_mlops.components.deploy import core, executor
 from kfp_mlops.components.deploy.triton_config import ModelConfig
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.model_package import Predictor
-from tests.support.triton import running_pod, running_triton
 
 pytestmark = pytest.mark.servers
 

@@ -4,7 +4,6 @@ double holds after each command, and the requests it received, are asserted as a
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
@@ -19,10 +18,9 @@ from typing import Any
 
 import pytest
 import yaml
+from support.kfp_api_server import FakeKfpApiServer
 
 from kfp_mlops import __version__, cli, kfp_api
-from kfp_mlops.cluster_cli import add_commands
-from tests.support.kfp_api_server import FakeKfpApiServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,22 +47,6 @@ def isolated_client_settings(tmp_path, monkeypatch) -> None:
         "KF_PIPELINES_UI_ENDPOINT",
     ):
         monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture(autouse=True)
-def cluster_commands(monkeypatch) -> None:
-    """``kfp_mlops.cli.main`` with the cluster commands: build_parser registers them once cli.py calls
-    add_commands; until then they are added here, to the same sub-parser object."""
-    build_parser = cli.build_parser
-
-    def with_cluster_commands() -> argparse.ArgumentParser:
-        parser = build_parser()
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "upload" not in commands.choices:
-            add_commands(commands)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", with_cluster_commands)
 
 
 @pytest.fixture

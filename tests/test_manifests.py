@@ -36,14 +36,14 @@ from support.manifests import (
 from kfp_mlops.components.shared.config import TrainConfig
 from kfp_mlops.components.shared.storage import CREDENTIAL_SECRET_KEYS
 from kfp_mlops.components.train import trainjob
-from kfp_mlops.pipelines.training import FEAST_SECRET_KEYS
+from kfp_mlops.pipelines.train_and_deploy import FEAST_SECRET_KEYS, GPU_TOLERATION
 
 pytestmark = pytest.mark.timeout(120)
 
 KUSTOMIZATIONS = kustomization_dirs()
 SERVING_NAMESPACE = "kfp-mlops-serving"
 PIPELINES_NAMESPACE = "kubeflow"
-DEFAULT_GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+DEFAULT_GPU_TOLERATION = GPU_TOLERATION  # the pipeline's default toleration
 GPU_RESOURCE = "nvidia.com/gpu"
 # Triton core's S3 path parser (src/filesystem/implementations/s3.h): a custom endpoint needs host AND port.
 TRITON_S3_ENDPOINT_PATH = re.compile(

@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 from pydantic import ValidationError
+from support.triton import signature_model
 
 from kfp_mlops.components.deploy.triton_config import (
     DynamicBatching,
@@ -17,7 +18,6 @@ from kfp_mlops.components.deploy.triton_config import (
     config_for_onnx,
     signature_from_onnx,
 )
-from tests.support.triton import signature_model
 
 CLUSTER_PBTXT = textwrap.dedent("""\
     name: "churn"

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.triton import onnxruntime_outputs, running_triton, sample_inputs, signature_model
 
 from kfp_mlops import local_cli, triton_local
 from kfp_mlops.components.shared import storage
 from kfp_mlops.local_services import free_port
-from tests.support.triton import onnxruntime_outputs, running_triton, sample_inputs, signature_model
 
 pytestmark = pytest.mark.servers
 

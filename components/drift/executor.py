@@ -59,7 +59,7 @@ def submit_training(config: str, data_source: str, pipeline_root: str, run_id: s
     arguments = {"config": pipeline_config.to_yaml(), "data_source": data_source}
     submitted = kfp_api.submit_uploaded(client, settings.training_pipeline, arguments, experiment=settings.experiment)
     print(f"[retrain] started run {submitted.run_id} of {settings.training_pipeline}")
-    outcome = kfp_api.wait_for_run(client, submitted.run_id, poll_seconds=30)
+    outcome = kfp_api.wait_for_run(client, submitted.run_id, poll_seconds=settings.poll_seconds)
     outcomes.record(pipeline_root, run_id, "retrain", {"run_id": submitted.run_id, "state": outcome.state})
     print(f"[retrain] run {submitted.run_id}: {outcome.state}")
     if outcome.state != "SUCCEEDED":

@@ -255,6 +255,7 @@ class MonitoringConfig(_Strict):
     kfp_host: str = ""  # kfp_api: the KFP API endpoint (in-cluster: http://ml-pipeline.kubeflow:8888)
     training_pipeline: str = "kfp-mlops-training"  # kfp_api: the uploaded pipeline's name
     experiment: str = "kfp-mlops-monitoring"
+    poll_seconds: float = Field(30.0, gt=0)  # kfp_api: how often the training run's state is read while waiting
 
 
 class PipelineConfig(_Strict):

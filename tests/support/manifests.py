@@ -8,13 +8,13 @@ import json
 import re
 import subprocess
 import sys
-import types
-import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kfp_mlops.components.shared.model_validation import model_problem
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -70,108 +70,6 @@ def validate_document(document: dict[str, Any]) -> None:
         raise ValueError(f"{document['kind']} {document.get('metadata', {}).get('name')}: {problem}")
 
 
-def model_problem(value: Any, model: type, path: str = "") -> str | None:
-    """First unknown field, missing required field, invalid value or value the model's round trip does not keep,
-    under ``value`` read as the generated pydantic ``model``; None if there is none."""
-    problem = _first_problem(value, model, path)
-    if problem is None and not path:
-        problem = _first_loss(value, model.from_dict(value).to_dict(), "")
-    return problem
-
-
-def _first_problem(value: Any, model: type, path: str) -> str | None:
-    from pydantic import ValidationError
-
-    where = path or "<top level>"
-    if "actual_instance" in model.model_fields:  # a oneOf wrapper (IntOrString, Quantity), not an object
-        try:
-            model.from_dict(value)
-        except (ValueError, ValidationError):
-            return f"{where}: not one of {sorted(model.model_fields['one_of_schemas'].default)}"
-        return None
-    if not isinstance(value, dict):
-        return f"{where}: expected an object, got {type(value).__name__}"
-    fields = {info.alias or name: info for name, info in model.model_fields.items()}
-    for key, child in value.items():
-        if key not in fields:
-            return f"{_join(path, key)}: unknown field (not in {model.__name__})"
-        problem = _child_problem(child, fields[key].annotation, _join(path, key))
-        if problem:
-            return problem
-    missing = [key for key, info in fields.items() if info.is_required() and value.get(key) is None]
-    if missing:
-        return f"{_join(path, missing[0])}: required"
-    try:
-        model.from_dict(value)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        location = path
-        for part in error["loc"]:
-            location = f"{location}[{part}]" if isinstance(part, int) else _join(location, str(part))
-        return f"{location or '<top level>'}: {error['msg']}"
-    return None
-
-
-def _child_problem(value: Any, annotation: Any, path: str) -> str | None:
-    from pydantic import BaseModel
-
-    if value is None:
-        return None
-    arguments = [argument for argument in typing.get_args(annotation) if argument is not type(None)]
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType) and len(arguments) == 1:  # Optional[X]
-        return _child_problem(value, arguments[0], path)
-    if origin is typing.Annotated:
-        return _child_problem(value, arguments[0], path)
-    if origin is list:
-        if not isinstance(value, list):
-            return f"{path}: expected a list, got {type(value).__name__}"
-        for index, item in enumerate(value):
-            problem = _child_problem(item, arguments[0], f"{path}[{index}]")
-            if problem:
-                return problem
-        return None
-    if origin is dict:
-        if not isinstance(value, dict):
-            return f"{path}: expected an object, got {type(value).__name__}"
-        for key, item in value.items():
-            problem = _child_problem(item, arguments[1], _join(path, key))
-            if problem:
-                return problem
-        return None
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return _first_problem(value, annotation, path)
-    return None  # a scalar: the enclosing model's validation checks it
-
-
-def _first_loss(sent: Any, kept: Any, path: str) -> str | None:
-    if isinstance(sent, dict):
-        if not isinstance(kept, dict):
-            return f"{path}: changed by the model to {kept!r}"
-        for key, value in sent.items():
-            if key not in kept:
-                return f"{_join(path, key)}: dropped by the model"
-            problem = _first_loss(value, kept[key], _join(path, key))
-            if problem:
-                return problem
-        return None
-    if isinstance(sent, list):
-        if not isinstance(kept, list) or len(kept) != len(sent):
-            return f"{path}: changed by the model to {kept!r}"
-        for index, (item, kept_item) in enumerate(zip(sent, kept, strict=True)):
-            problem = _first_loss(item, kept_item, f"{path}[{index}]")
-            if problem:
-                return problem
-        return None
-    if sent != kept or type(sent) is not type(kept):
-        return f"{path}: changed by the model from {sent!r} to {kept!r}"
-    return None
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
 # --- credentials -----------------------------------------------------------------------------------------------
 
 CREDENTIAL_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY|CONNECTION_STRING|CREDENTIAL", re.IGNORECASE)
@@ -203,7 +101,7 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, Any]]:
     yield path, node
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _walk(value, _join(path, str(key)))
+            yield from _walk(value, f"{path}.{key}" if path else str(key))
     elif isinstance(node, list):
         for index, value in enumerate(node):
             yield from _walk(value, f"{path}[{index}]")

@@ -1,0 +1,104 @@
+"""The monitoring pipeline's own actions, outside kfp.local: retraining through the KFP API (the real kfp.Client
+against ``FakeKfpApiServer``, a test double of the v2beta1 REST API), the drift step's preconditions, and the outcome
+report. The whole pipeline runs from its compiled YAML in tests/test_local_run.py."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from support.configs import config_document
+from support.kfp_api_server import FakeKfpApiServer
+
+from kfp_mlops import kfp_api
+from kfp_mlops.components.drift import executor
+from kfp_mlops.components.shared import outcomes
+from kfp_mlops.components.shared.errors import InputError
+
+GOLDEN = Path(__file__).parent / "golden" / "training.yaml"
+RUN_ID = "monitoring-run-1"
+
+
+def config_text(**sections) -> str:
+    return yaml.safe_dump(config_document("s3://bucket/window/", **sections))
+
+
+@pytest.fixture
+def kfp_server(tmp_path):
+    with FakeKfpApiServer() as server:
+        client = kfp_api.connect(kfp_api.Connection(host=server.url))
+        kfp_api.upload_pipeline(client, Path(shutil.copy(GOLDEN, tmp_path / "training.yaml")))
+        yield server
+
+
+def monitoring(server: FakeKfpApiServer) -> dict:
+    return {"retrain": "kfp_api", "kfp_host": server.url, "training_pipeline": "kfp-mlops-training",
+            "poll_seconds": 0.01}  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+def test_retraining_through_the_kfp_api_runs_the_uploaded_training_pipeline_and_waits_for_it(kfp_server, tmp_path):
+    kfp_server.run_progress = ["RUNNING", "RUNNING", "SUCCEEDED"]
+    config = config_text(monitoring=monitoring(kfp_server))
+    state = executor.submit_training(config, "s3://bucket/window/2026-11-28/", str(tmp_path), RUN_ID)
+    assert state == "SUCCEEDED"
+    (run,) = kfp_server.runs.values()
+    (version,) = kfp_server.versions_of(next(iter(kfp_server.pipelines)))
+    assert run["pipeline_version_reference"]["pipeline_version_id"] == version["pipeline_version_id"]
+    parameters = run["runtime_config"]["parameters"]
+    assert parameters["data_source"] == "s3://bucket/window/2026-11-28/"
+    assert yaml.safe_load(parameters["config"])["monitoring"]["retrain"] == "kfp_api"  # the run's own config
+    assert outcomes.read_all(str(tmp_path), RUN_ID)["retrain"] == {"run_id": run["run_id"], "state": "SUCCEEDED"}
+
+
+@pytest.mark.timeout(60)
+def test_a_training_run_that_fails_fails_the_monitoring_step_naming_it(kfp_server, tmp_path):
+    kfp_server.run_progress = ["RUNNING", "FAILED"]
+    with pytest.raises(RuntimeError, match=r"the training run \S+ ended FAILED"):
+        executor.submit_training(config_text(monitoring=monitoring(kfp_server)), "s3://b/w/", str(tmp_path), RUN_ID)
+
+
+def test_retraining_through_the_kfp_api_needs_its_host_and_an_uploaded_pipeline(kfp_server, tmp_path):
+    with pytest.raises(InputError, match="monitoring.kfp_host is empty"):
+        executor.submit_training(config_text(monitoring={"retrain": "kfp_api"}), "s3://b/w/", "", "")
+    missing = monitoring(kfp_server) | {"training_pipeline": "not-uploaded"}
+    with pytest.raises(kfp_api.KfpApiError, match="no pipeline named 'not-uploaded' is uploaded"):
+        executor.submit_training(config_text(monitoring=missing), "s3://b/w/", "", "")
+
+
+def test_the_drift_check_needs_a_model_that_serves_and_says_so(tmp_path):
+    config = config_text(evaluate={"baseline": str(tmp_path / "record.json")})
+    artifact = SimpleNamespace(path=str(tmp_path / "x"), metadata={})
+    with pytest.raises(InputError, match=r"serving record .*record.json: no model serves yet.*run the training"):
+        executor.run(config, [artifact], "", "", artifact, artifact, artifact)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("facts", "state", "expected"),
+    [
+        ({}, "FAILED", ["- Run: FAILED (ingest failed)", "- Retrained: no", "- Deployed: no",
+                        "- Drift: not checked (the run stopped before the drift check)"]),
+        ({"drift": {"drifted": False, "share": 0.1, "drifted_columns": ["age"]}}, "SUCCEEDED",
+         ["- Drift: no (10% of columns; age)", "- Retrained: no", "- Deployed: no"]),
+        ({"drift": {"drifted": True, "share": 0.6, "drifted_columns": ["age", "plan"]},
+          "evaluate": {"blessed": False, "reasons": ["roc_auc 0.5 is below the threshold 0.6"]}}, "SUCCEEDED",
+         ["- Drift: yes (60% of columns; age, plan)", "- Retrained: yes, in this run",
+          "- Blessed: no: roc_auc 0.5 is below the threshold 0.6", "- Deployed: no"]),
+        ({"drift": {"drifted": True, "share": 1.0, "drifted_columns": ["age"]}, "evaluate": {"blessed": True,
+          "reasons": []}, "deploy": {"version": 3, "model_name": "churn", "endpoint": "triton:8001"}}, "SUCCEEDED",
+         ["- Retrained: yes, in this run", "- Blessed: yes", "- Deployed: churn version 3 (triton:8001)"]),
+        ({"drift": {"drifted": True, "share": 1.0, "drifted_columns": ["age"]},
+          "retrain": {"run_id": "r-9", "state": "SUCCEEDED"}}, "SUCCEEDED",
+         ["- Retrained: yes, training run r-9 (SUCCEEDED)"]),
+    ],
+    ids=["stopped before drift", "no drift", "not blessed", "deployed", "retrained through the KFP API"],
+)  # fmt: skip
+def test_the_outcome_report_says_what_the_run_decided(facts, state, expected):
+    text = executor.render_outcome(facts, state, "ingest failed" if state == "FAILED" else "")
+    lines = text.splitlines()
+    assert lines[0] == "# Monitoring outcome"
+    assert [line for line in expected if line not in lines] == []
