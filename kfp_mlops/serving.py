@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import yaml
+from pydantic import ValidationError
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import DeployConfig
@@ -85,8 +86,12 @@ def parse_model_metadata(document: Any, where: str) -> ModelConfig:
     body = document.get("model_config", document) if isinstance(document, dict) else document
     try:
         return ModelConfig.model_validate(body)
-    except ValueError as exc:
-        raise InputError(f"{where}: not a kfp-mlops model config: {exc}") from None
+    except ValidationError as exc:
+        missing = sorted({str(e["loc"][0]) for e in exc.errors() if e["type"] == "missing" and e["loc"]})
+        detail = f"it lacks {', '.join(missing)}" if missing else exc.errors()[0]["msg"]
+        raise InputError(
+            f"{where}: not a kfp-mlops model config ({detail}); was the model deployed by this version's deploy step?"
+        ) from None
 
 
 def load_model_config(uri: str) -> ModelConfig:

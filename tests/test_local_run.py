@@ -177,10 +177,9 @@ def test_training_yaml_runs_every_step_and_leaves_a_verified_model_served_by_tri
     # quantize → deploy: the chosen package serves as churn version 1 and answers as the package itself does
     quantized = run_dir / "quantize-model" / "quantized_model"
     precision = json.loads((quantized / "model_config.json").read_text())["precision"]
-    assert (
-        precision in ("int8_dynamic", "int8_static")
-        and "| candidate |" in (run_dir / "quantize-model" / "comparison").read_text()
-    )
+    comparison = (run_dir / "quantize-model" / "comparison").read_text()
+    assert all(f"| {name} |" in comparison for name in ("fp32", "int8_dynamic", "int8_static"))
+    assert precision == metadata_of(run_dir / "quantize-model", "quantized_model")["precision"]
     record = json.loads(deployed.record.read_text())
     assert record["model"] == str(quantized) and record["deployment"]["version"] == 1
     assert record["reference_data"] == str(features_dir / "train_features")
@@ -189,6 +188,14 @@ def test_training_yaml_runs_every_step_and_leaves_a_verified_model_served_by_tri
     served, served_labels = infer_triton(deployed.triton.grpc_url, "churn", Predictor(quantized).feeds(test))
     np.testing.assert_allclose(served, expected, atol=1e-5)
     assert served_labels.tolist() == labels.tolist()
+    # and by entity id, as `make demo` ends: features from the run's Feast online store, probabilities from Triton
+    entity = test["customer_id"][0].as_py()
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        code = main(["predict", "--entity", str(entity), "--url", deployed.triton.grpc_url, "--protocol", "grpc",
+                     "--model", "churn", "--model-repository", str(deployed.repository),
+                     "--feature-repo", str(features_dir / "feature_repo")])  # fmt: skip
+    assert code == 0, printed.getvalue()
+    assert re.search(rf"^{entity} .*[01]\s*$", printed.getvalue(), re.MULTILINE), printed.getvalue()
 
 
 @pytest.mark.servers

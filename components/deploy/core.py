@@ -596,6 +596,8 @@ class _Deployment:
                 "package": self.package.model_dir,
                 "verified": verification.figures(),
                 "committed_at": datetime.now(UTC).isoformat(),
+                # what a client needs besides the graph (feature columns, classes): `kfp-mlops predict` reads it
+                "model_config": self.package.config.model_dump(mode="json"),
             }
             progress["committed"] = True
             if resumed:  # committed by an interrupted attempt with this package: refresh its figures

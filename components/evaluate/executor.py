@@ -66,5 +66,5 @@ def record(config: str, model: Any, metrics: Any, reference_data: Any, deploymen
         uri, model.uri, values, model.metadata.get("content_hash", ""), run_id, reference_data.uri,
         Deployment.model_validate(served) if served else None,
     )  # fmt: skip
-    where = f", serving as {served['model_name']} version {served['version']}" if served else ""
+    where = f", serving as {served['model_name']} version {int(served['version'])}" if served else ""
     print(f"[record] serving record {uri} now points at {record_.model}{where}")

@@ -341,11 +341,16 @@ def judge(candidate: Candidate, config: PipelineConfig) -> Candidate:
     return dataclasses.replace(candidate, reasons=reasons)
 
 
+LATENCY_TIE = 0.05  # batch-1 latencies within 5 % of the fastest count as a tie (timing noise): the smaller wins
+
+
 def pick(eligible: list[Candidate], choose: str) -> Candidate:
-    """The fastest at batch 1 (ties: smaller), or the smallest (ties: faster)."""
+    """The fastest at batch 1 (within LATENCY_TIE of it: the smallest), or the smallest (ties: faster)."""
     if choose == "smallest":
         return min(eligible, key=lambda c: (c.onnx_bytes, c.latency_ms))
-    return min(eligible, key=lambda c: (c.latency_ms, c.onnx_bytes))
+    fastest = min(c.latency_ms for c in eligible)
+    tied = [c for c in eligible if c.latency_ms <= fastest * (1 + LATENCY_TIE)]
+    return min(tied, key=lambda c: (c.onnx_bytes, c.latency_ms))
 
 
 def write_package(model_dir: str, graph: Path, precision: str, output_dir: str) -> None:
