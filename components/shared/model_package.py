@@ -124,11 +124,3 @@ class Predictor:
     def predict(self, rows: pa.Table | Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities [N, classes], labels [N])."""
         return self.run(self.feeds(rows))
-
-
-def describe(model_dir: str | Path) -> dict[str, Any]:
-    """A short JSON-able description of a package (for artifact metadata and records)."""
-    config = read_model_config(model_dir)
-    size = (Path(model_dir) / ONNX_FILE).stat().st_size
-    return {"features": config.features, "classes": config.classes, "precision": config.precision,
-            "decision_threshold": config.decision_threshold, "onnx_bytes": size}  # fmt: skip
