@@ -143,13 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kfp_mlops.components.shared.errors import InputError
+    """Exit 0 on success; 2 for bad input (the message names it); a failing service's own code (1, or 2 when the
+    command line must change)."""
+    from kfp_mlops.components.shared.errors import InputError, ServiceError
 
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "local_command", None))))
     try:
         return args.func(args)
+    except ServiceError as exc:
+        print(f"kfp-mlops {command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (InputError, ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"kfp-mlops {args.command}: error: {exc}", file=sys.stderr)
+        print(f"kfp-mlops {command}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -7,11 +7,10 @@ Exit codes: 0 done (also when there was nothing to do), 1 the server failed, cou
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ def add_commands(subparsers: Any) -> None:
     upload.add_argument("--version", default="", help="version name (default: <package version>-<YAML hash>)")
     upload.add_argument("--description", default="", help="description of the pipeline and version")
     _add_connection_flags(upload)
-    upload.set_defaults(func=_explained(cmd_upload))
+    upload.set_defaults(func=cmd_upload)
 
     submit = subparsers.add_parser("submit", help="run the uploaded version of the compiled YAML (uploaded if absent)")
     _add_pipeline_source(submit)
@@ -37,7 +36,7 @@ def add_commands(subparsers: Any) -> None:
     submit.add_argument("--timeout", type=float, help="with --wait: stop waiting after this many seconds (exit 1)")
     submit.add_argument("--poll-interval", type=float, default=10.0, help="with --wait: seconds between polls")
     _add_connection_flags(submit)
-    submit.set_defaults(func=_explained(cmd_submit))
+    submit.set_defaults(func=cmd_submit)
 
     schedule = subparsers.add_parser("schedule", help="create, update, pause, resume or delete a recurring run")
     _add_pipeline_source(schedule)
@@ -53,17 +52,17 @@ def add_commands(subparsers: Any) -> None:
     action.add_argument("--delete", action="store_true", help="delete it (its past runs stay)")
     _add_run_settings(schedule)
     _add_connection_flags(schedule)
-    schedule.set_defaults(func=_explained(cmd_schedule))
+    schedule.set_defaults(func=cmd_schedule)
 
     runs = subparsers.add_parser("runs", help="list the latest runs")
     runs.add_argument("--experiment", default="", help="only this experiment's runs")
     runs.add_argument("--limit", type=int, default=20, help="at most this many, newest first (default 20)")
     _add_connection_flags(runs)
-    runs.set_defaults(func=_explained(cmd_runs))
+    runs.set_defaults(func=cmd_runs)
 
     schedules = subparsers.add_parser("schedules", help="list the recurring runs")
     _add_connection_flags(schedules)
-    schedules.set_defaults(func=_explained(cmd_schedules))
+    schedules.set_defaults(func=cmd_schedules)
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
@@ -155,20 +154,6 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     schedules = kfp_api.list_schedules(client, namespace=args.namespace)
     print(kfp_api.schedules_table(schedules) if schedules else "no schedules")
     return 0
-
-
-def _explained(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Print a KfpApiError as ``kfp-mlops <cmd>: error: ...`` and exit with its code (main handles bad input)."""
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except kfp_api.KfpApiError as exc:
-            print(f"kfp-mlops {args.command}: error: {exc}", file=sys.stderr)
-            return exc.exit_code
-
-    return run
 
 
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:

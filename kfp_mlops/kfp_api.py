@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from kfp_mlops.components.shared.errors import ServiceError
+
 if TYPE_CHECKING:
     import kfp.client
 
@@ -53,12 +55,8 @@ _CRON_EVERY = re.compile(r"@every (\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
 _CRON_PART = re.compile(r"(?P<range>\*|\?|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/(?P<step>\d+))?")
 
 
-class KfpApiError(RuntimeError):
+class KfpApiError(ServiceError):
     """A cluster operation failed; ``exit_code`` is 2 if the command line must change, 1 if the server failed."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)

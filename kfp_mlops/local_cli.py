@@ -8,23 +8,6 @@ models (exit 1 when it is not running); ``venv`` creates or refreshes the Triton
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
-
-
-def _failing(name: str, run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Report a TritonError as ``kfp-mlops local <name>: error: ...`` and exit 1."""
-
-    def command(args: argparse.Namespace) -> int:
-        from kfp_mlops.triton_local import TritonError
-
-        try:
-            return run(args)
-        except TritonError as exc:
-            print(f"kfp-mlops local {name}: error: {exc}", file=sys.stderr)
-            return 1
-
-    return command
 
 
 def cmd_venv(args: argparse.Namespace) -> int:
@@ -82,7 +65,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     venv_help = f"the Triton virtualenv (default: ${VENV_ENV} or <repo>/.venv-triton)"
     venv = commands.add_parser("venv", help="create or refresh the Triton virtualenv (numpy<2, onnxruntime, Triton)")
     venv.add_argument("--venv", help=venv_help)
-    venv.set_defaults(func=_failing("venv", cmd_venv))
+    venv.set_defaults(func=cmd_venv)
 
     up = with_state_dir(commands.add_parser("up", help="start Triton in the background and wait until it is ready"))
     up.add_argument(
@@ -102,10 +85,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--load-model", action="append", default=[], metavar="NAME", help="load at start (explicit mode)")
     up.add_argument("--venv", help=venv_help)
-    up.set_defaults(func=_failing("up", cmd_up))
+    up.set_defaults(func=cmd_up)
 
     down = with_state_dir(commands.add_parser("down", help="stop the Triton started by `up`"))
-    down.set_defaults(func=_failing("down", cmd_down))
+    down.set_defaults(func=cmd_down)
 
     status = with_state_dir(commands.add_parser("status", help="running or not, ports, repository, models"))
-    status.set_defaults(func=_failing("status", cmd_status))
+    status.set_defaults(func=cmd_status)

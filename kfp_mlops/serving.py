@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import DeployConfig
-from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.components.shared.errors import InputError, ServiceError
 from kfp_mlops.components.shared.model_package import (
     LABEL_OUTPUT,
     MODEL_CONFIG_FILE,
@@ -52,7 +52,7 @@ Protocol = Literal["http", "grpc"]
 EntityId = int | str
 
 
-class ServingError(RuntimeError):
+class ServingError(ServiceError):
     """Triton could not be reached, does not serve the model, or failed the request."""
 
 

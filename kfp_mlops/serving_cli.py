@@ -10,32 +10,23 @@ repository's ``feature_store.yaml`` names them.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from kfp_mlops.components.shared.errors import InputError
-    from kfp_mlops.serving import ServingError, format_predictions, predict_entities
+    from kfp_mlops.serving import format_predictions, predict_entities
 
-    try:
-        predictions = predict_entities(
-            args.entities,
-            args.feature_repo,
-            args.url,
-            args.model,
-            model_config=args.model_package,
-            model_repository=args.model_repository,
-            protocol=args.protocol,
-            version=args.version,
-            feature_view=args.feature_view,
-            timeout=args.timeout,
-        )
-    except ServingError as exc:
-        print(f"kfp-mlops predict: error: {exc}", file=sys.stderr)
-        return 1
-    except (InputError, ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"kfp-mlops predict: error: {exc}", file=sys.stderr)
-        return 2
+    predictions = predict_entities(
+        args.entities,
+        args.feature_repo,
+        args.url,
+        args.model,
+        model_config=args.model_package,
+        model_repository=args.model_repository,
+        protocol=args.protocol,
+        version=args.version,
+        feature_view=args.feature_view,
+        timeout=args.timeout,
+    )
     print(f"model {predictions.model} version {predictions.version} on {args.url} ({args.protocol})")
     print(format_predictions(predictions))
     return 0

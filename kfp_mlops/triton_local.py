@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from kfp_mlops.components.shared.errors import ServiceError
 from kfp_mlops.local_services import _wait_until, free_port
 
 PYTRITON_VERSION = "0.7.0"  # ships Triton 2.51 with the python backend
@@ -45,7 +46,7 @@ _S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "A
 ControlMode = Literal["explicit", "poll"]
 
 
-class TritonError(RuntimeError):
+class TritonError(ServiceError):
     """The local Triton could not be prepared, started or reached; the message says what to do."""
 
 

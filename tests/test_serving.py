@@ -4,7 +4,6 @@ must equal the package's own onnxruntime run on the entities' latest offline row
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from collections.abc import Iterator
@@ -16,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kfp_mlops import local_services, serving, serving_cli, triton_local
+from kfp_mlops import local_services, serving, triton_local
+from kfp_mlops.cli import main
 from kfp_mlops.components.features.core import build_feature_sets
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import FeaturesConfig
@@ -120,10 +120,8 @@ def assert_matches(predictions: serving.Predictions, package: Path, latest: pd.D
 
 
 def predict_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="kfp-mlops")
-    serving_cli.add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["predict", *argv])
-    return args.func(args)
+    """``kfp-mlops predict`` through the command line's entry point (its exit codes and error messages)."""
+    return main(["predict", *argv])
 
 
 # --- predictions ---------------------------------------------------------------------------------------------

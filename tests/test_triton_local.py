@@ -4,7 +4,6 @@ and the errors a user sees. Nothing is mocked."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -18,7 +17,8 @@ import numpy as np
 import pytest
 from support.triton import onnxruntime_outputs, running_triton, sample_inputs, signature_model
 
-from kfp_mlops import local_cli, triton_local
+from kfp_mlops import triton_local
+from kfp_mlops.cli import main
 from kfp_mlops.components.shared import storage
 from kfp_mlops.local_services import free_port
 
@@ -275,10 +275,8 @@ def test_serves_from_an_s3_repository(triton_venv, s3, repository, models, tmp_p
 
 
 def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="kfp-mlops")
-    local_cli.add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    return args.func(args)
+    """``kfp-mlops`` through the command line's entry point (its exit codes and error messages)."""
+    return main(list(argv))
 
 
 def test_up_status_down_through_the_command_line(triton_venv, repository, tmp_path, capsys):
