@@ -1,1 +1,2 @@
-"""Code every step shares: typed pipeline config, object storage, image references, artifact helpers."""
+"""What steps share: the typed pipeline config, storage, and the contracts between steps (splits, data files, model
+package, serving graph, serving record, outcomes, metrics, run paths); no step imports another."""

@@ -22,7 +22,7 @@ EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
 def resolve_files(source: str, fmt: str | None = None, what: str = "data.source") -> list[str]:
     """The data files ``source`` names, in a stable order. With several files and no ``fmt``, only files with a
-    known extension count. ``what`` names the setting in the error (e.g. ``drift.current.source``)."""
+    known extension count. ``what`` names the setting in the error (e.g. ``current window``)."""
     try:
         uris = storage.list_uris(source)
     except FileNotFoundError:
