@@ -81,8 +81,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         arguments = _arguments(args, package)
         client = kfp_api.connect(connection)
         submitted = kfp_api.submit_run(
-            client, package, arguments, experiment=args.experiment, run_name=args.run_name, namespace=args.namespace
-        )
+            client, package, arguments, experiment=args.experiment, run_name=args.run_name, namespace=args.namespace,
+            service_account=args.service_account,
+        )  # fmt: skip
     print(submitted.upload.describe())
     print(f"run {submitted.run_id} ({submitted.run_name}) started in experiment {submitted.experiment}")
     url = kfp_api.run_url(connection.ui_host or connection.host, submitted.run_id)
@@ -126,6 +127,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
                 catchup=not args.no_catchup,
                 start=args.start,
                 end=args.end,
+                service_account=args.service_account,
             )
             client = kfp_api.connect(connection)
             results.append(
@@ -198,6 +200,12 @@ def _add_run_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", default=kfp_api.DEFAULT_EXPERIMENT, help="default: Default")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
     parser.add_argument("--config", help="pipeline config YAML file, passed as the config parameter's text")
+    parser.add_argument(
+        "--service-account",
+        default=kfp_api.RUNNER_SERVICE_ACCOUNT,
+        help=f"the runs' Kubernetes service account (default {kfp_api.RUNNER_SERVICE_ACCOUNT}: manifests/runner, "
+        "which may launch TrainJobs; '' for the server's default)",
+    )
 
 
 @contextmanager

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_EXPERIMENT = "Default"  # kfp.Client's default experiment name
+# The account runs use (manifests/runner): it may launch TrainJobs; KFP's default (pipeline-runner, or a profile's
+# default-editor) may not. Empty: the server's default.
+RUNNER_SERVICE_ACCOUNT = "kfp-mlops-runner"
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"})
 MAX_CONCURRENCY_RANGE = range(1, 11)  # the API server accepts 1 to 10
 PAGE_SIZE = 100
@@ -128,6 +131,7 @@ class Schedule:
     catchup: bool = True
     start: datetime | None = None
     end: datetime | None = None
+    service_account: str = ""  # empty: the server's default
 
     def __post_init__(self) -> None:
         if not self.name.strip():
@@ -493,10 +497,12 @@ def submit_run(
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str = "",
     namespace: str = "",
+    service_account: str = "",
 ) -> SubmittedRun:
-    """Start a run of the uploaded version whose YAML is ``package`` (uploaded first if absent)."""
+    """Start a run of the uploaded version whose YAML is ``package`` (uploaded first if absent), as
+    ``service_account`` (empty: the server's default)."""
     uploaded = upload_pipeline(client, package, namespace=namespace)
-    return _create_run(client, uploaded, arguments, experiment, run_name, namespace)
+    return _create_run(client, uploaded, arguments, experiment, run_name, namespace, service_account)
 
 
 @_on_server
@@ -508,6 +514,7 @@ def submit_uploaded(
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str = "",
     namespace: str = "",
+    service_account: str = "",
 ) -> SubmittedRun:
     """Start a run of the newest version of the pipeline uploaded as ``pipeline_name`` (e.g. the monitoring pipeline
     retraining through the training pipeline the operator uploaded)."""
@@ -522,11 +529,17 @@ def submit_uploaded(
     upload = UploadResult(
         pipeline.pipeline_id, pipeline_name, newest.pipeline_version_id, newest.display_name, UNCHANGED
     )
-    return _create_run(client, upload, arguments, experiment, run_name, namespace)
+    return _create_run(client, upload, arguments, experiment, run_name, namespace, service_account)
 
 
 def _create_run(
-    client: Any, version: UploadResult, arguments: dict[str, Any], experiment: str, run_name: str, namespace: str
+    client: Any,
+    version: UploadResult,
+    arguments: dict[str, Any],
+    experiment: str,
+    run_name: str,
+    namespace: str,
+    service_account: str,
 ) -> SubmittedRun:
     """A run of ``version`` in ``experiment`` (created if absent), named after the pipeline and the time."""
     import kfp_server_api
@@ -540,6 +553,7 @@ def _create_run(
             pipeline_id=version.pipeline_id, pipeline_version_id=version.version_id
         ),
         runtime_config=kfp_server_api.V2beta1RuntimeConfig(parameters=dict(arguments)),
+        service_account=service_account or None,
     )
     run = client.runs.run_service_create_run(run=body)
     return SubmittedRun(run.run_id, run_name, experiment, version)
@@ -673,6 +687,7 @@ def ensure_schedule(
         pipeline_id=uploaded.pipeline_id,
         version_id=uploaded.version_id,
         enabled=enabled,
+        service_account=schedule.service_account or None,
     )
     _delete_all(client, existing)
     if not existing:
@@ -749,6 +764,7 @@ def _desired_schedule(schedule: Schedule, uploaded: UploadResult, experiment_id:
         "pipeline version": uploaded.version_id,
         "parameters": dict(schedule.arguments),
         "experiment": experiment_id,
+        "service account": schedule.service_account,
     }
 
 
@@ -765,6 +781,7 @@ def _schedule_changes(recurring_run: Any, desired: dict[str, Any]) -> list[str]:
         "pipeline version": reference.pipeline_version_id if reference else None,
         "parameters": (recurring_run.runtime_config.parameters if recurring_run.runtime_config else None) or {},
         "experiment": recurring_run.experiment_id,
+        "service account": recurring_run.service_account or "",
     }
     return [
         f"{key}: {_shown(current[key])} -> {_shown(value)}"

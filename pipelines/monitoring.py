@@ -2,7 +2,7 @@
 steps in this run, or a run of the uploaded training pipeline through the KFP API) → deploy only a blessed model;
 an exit handler reports the outcome. On a window without drift the run stops after the drift check."""
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from kfp_mlops.components.drift import component as drift_component
 from kfp_mlops.components.ingest import component as ingest_component
@@ -12,6 +12,7 @@ from kfp_mlops.pipelines import train_and_deploy
 
 PIPELINE_NAME = "kfp-mlops-monitoring"
 DEFAULT_CONFIG = "s3://kfp-mlops/configs/training.yaml"
+PIPELINES_API_TOKEN_LABEL = "kfp-mlops.io/pipelines-api-token"
 
 
 def build(images: ImageConfig):
@@ -28,9 +29,9 @@ def build(images: ImageConfig):
         config: str = DEFAULT_CONFIG,
         data_source: str = "",
         gpu_type: str = "nvidia.com/gpu",
-        gpus_per_node: int = 1,
-        train_cpu: str = "8",
-        train_memory: str = "32G",
+        gpus_per_node: str = train_and_deploy.DEFAULT_GPUS_PER_NODE,
+        train_cpu: str = train_and_deploy.DEFAULT_TRAIN_CPU,
+        train_memory: str = train_and_deploy.DEFAULT_TRAIN_MEMORY,
         train_node_selector: dict = {},  # noqa: B006 - KFP reads the default from the signature
         train_tolerations: list = [train_and_deploy.GPU_TOLERATION],  # noqa: B006
         storage_secret: str = storage.STORAGE_SECRET,
@@ -44,35 +45,35 @@ def build(images: ImageConfig):
             data_source: The current window: feature logs or inference inputs (file, prefix/directory or glob);
                 empty: data.source of the config (e.g. a prefix that always holds the latest window).
             gpu_type: Accelerator resource of the training pod, e.g. nvidia.com/gpu.
-            gpus_per_node: GPUs for the training pod (one DeepSpeed worker each); 0 trains on CPU.
-            train_cpu: CPU limit of the training pod.
-            train_memory: Memory limit of the training pod.
+            gpus_per_node: GPUs for the training pod (one DeepSpeed worker each), e.g. 1; 0 trains on CPU. Text,
+                as the KFP driver reads it into the pod (a number would be dropped); checked by ingest.
+            train_cpu: CPU of the training pod (request and limit; per node of a multi-node TrainJob), e.g. 3.
+            train_memory: Memory of the training pod (request and limit; per node), e.g. 12Gi.
             train_node_selector: Node selector of the training pod (JSON object), e.g. {"pool": "a100"}.
             train_tolerations: Tolerations of the training pod (JSON list); the default tolerates GPU-node taints.
             storage_secret: Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL.
             feast_secret: Kubernetes Secret with FEAST_REDIS_CONNECTION_STRING and FEAST_REGISTRY_URL.
         """
-        report_task = report_op(pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        report_task = report_op(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         report_task.set_display_name("report the outcome")
         train_and_deploy.configure(report_task, storage_secret)
         with dsl.ExitHandler(report_task, name="monitor"):
             ingest_task = ingest_op(
                 config=config,
                 data_source=data_source,
-                pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                **train_and_deploy.training_pod_arguments(locals()),
             )
-            ingest_task.set_display_name("ingest the window").set_cpu_limit("2").set_memory_limit("8G")
+            ingest_task.set_display_name("ingest the window")
             run_config = ingest_task.outputs["Output"]
             drift_task = drift_op(
                 config=run_config,
                 current_train=ingest_task.outputs["train"],
                 current_validation=ingest_task.outputs["validation"],
                 current_test=ingest_task.outputs["test"],
-                pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
-            drift_task.set_display_name("drift check").set_cpu_limit("4").set_memory_limit("16G")
+            drift_task.set_display_name("drift check")
             for task in (ingest_task, drift_task):
                 train_and_deploy.configure(task, storage_secret)
 
@@ -88,10 +89,12 @@ def build(images: ImageConfig):
                 submit_task = submit_op(
                     config=run_config,
                     data_source=data_source,
-                    pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
                     run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 )
                 submit_task.set_display_name("retrain: run the training pipeline")
+                # a multi-user KFP API takes the pod's token for pipelines.kubeflow.org: a PodDefault of
+                # manifests/overlays/profile projects it into pods with this label (argocompiler applies podMetadata)
+                kubernetes.add_pod_label(submit_task, PIPELINES_API_TOKEN_LABEL, "true")
                 train_and_deploy.configure(submit_task, storage_secret)
 
     return monitoring

@@ -18,6 +18,11 @@ FEAST_SECRET_KEYS = {
     "FEAST_REGISTRY_URL": "FEAST_REGISTRY_URL",
 }
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}  # GKE taints GPU nodes so
+# The training pod's defaults fit the example GPU pools with room for their daemonsets (manifests/examples/
+# allocatable.yaml, checked by tests/test_backend_conformance.py): an L4 node of GKE (g2-standard-8) or EKS (g6.xlarge).
+DEFAULT_GPUS_PER_NODE = "1"
+DEFAULT_TRAIN_CPU = "3"
+DEFAULT_TRAIN_MEMORY = "12Gi"
 TRAIN_TIMEOUT_SECONDS = 24 * 3600  # a hung collective must not hold a GPU node forever
 SHARED_MEMORY = "4Gi"  # NCCL needs more /dev/shm than a container's default 64 MiB
 # Caching, decided per task. KFP's cache key is the component and its inputs; a task whose inputs include the run
@@ -34,6 +39,23 @@ CACHING = {
     "quantize-model": False,  # its model comes from the uncached train task: a hit is impossible
     "deploy-model": False,  # changes what Triton serves: a side effect
     "record-baseline": False,  # writes the serving record: a side effect
+}
+
+
+# What every CPU task asks for: (cpu request, cpu limit, memory request, memory limit). Requests make the pods
+# schedulable under a profile's ResourceQuota; train-model asks for what prepare-training returns (the training pod,
+# or a multi-node job's launcher).
+RESOURCES = {
+    "ingest": ("1", "2", "2Gi", "8Gi"),
+    "drift-check": ("1", "4", "4Gi", "16Gi"),
+    "submit-training": ("100m", "500m", "256Mi", "512Mi"),
+    "report-outcome": ("100m", "500m", "256Mi", "512Mi"),
+    "features": ("1", "4", "4Gi", "16Gi"),
+    "prepare-training": ("1", "4", "4Gi", "16Gi"),
+    "evaluate-model": ("1", "2", "2Gi", "8Gi"),
+    "quantize-model": ("1", "4", "2Gi", "8Gi"),
+    "deploy-model": ("500m", "1", "1Gi", "4Gi"),
+    "record-baseline": ("250m", "1", "512Mi", "2Gi"),
 }
 
 
@@ -58,9 +80,20 @@ def with_storage_credentials(task: dsl.PipelineTask, secret: str) -> dsl.Pipelin
 
 
 def configure(task: dsl.PipelineTask, storage_secret: str) -> dsl.PipelineTask:
-    """What every task gets: its caching choice (CACHING) and the object-storage credentials."""
+    """What every task gets: its caching choice (CACHING), its resources (RESOURCES) and the object-storage
+    credentials."""
     task.set_caching_options(CACHING[task.name])
+    if task.name in RESOURCES:
+        cpu_request, cpu_limit, memory_request, memory_limit = RESOURCES[task.name]
+        task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
+        task.set_memory_request(memory_request).set_memory_limit(memory_limit)
     return with_storage_credentials(task, storage_secret)
+
+
+def training_pod_arguments(parameters: dict) -> dict:
+    """The training pod's parameters, as ingest checks them (from a pipeline function's ``locals()``)."""
+    return {name: parameters[name] for name in ("gpu_type", "gpus_per_node", "train_cpu", "train_memory",
+                                                "train_node_selector", "train_tolerations")}  # fmt: skip
 
 
 def build(images: ImageConfig):
@@ -80,7 +113,7 @@ def build(images: ImageConfig):
         validation: dsl.Input[dsl.Dataset],
         test: dsl.Input[dsl.Dataset],
         gpu_type: str,
-        gpus_per_node: int,
+        gpus_per_node: str,
         train_cpu: str,
         train_memory: str,
         train_node_selector: dict,
@@ -89,34 +122,39 @@ def build(images: ImageConfig):
         feast_secret: str,
     ):
         features_task = features_op(config=config, train=train, validation=validation, test=test)
-        features_task.set_display_name("Feast features").set_cpu_limit("4").set_memory_limit("16G")
+        features_task.set_display_name("Feast features")
         kubernetes.use_secret_as_env(features_task, feast_secret, FEAST_SECRET_KEYS, optional=True)
 
         prepare_task = prepare_op(
             config=config,
             train_data=features_task.outputs["train_features"],
             validation_data=features_task.outputs["validation_features"],
+            gpu_type=gpu_type,
             gpus_per_node=gpus_per_node,
-            pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+            train_cpu=train_cpu,
+            train_memory=train_memory,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
-        prepare_task.set_display_name("prepare training data").set_cpu_limit("4").set_memory_limit("16G")
+        prepare_task.set_display_name("prepare training data")
+        train_pod = prepare_task.outputs  # what train-model asks for: strings, as the driver reads them
 
         train_task = train_op(
             config=config,
             training_data=prepare_task.outputs["training_data"],
-            pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             image=images.ref("train"),
             gpu_type=gpu_type,
             gpus_per_node=gpus_per_node,
+            train_cpu=train_cpu,
+            train_memory=train_memory,
             node_selector=train_node_selector,
             tolerations=train_tolerations,
             storage_secret=storage_secret,
         )
         train_task.set_display_name("train (DeepSpeed)")
-        train_task.set_accelerator_type(gpu_type).set_accelerator_limit(gpus_per_node)
-        train_task.set_cpu_limit(train_cpu).set_memory_limit(train_memory)
+        train_task.set_accelerator_type(gpu_type).set_accelerator_limit(train_pod["gpus"])
+        train_task.set_cpu_request(train_pod["cpu"]).set_cpu_limit(train_pod["cpu"])
+        train_task.set_memory_request(train_pod["memory"]).set_memory_limit(train_pod["memory"])
         # Retries resume from checkpoints. Input and config errors never reach this task (prepare-training checks
         # them on a CPU pod without retries), and a failure a retry would repeat fails the retry at once.
         train_task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
@@ -129,7 +167,6 @@ def build(images: ImageConfig):
             config=config,
             model=train_task.outputs["model"],
             test_data=features_task.outputs["test_features"],
-            pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
         evaluate_task.set_display_name("evaluate and bless")
@@ -141,12 +178,11 @@ def build(images: ImageConfig):
                 train_data=features_task.outputs["train_features"],
                 validation_data=features_task.outputs["validation_features"],
             )
-            quantize_task.set_display_name("quantize within the accuracy budget").set_cpu_limit("4")
+            quantize_task.set_display_name("quantize within the accuracy budget")
             deploy_task = deploy_op(
                 config=config,
                 model=quantize_task.outputs["quantized_model"],
                 validation_data=features_task.outputs["validation_features"],
-                pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
             deploy_task.set_display_name("deploy to Triton (verify, promote)")

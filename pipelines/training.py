@@ -22,9 +22,9 @@ def build(images: ImageConfig):
         config: str = DEFAULT_CONFIG,
         data_source: str = "",
         gpu_type: str = "nvidia.com/gpu",
-        gpus_per_node: int = 1,
-        train_cpu: str = "8",
-        train_memory: str = "32G",
+        gpus_per_node: str = train_and_deploy.DEFAULT_GPUS_PER_NODE,
+        train_cpu: str = train_and_deploy.DEFAULT_TRAIN_CPU,
+        train_memory: str = train_and_deploy.DEFAULT_TRAIN_MEMORY,
         train_node_selector: dict = {},  # noqa: B006 - KFP reads the default from the signature
         train_tolerations: list = [train_and_deploy.GPU_TOLERATION],  # noqa: B006
         storage_secret: str = storage.STORAGE_SECRET,
@@ -37,9 +37,10 @@ def build(images: ImageConfig):
             config: Pipeline config: the URI of a YAML file (s3://, gs://, a path) or the YAML text itself.
             data_source: Raw data URI (file, prefix/directory or glob); overrides data.source of the config.
             gpu_type: Accelerator resource of the training pod, e.g. nvidia.com/gpu.
-            gpus_per_node: GPUs for the training pod (one DeepSpeed worker each); 0 trains on CPU.
-            train_cpu: CPU limit of the training pod.
-            train_memory: Memory limit of the training pod.
+            gpus_per_node: GPUs for the training pod (one DeepSpeed worker each), e.g. 1; 0 trains on CPU. Text,
+                as the KFP driver reads it into the pod (a number would be dropped); checked by ingest.
+            train_cpu: CPU of the training pod (request and limit; per node of a multi-node TrainJob), e.g. 3.
+            train_memory: Memory of the training pod (request and limit; per node), e.g. 12Gi.
             train_node_selector: Node selector of the training pod (JSON object), e.g. {"pool": "a100"}.
             train_tolerations: Tolerations of the training pod (JSON list); the default tolerates GPU-node taints.
             storage_secret: Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL.
@@ -48,8 +49,8 @@ def build(images: ImageConfig):
         ingest_task = ingest_op(
             config=config,
             data_source=data_source,
-            pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            **train_and_deploy.training_pod_arguments(locals()),
         )
         ingest_task.set_display_name("ingest and validate").set_cpu_limit("2").set_memory_limit("8G")
         train_and_deploy.configure(ingest_task, storage_secret)

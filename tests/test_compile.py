@@ -169,7 +169,12 @@ def test_training_pipeline_gates_on_the_blessing_and_puts_training_on_the_gpu_po
     assert train["retryPolicy"]["maxRetryCount"] == 2
     assert "retryPolicy" not in tasks["prepare-training"]  # input errors fail on the CPU pod, at once
     resources = documents[0]["deploymentSpec"]["executors"]["exec-train-model"]["container"]["resources"]
-    assert resources["accelerator"]["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--gpus_per_node']}}"
+    # what prepare-training returns (the training pod, or a multi-node launcher without GPU): strings, as the
+    # backend's driver reads them (tests/test_backend_conformance.py)
+    channel = "{{$.inputs.parameters['pipelinechannel--prepare-training-%s']}}"
+    assert resources["accelerator"]["resourceCount"] == channel % "gpus"
+    assert resources["resourceCpuRequest"] == resources["resourceCpuLimit"] == channel % "cpu"
+    assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == channel % "memory"
     platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-model"]
     selector = platform["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
     assert selector.removeprefix("pipelinechannel--") == "train_node_selector"

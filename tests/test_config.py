@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import yaml
 
@@ -83,3 +85,26 @@ def test_config_from_s3(s3):
 def test_round_trip_through_yaml():
     config = parse_config(VALID)
     assert parse_config(yaml.safe_load(config.to_yaml())) == config
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("data_source", "pipeline parameter data_source is '{{\\$.pipeline_root}}/raw': an unresolved placeholder"),
+        ("config", "pipeline parameter config is '{{\\$.pipeline_root}}/c.yaml': an unresolved placeholder"),
+        ("train.checkpoint_dir", "config: train.checkpoint_dir is '{{\\$.pipeline_root}}/ckpt': an unresolved"),
+    ],
+)
+def test_a_storage_location_holding_an_unresolved_placeholder_fails_naming_it(where, message):
+    """The KFP backend passes {{$.pipeline_root}} on as literal text (driver/resolve.go): never a relative path."""
+    document = copy.deepcopy(VALID)
+    text = yaml.safe_dump(document)
+    if where == "data_source":
+        call = lambda: load_config(text, data_source="{{$.pipeline_root}}/raw")  # noqa: E731
+    elif where == "config":
+        call = lambda: load_config("{{$.pipeline_root}}/c.yaml")  # noqa: E731
+    else:
+        document["train"] = {"checkpoint_dir": "{{$.pipeline_root}}/ckpt"}
+        call = lambda: load_config(yaml.safe_dump(document))  # noqa: E731
+    with pytest.raises(ConfigError, match=message):
+        call()

@@ -205,8 +205,8 @@ def test_submit_uploads_if_absent_and_runs_that_version_with_typed_parameters(kf
         "pipeline_version_id": version["pipeline_version_id"],
     }
     parameters = run["runtime_config"]["parameters"]
-    assert parameters == {"gpus_per_node": 0, "train_node_selector": {"pool": "a100"}, "train_cpu": "4"}
-    assert type(parameters["gpus_per_node"]) is int  # NUMBER_INTEGER, from the compiled YAML
+    assert parameters == {"gpus_per_node": "0", "train_node_selector": {"pool": "a100"}, "train_cpu": "4"}
+    assert type(parameters["train_node_selector"]) is dict  # STRUCT, from the compiled YAML
     assert kfp_server.experiments[run["experiment_id"]]["display_name"] == "nightly"
     out = capsys.readouterr().out
     assert f"run {run['run_id']}" in out
@@ -237,7 +237,7 @@ def test_config_file_is_passed_as_the_config_parameter_text(kfp_server, package)
     ("param", "message"),
     [
         ("nope=1", "unknown pipeline parameter 'nope'"),
-        ("gpus_per_node=two", "parameter gpus_per_node='two' is not a valid NUMBER_INTEGER"),
+        ("train_node_selector={", "parameter train_node_selector='{' is not a valid STRUCT"),
         ("train_tolerations={", "parameter train_tolerations='{' is not a valid LIST"),
         ("no-equals-sign", "--param 'no-equals-sign': expected key=value"),
     ],
@@ -352,7 +352,7 @@ def test_schedule_create_same_change_pause_resume_delete(kfp_server, package, ca
     assert created["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
     assert created["trigger"]["cron_schedule"]["start_time"].startswith("2026-02-01T00:00:00")
     assert (created["max_concurrency"], created["no_catchup"], created["mode"]) == ("2", True, "ENABLE")
-    assert created["runtime_config"]["parameters"] == {"gpus_per_node": 0}
+    assert created["runtime_config"]["parameters"] == {"gpus_per_node": "0"}
     version = one(kfp_server.versions)
     assert created["pipeline_version_reference"]["pipeline_version_id"] == version["pipeline_version_id"]
     assert f"schedule 'training' ({created['recurring_run_id']}): created" in capsys.readouterr().out
@@ -743,8 +743,8 @@ def test_double_pages_filters_and_sorts_experiments_as_kfp_client_asks(kfp_serve
 def test_double_checks_run_parameters_like_the_api_server(kfp_server, package):
     client = kfp_api.connect(kfp_api.Connection(host=kfp_server.url))
 
-    with pytest.raises(kfp_api.KfpApiError, match="input parameter gpus_per_node requires type NUMBER_INTEGER"):
-        kfp_api.submit_run(client, package, {"gpus_per_node": "2"})
+    with pytest.raises(kfp_api.KfpApiError, match="input parameter gpus_per_node requires type STRING"):
+        kfp_api.submit_run(client, package, {"gpus_per_node": 2})
     with pytest.raises(kfp_api.KfpApiError, match="not required by pipeline: colour"):
         kfp_api.submit_run(client, package, {"colour": "blue"})
     assert kfp_server.runs == {}

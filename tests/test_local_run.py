@@ -146,6 +146,12 @@ def test_training_yaml_runs_every_step_and_leaves_a_verified_model_served_by_tri
     assert {p.name for p in logs.iterdir()} == {"run.log", *(f"{step}.log" for step in steps)}
     assert "executor_input" in (logs / "ingest.log").read_text()
     assert "[train] checkpoint" in (logs / "train-model.log").read_text()
+    # the run's state, found from each task's output URI (never from {{$.pipeline_root}}): checkpoints where a retry
+    # resumes, and each step's outcome where an exit handler reads it
+    state = run_dir / "kfp-mlops-state"
+    assert (state / "checkpoints" / "train" / "latest").read_text().strip().startswith("epoch")
+    assert {p.name for p in (state / "outcomes").iterdir()} >= {"evaluate.json", "deploy.json"}
+    assert metadata_of(run_dir / "train-model", "model")["checkpoint_dir"] == str(state / "checkpoints" / "train")
     task = run_dir / "ingest"
     rows = {name: pq.read_table(task / name).num_rows for name in ("train", "validation", "test")}
     assert sum(rows.values()) == 5_000 - 25  # 0.5 % exact duplicates dropped
@@ -337,3 +343,22 @@ def test_a_training_config_error_fails_in_seconds_before_any_gpu_step_or_retry(p
     assert "step 'prepare-training' failed: ConfigError: train.precision: bf16 needs a GPU" in out
     assert "train-model" not in out and "retrying" not in out
     assert seconds < 60  # ingest and Feast included; the error itself comes as soon as prepare-training runs
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("gpus_per_node=two", "pipeline parameter gpus_per_node is 'two': expected a whole number of GPUs"),
+        ("train_memory=lots", "pipeline parameter train_memory is 'lots': expected a memory quantity"),
+        ('train_node_selector={"pool": 1}', "pipeline parameter train_node_selector is {'pool': 1"),  # 1.0 via protobuf
+    ],
+)
+def test_an_impossible_training_pod_parameter_fails_in_the_first_cpu_step(package, sample_dir, tmp_path, capsys,
+                                                                          param, message):  # fmt: skip
+    """What the KFP driver would read into the GPU pod (or leave Pending) is checked by ingest, naming it."""
+    code = run_training(package, tmp_path / "root", "--config", str(write_config(tmp_path, str(sample_dir))),
+                        "--param", param)  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"step 'ingest' failed: InputError: {message}" in out
+    assert re.findall(r"^  (\S+) +started$", out, re.MULTILINE) == ["ingest"]  # nothing after it ran

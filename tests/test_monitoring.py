@@ -5,6 +5,7 @@ report. The whole pipeline runs from its compiled YAML in tests/test_local_run.p
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,11 +16,18 @@ from support.kfp_api_server import FakeKfpApiServer
 
 from kfp_mlops import kfp_api
 from kfp_mlops.components.drift import executor
-from kfp_mlops.components.shared import outcomes
 from kfp_mlops.components.shared.errors import InputError
 
 GOLDEN = Path(__file__).parent / "golden" / "training.yaml"
 RUN_ID = "monitoring-run-1"
+
+
+def backend_artifact(tmp_path: Path, task: str, name: str) -> SimpleNamespace:
+    """An output artifact where the KFP backend puts it: <root>/<pipeline>/<run id>/<task>/<salt>/<name>
+    (backend/src/v2/driver/driver.go provisionOutputs), the pipeline root being a local folder here."""
+    uri = str(tmp_path / "root" / "kfp-mlops-monitoring" / RUN_ID / task / uuid.uuid4().hex / name)
+    Path(uri).parent.mkdir(parents=True)
+    return SimpleNamespace(uri=uri, path=uri, metadata={})
 
 
 def config_text(**sections) -> str:
@@ -43,7 +51,8 @@ def monitoring(server: FakeKfpApiServer) -> dict:
 def test_retraining_through_the_kfp_api_runs_the_uploaded_training_pipeline_and_waits_for_it(kfp_server, tmp_path):
     kfp_server.run_progress = ["RUNNING", "RUNNING", "SUCCEEDED"]
     config = config_text(monitoring=monitoring(kfp_server))
-    state = executor.submit_training(config, "s3://bucket/window/2026-11-28/", str(tmp_path), RUN_ID)
+    training_run = backend_artifact(tmp_path, "submit-training", "training_run")
+    state = executor.submit_training(config, "s3://bucket/window/2026-11-28/", RUN_ID, training_run)
     assert state == "SUCCEEDED"
     (run,) = kfp_server.runs.values()
     (version,) = kfp_server.versions_of(next(iter(kfp_server.pipelines)))
@@ -51,29 +60,35 @@ def test_retraining_through_the_kfp_api_runs_the_uploaded_training_pipeline_and_
     parameters = run["runtime_config"]["parameters"]
     assert parameters["data_source"] == "s3://bucket/window/2026-11-28/"
     assert yaml.safe_load(parameters["config"])["monitoring"]["retrain"] == "kfp_api"  # the run's own config
-    assert outcomes.read_all(str(tmp_path), RUN_ID)["retrain"] == {"run_id": run["run_id"], "state": "SUCCEEDED"}
+    assert training_run.metadata == {"run_id": run["run_id"], "state": "SUCCEEDED"}
+    # the exit handler, another task of the run, finds it through its own output's URI
+    outcome = backend_artifact(tmp_path, "report-outcome", "outcome")
+    executor.report(RUN_ID, "SUCCEEDED", "", outcome)
+    assert f"- Retrained: yes, training run {run['run_id']} (SUCCEEDED)" in Path(outcome.path).read_text()
+    assert outcome.metadata["retrain"] == {"run_id": run["run_id"], "state": "SUCCEEDED"}
 
 
 @pytest.mark.timeout(60)
 def test_a_training_run_that_fails_fails_the_monitoring_step_naming_it(kfp_server, tmp_path):
     kfp_server.run_progress = ["RUNNING", "FAILED"]
     with pytest.raises(RuntimeError, match=r"the training run \S+ ended FAILED"):
-        executor.submit_training(config_text(monitoring=monitoring(kfp_server)), "s3://b/w/", str(tmp_path), RUN_ID)
+        executor.submit_training(config_text(monitoring=monitoring(kfp_server)), "s3://b/w/", RUN_ID,
+                                 backend_artifact(tmp_path, "submit-training", "training_run"))  # fmt: skip
 
 
 def test_retraining_through_the_kfp_api_needs_its_host_and_an_uploaded_pipeline(kfp_server, tmp_path):
     with pytest.raises(InputError, match="monitoring.kfp_host is empty"):
-        executor.submit_training(config_text(monitoring={"retrain": "kfp_api"}), "s3://b/w/", "", "")
+        executor.submit_training(config_text(monitoring={"retrain": "kfp_api"}), "s3://b/w/", "", None)
     missing = monitoring(kfp_server) | {"training_pipeline": "not-uploaded"}
     with pytest.raises(kfp_api.KfpApiError, match="no pipeline named 'not-uploaded' is uploaded"):
-        executor.submit_training(config_text(monitoring=missing), "s3://b/w/", "", "")
+        executor.submit_training(config_text(monitoring=missing), "s3://b/w/", "", None)
 
 
 def test_the_drift_check_needs_a_model_that_serves_and_says_so(tmp_path):
     config = config_text(evaluate={"baseline": str(tmp_path / "record.json")})
     artifact = SimpleNamespace(path=str(tmp_path / "x"), metadata={})
     with pytest.raises(InputError, match=r"serving record .*record.json: no model serves yet.*run the training"):
-        executor.run(config, [artifact], "", "", artifact, artifact, artifact)
+        executor.run(config, [artifact], "", artifact, artifact, artifact)
     assert not list(tmp_path.iterdir())
 
 

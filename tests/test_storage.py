@@ -117,14 +117,8 @@ def test_parse_rejects_unsupported_schemes():
     assert storage.parse("gs://bucket/a/b") == storage.Location("gs", "bucket", "a/b")
 
 
-def test_kfp_default_minio_root_is_s3_and_checkpoints_are_per_run():
-    from kfp_mlops.components.shared.runs import checkpoint_dir
-
+def test_kfp_default_minio_root_is_s3():
     assert storage.parse("minio://mlpipeline/v2/artifacts") == storage.Location("s3", "mlpipeline", "v2/artifacts")
-    assert checkpoint_dir("run-1", "minio://mlpipeline/v2/artifacts") == (
-        "s3://mlpipeline/v2/artifacts/checkpoints/run-1/train"
-    )
-    assert checkpoint_dir("run-2", "ignored", "gs://ckpt/team") == "gs://ckpt/team/run-2/train"
 
 
 def test_kfp_minio_credentials_work_when_no_aws_credentials_are_set(s3, monkeypatch):
@@ -162,3 +156,13 @@ def test_delete_tree_removes_only_whole_segments(root):
         storage.write_bytes(base.child(key).uri, b"1")
     assert storage.delete_tree(base.child("ckpt/step10").uri) == 2
     assert storage.list_uris(base.child("ckpt").uri) == [base.child("ckpt/step100/a").uri]
+
+
+def test_kfp_object_store_endpoint_is_the_first_that_resolves(monkeypatch):
+    """KFP 2.16+ serves its store as seaweedfs.kubeflow, 2.15 as minio-service.kubeflow: the one this cluster has."""
+    monkeypatch.setattr(
+        storage, "KFP_OBJECT_STORE_ENDPOINTS", ("http://no-such-host.invalid:9000", "http://localhost:9000")
+    )
+    assert storage.kfp_object_store_endpoint() == "http://localhost:9000"
+    monkeypatch.setattr(storage, "KFP_OBJECT_STORE_ENDPOINTS", ("http://a.invalid:9000", "http://b.invalid:9000"))
+    assert storage.kfp_object_store_endpoint() == "http://a.invalid:9000"

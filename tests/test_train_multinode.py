@@ -29,15 +29,22 @@ NAMESPACE = "ml-team"
 RUN_ID = "run-3f2a"
 
 
-def run_nodes(manifest: dict, nodes: int) -> list[int]:
-    """What the cluster would do: every node runs the trainer command; torchrun reads its PET_* settings."""
+def run_nodes(manifest: dict, nodes: int, secrets: dict[str, dict[str, str]]) -> list[int]:
+    """What the cluster would do: every node runs the trainer command with the environment the kubelet gives it
+    (plain values, and Secret keys from ``secrets``: an optional reference to a missing key sets nothing); torchrun
+    reads its PET_* settings."""
     trainer = manifest["spec"]["trainer"]
     command = [str(Path(sys.executable).with_name(trainer["command"][0])), *trainer["command"][1:]]
     port = free_port()
-    env = {**os.environ, **{e["name"]: e["value"] for e in trainer.get("env", []) if "value" in e}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KFP_MINIO_"))}
+    env |= {e["name"]: e["value"] for e in trainer.get("env", []) if "value" in e}
     for entry in trainer.get("env", []):
-        if "valueFrom" in entry:  # kubelet resolves the Secret; here the test's own environment holds the values
-            env[entry["name"]] = os.environ[entry["valueFrom"]["secretKeyRef"]["key"]]
+        if "valueFrom" in entry:
+            reference = entry["valueFrom"]["secretKeyRef"]
+            value = secrets.get(reference["name"], {}).get(reference["key"])
+            assert value is not None or reference["optional"], reference
+            if value is not None:
+                env[entry["name"]] = value
     processes = [
         subprocess.Popen(
             command,
@@ -77,15 +84,22 @@ def test_two_node_zero3_trainjob_trains_through_object_storage(s3, ingested, tmp
             kube_api.script("GET", f"{collection}/{name}", stored(manifest, active=2))
 
             def cluster():
-                exit_codes.extend(run_nodes(manifest, nodes=2))
+                exit_codes.extend(run_nodes(manifest, nodes=2, secrets=secrets))
                 kube_api.script("GET", f"{collection}/{name}", stored(manifest, **COMPLETE))
 
             threading.Thread(target=cluster, daemon=True).start()
 
         kube_api.on("POST", collection, created)
+        # The cluster has KFP's own MinIO Secret, and a project Secret naming only the endpoint: the nodes must
+        # get KFP's credentials as the pipeline's pods do (storage.credential_secret_env).
+        secrets = {
+            "mlpipeline-minio-artifact": {"accesskey": s3.env["AWS_ACCESS_KEY_ID"],
+                                          "secretkey": s3.env["AWS_SECRET_ACCESS_KEY"]},
+            "kfp-mlops-storage": {"AWS_ENDPOINT_URL": s3.env["AWS_ENDPOINT_URL"]},
+        }  # fmt: skip
         context = ClusterContext(image="registry.example/kfp-mlops-train:test", run_id=RUN_ID, gpus_per_node=0,
-                                 node_selector={"pool": "cpu"}, storage_secret="kfp-mlops-storage",
-                                 api_client=api_client_for(kube_api))  # fmt: skip
+                                 cpu="2", memory="4Gi", node_selector={"pool": "cpu"},
+                                 storage_secret="kfp-mlops-storage", api_client=api_client_for(kube_api))  # fmt: skip
         result = train(config, paths.train, paths.validation, str(tmp_path / "model"), checkpoint_uri,
                        str(tmp_path / "train.log"), context)  # fmt: skip
 
@@ -100,6 +114,13 @@ def test_two_node_zero3_trainjob_trains_through_object_storage(s3, ingested, tmp
         "key": "AWS_SECRET_ACCESS_KEY",
         "optional": True,
     }
+    assert secret_refs["KFP_MINIO_ACCESS_KEY"] == {"name": "mlpipeline-minio-artifact", "key": "accesskey",
+                                                   "optional": True}  # fmt: skip
+    assert trainer["resourcesPerNode"] == {"limits": {"cpu": "2", "memory": "4Gi"},
+                                           "requests": {"cpu": "2", "memory": "4Gi"}}  # fmt: skip
+    (patch,) = post.body["spec"]["runtimePatches"]
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert job["template"]["spec"]["template"]["metadata"]["labels"] == {"sidecar.istio.io/inject": "false"}
     assert s3.env["AWS_SECRET_ACCESS_KEY"] not in str(post.body)
     assert result.metrics["world_size"] == 2 and result.metrics["epochs"] == 2
     assert result.deepspeed_config["train_batch_size"] == 128 * 2

@@ -56,11 +56,15 @@ def gpu_spec(**overrides: Any) -> TrainJobSpec:
     return TrainJobSpec.for_kfp_task(**fields)
 
 
-def trainer_pod_patch(manifest: dict[str, Any]) -> dict[str, Any]:
+def trainer_pod_template(manifest: dict[str, Any]) -> dict[str, Any]:
     (patch,) = manifest["spec"]["runtimePatches"]
     (replicated_job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     assert replicated_job["name"] == TRAINER_REPLICATED_JOB
-    return replicated_job["template"]["spec"]["template"]["spec"]
+    return replicated_job["template"]["spec"]["template"]
+
+
+def trainer_pod_patch(manifest: dict[str, Any]) -> dict[str, Any]:
+    return trainer_pod_template(manifest)["spec"]
 
 
 # --- manifests ----------------------------------------------------------------------------------------------------
@@ -105,11 +109,20 @@ def test_secret_env_is_a_secret_key_reference_and_no_secret_value_reaches_the_ma
     assert SECRET_VALUE not in json.dumps(manifest)
 
 
-def test_cpu_only_job_requests_no_gpu_and_patches_no_pod():
+def test_cpu_only_job_requests_no_gpu_and_patches_only_the_istio_opt_out():
     manifest = build_manifest(gpu_spec(gpu_resource="", cpu="", memory="", node_selector={}, tolerations=[]))
     validate_manifest(manifest)
     assert "resourcesPerNode" not in manifest["spec"]["trainer"]
-    assert "runtimePatches" not in manifest["spec"]
+    assert trainer_pod_template(manifest) == {"metadata": {"labels": {"sidecar.istio.io/inject": "false"}}}
+    assert "runtimePatches" not in build_manifest(gpu_spec(node_selector={}, tolerations=[], pod_labels={}))["spec"]
+
+
+def test_every_node_opts_out_of_the_istio_sidecar_for_the_rendezvous():
+    """In an Istio-injected profile namespace, a sidecar intercepts torchrun's and NCCL's ports: the pods opt out."""
+    manifest = build_manifest(gpu_spec())
+    validate_manifest(manifest)
+    assert trainer_pod_template(manifest)["metadata"] == {"labels": {"sidecar.istio.io/inject": "false"}}
+    assert TrainerV1alpha1TrainJob.from_dict(manifest).to_dict() == manifest  # a field the model keeps
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ def deploy_model(
     model: Input[Model],
     validation_data: Input[Dataset],
     deployment: Output[Artifact],
-    pipeline_root: str = "",
     run_id: str = "",
 ) -> int:
     """Deploy the model to Triton as the next version: verified in the server under a staging name, then promoted;
@@ -22,12 +21,11 @@ def deploy_model(
     Args:
         config: The pipeline config as the ingest step resolved it (YAML text).
         validation_data: The validation split; ``deploy.verify.rows`` of its rows are sent through Triton.
-        pipeline_root: With run_id: where the deployment is kept for the run's outcome report.
-        run_id: The KFP run id.
+        run_id: The KFP run id: the deployment is kept in the run's directory for the outcome report.
     """
     from kfp_mlops.components.deploy import executor
 
-    return executor.run(config, model, validation_data, deployment, pipeline_root, run_id)
+    return executor.run(config, model, validation_data, deployment, run_id)
 
 
 def build(images: ImageConfig) -> PythonComponent:

@@ -7,23 +7,22 @@ import json
 from typing import Any
 
 from kfp_mlops.components.deploy import core
-from kfp_mlops.components.shared import outcomes
+from kfp_mlops.components.shared import outcomes, runs
 from kfp_mlops.components.shared.artifacts import write_text_atomically
 from kfp_mlops.components.shared.config import load_config
 
 
-def run(
-    config: str, model: Any, validation_data: Any, deployment: Any, pipeline_root: str = "", run_id: str = ""
-) -> int:
+def run(config: str, model: Any, validation_data: Any, deployment: Any, run_id: str = "") -> int:
     """Deploy ``model`` as the pipeline config's ``deploy`` section says; returns the served version (0: not
     deployed). GPU instances when ``quantize.target`` is gpu (and ``deploy.instance_kind`` is auto)."""
     pipeline_config = load_config(config)
     settings = pipeline_config.deploy
+    run_dir = runs.run_directory(deployment.uri, run_id) if run_id else ""
     try:
         result = core.deploy(model.path, validation_data.path, settings, gpu=pipeline_config.quantize.target == "gpu")
     except core.DeployError as exc:
         print(f"[deploy] FAILED at {exc.stage}: {exc}")
-        outcomes.record(pipeline_root, run_id, "deploy", {"deployed": False, "failed": f"{exc.stage}: {exc}"})
+        outcomes.record(run_dir, "deploy", {"deployed": False, "failed": f"{exc.stage}: {exc}"})
         raise
     record: dict[str, Any] = {
         "deployed": result.deployment is not None,
@@ -38,6 +37,6 @@ def run(
         record["deployment"] = result.deployment.model_dump()  # what the serving record keeps (records.Deployment)
     deployment.metadata.update(record)
     write_text_atomically(deployment.path, json.dumps(record, indent=2))
-    outcomes.record(pipeline_root, run_id, "deploy", record)
+    outcomes.record(run_dir, "deploy", record)
     print(f"[deploy] {result.describe()}")
     return result.version

@@ -2,7 +2,7 @@
 report the run's outcome from its exit handler. Bodies are one call each."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Output, PipelineTaskFinalStatus
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output, PipelineTaskFinalStatus
 from kfp.dsl.python_component import PythonComponent
 
 from kfp_mlops.components.shared.images import ImageConfig
@@ -13,7 +13,6 @@ def drift_check(
     current_train: Input[Dataset],
     current_validation: Input[Dataset],
     current_test: Input[Dataset],
-    pipeline_root: str,
     run_id: str,
     report: Output[HTML],
     metrics: Output[Metrics],
@@ -25,32 +24,33 @@ def drift_check(
     Args:
         config: The pipeline config as the ingest step resolved it (YAML text).
         current_train: The ingest step's splits of the window (together: the whole window).
-        pipeline_root: With run_id: where the verdict is kept for the run's outcome report.
-        run_id: The KFP run id.
+        run_id: The KFP run id: the verdict is kept in the run's directory for the outcome report.
     """
     from kfp_mlops.components.drift import executor
 
     current = [current_train, current_validation, current_test]
-    return executor.run(config, current, pipeline_root, run_id, report, metrics, summary)
+    return executor.run(config, current, run_id, report, metrics, summary)
 
 
-def submit_training(config: str, data_source: str, pipeline_root: str, run_id: str) -> str:
+def submit_training(config: str, data_source: str, run_id: str, training_run: Output[Artifact]) -> str:
     """Retrain through the KFP API: run the uploaded training pipeline on the window and wait for it.
 
     Args:
         config: The pipeline config as the ingest step resolved it (YAML text).
         data_source: The window's URI.
+        run_id: The KFP run id: the retraining is kept in the run's directory for the outcome report.
+        training_run: The submitted run (its id, state and UI link as metadata).
     """
     from kfp_mlops.components.drift import executor
 
-    return executor.submit_training(config, data_source, pipeline_root, run_id)
+    return executor.submit_training(config, data_source, run_id, training_run)
 
 
-def report_outcome(pipeline_root: str, run_id: str, status: PipelineTaskFinalStatus, outcome: Output[Markdown]):
+def report_outcome(run_id: str, status: PipelineTaskFinalStatus, outcome: Output[Markdown]):
     """The exit handler: what the run decided (drift, retraining, blessing, deployment), as Markdown."""
     from kfp_mlops.components.drift import executor
 
-    executor.report(pipeline_root, run_id, status.state, status.error_message or "", outcome)
+    executor.report(run_id, status.state, status.error_message or "", outcome)
 
 
 def build(images: ImageConfig) -> PythonComponent:

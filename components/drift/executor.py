@@ -3,22 +3,27 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 from kfp_mlops.components.drift.core import check_drift
-from kfp_mlops.components.shared import outcomes
+from kfp_mlops.components.shared import outcomes, runs
 from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
+from kfp_mlops.components.shared.cluster import pod_namespace
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.model_package import read_model_config
 from kfp_mlops.components.shared.records import read_record
 
 NO_ACTION = "none"
+# Where kfp.Client reads a projected token for the audience pipelines.kubeflow.org (KFP's multi-user auth):
+# sdk/python/kfp/client/__init__.py KF_PIPELINES_SA_TOKEN_PATH; manifests/overlays/profile projects it there.
+PIPELINES_API_TOKEN = "/var/run/secrets/kubeflow/pipelines/token"
 
 
-def run(
-    config: str, current: list[Any], pipeline_root: str, run_id: str, report: Any, metrics: Any, summary: Any
-) -> str:
+def run(config: str, current: list[Any], run_id: str, report: Any, metrics: Any, summary: Any) -> str:
     """Compare the window (the ingest step's splits of it) with the data the serving model was trained on.
     Returns what to do: ``none`` without drift, else ``monitoring.retrain`` (``nested`` or ``kfp_api``)."""
     pipeline_config = load_config(config)
@@ -35,7 +40,7 @@ def run(
                          model.numeric, model.categorical, report.path, summary.path)  # fmt: skip
     log_metrics(metrics, result.metrics())
     action = pipeline_config.monitoring.retrain if result.drifted else NO_ACTION
-    outcomes.record(pipeline_root, run_id, "drift", {
+    outcomes.record(runs.run_directory(report.uri, run_id) if run_id else "", "drift", {
         "drifted": result.drifted, "share": result.share, "drifted_columns": result.drifted_columns,
         "reference": record.reference_data, "serving_model": record.model, "action": action,
     })  # fmt: skip
@@ -46,7 +51,7 @@ def run(
     return action
 
 
-def submit_training(config: str, data_source: str, pipeline_root: str, run_id: str) -> str:
+def submit_training(config: str, data_source: str, run_id: str, training_run: Any) -> str:
     """Retrain through the KFP API: a run of the uploaded training pipeline on the window, with this run's config;
     waits for it and returns its state. Fails when that run does not succeed."""
     from kfp_mlops import kfp_api
@@ -55,21 +60,29 @@ def submit_training(config: str, data_source: str, pipeline_root: str, run_id: s
     settings = pipeline_config.monitoring
     if not settings.kfp_host:
         raise InputError("monitoring.retrain is kfp_api but monitoring.kfp_host is empty: name the KFP API endpoint")
-    client = kfp_api.connect(kfp_api.Connection(host=settings.kfp_host))
+    namespace = settings.kfp_namespace or pod_namespace()
+    token = Path(os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", PIPELINES_API_TOKEN))
+    print(f"[retrain] KFP API {settings.kfp_host}, namespace {namespace or '(none)'}, credentials: "
+          f"{'the pod token for pipelines.kubeflow.org' if token.exists() else 'none (standalone KFP)'}")  # fmt: skip
+    client = kfp_api.connect(kfp_api.Connection(host=settings.kfp_host, namespace=namespace))
     arguments = {"config": pipeline_config.to_yaml(), "data_source": data_source}
-    submitted = kfp_api.submit_uploaded(client, settings.training_pipeline, arguments, experiment=settings.experiment)
+    submitted = kfp_api.submit_uploaded(client, settings.training_pipeline, arguments, experiment=settings.experiment,
+                                        namespace=namespace, service_account=settings.service_account)  # fmt: skip
     print(f"[retrain] started run {submitted.run_id} of {settings.training_pipeline}")
     outcome = kfp_api.wait_for_run(client, submitted.run_id, poll_seconds=settings.poll_seconds)
-    outcomes.record(pipeline_root, run_id, "retrain", {"run_id": submitted.run_id, "state": outcome.state})
+    facts = {"run_id": submitted.run_id, "state": outcome.state}
+    training_run.metadata.update(facts)
+    write_text_atomically(training_run.path, json.dumps(facts))
+    outcomes.record(runs.run_directory(training_run.uri, run_id) if run_id else "", "retrain", facts)
     print(f"[retrain] run {submitted.run_id}: {outcome.state}")
     if outcome.state != "SUCCEEDED":
         raise RuntimeError(f"the training run {submitted.run_id} ended {outcome.state}: {outcome.error}")
     return outcome.state
 
 
-def report(pipeline_root: str, run_id: str, state: str, error: str, outcome: Any) -> None:
+def report(run_id: str, state: str, error: str, outcome: Any) -> None:
     """The run's outcome as Markdown: the drift verdict, whether it retrained, the blessing, the deployed version."""
-    facts = outcomes.read_all(pipeline_root, run_id)
+    facts = outcomes.read_all(runs.run_directory(outcome.uri, run_id))
     text = render_outcome(facts, state, error)
     write_text_atomically(outcome.path, text)
     outcome.metadata.update({"state": state, **{f"{step}": facts[step] for step in facts}})

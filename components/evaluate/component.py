@@ -16,7 +16,6 @@ def evaluate_model(
     classification_metrics: Output[ClassificationMetrics],
     model_card: Output[Markdown],
     blessing: Output[Artifact],
-    pipeline_root: str = "",
     run_id: str = "",
 ) -> bool:
     """Score the model on the test split; bless it only if thresholds hold and it does not regress. Returns the
@@ -24,13 +23,11 @@ def evaluate_model(
 
     Args:
         config: The pipeline config as the ingest step resolved it (YAML text).
-        pipeline_root: With run_id: where the decision is kept for the run's outcome report.
-        run_id: The KFP run id.
+        run_id: The KFP run id: the decision is kept in the run's directory for the outcome report.
     """
     from kfp_mlops.components.evaluate import executor
 
-    return executor.run(config, model, test_data, metrics, classification_metrics, model_card, blessing,
-                        pipeline_root, run_id)  # fmt: skip
+    return executor.run(config, model, test_data, metrics, classification_metrics, model_card, blessing, run_id)
 
 
 def record_baseline(

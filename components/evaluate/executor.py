@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from kfp_mlops.components.evaluate import core
-from kfp_mlops.components.shared import outcomes
+from kfp_mlops.components.shared import outcomes, runs
 from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.shared.model_package import read_model_config
@@ -22,7 +22,6 @@ def run(
     classification_metrics: Any,
     model_card: Any,
     blessing: Any,
-    pipeline_root: str = "",
     run_id: str = "",
 ) -> bool:
     pipeline_config = load_config(config)
@@ -45,8 +44,9 @@ def run(
     )
     write_text_atomically(blessing.path, json.dumps({"blessed": evaluation.blessed, "reasons": evaluation.reasons}))
     print(f"[evaluate] {'BLESSED' if evaluation.blessed else 'NOT BLESSED: ' + '; '.join(evaluation.reasons)}")
-    outcomes.record(pipeline_root, run_id, "evaluate", {"blessed": evaluation.blessed, "reasons": evaluation.reasons,
-                                                         "metrics": evaluation.metrics})  # fmt: skip
+    run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
+    outcomes.record(run_dir, "evaluate", {"blessed": evaluation.blessed, "reasons": evaluation.reasons,
+                                          "metrics": evaluation.metrics})  # fmt: skip
     return evaluation.blessed
 
 

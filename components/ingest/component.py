@@ -10,8 +10,13 @@ from kfp_mlops.components.shared.images import ImageConfig
 def ingest(
     config: str,
     data_source: str,
-    pipeline_root: str,
     run_id: str,
+    gpu_type: str,
+    gpus_per_node: str,
+    train_cpu: str,
+    train_memory: str,
+    train_node_selector: dict,
+    train_tolerations: list,
     train: Output[Dataset],
     validation: Output[Dataset],
     test: Output[Dataset],
@@ -24,12 +29,16 @@ def ingest(
     Args:
         config: The pipeline config: YAML text, or the URI of a YAML file.
         data_source: Overrides data.source of the config when not empty.
-        pipeline_root: The run's pipeline root: checked for write access first (training checkpoints go there).
-        run_id: The KFP run id.
+        run_id: The KFP run id: the run's directory (beside this step's outputs) is checked for write access
+            first, since training checkpoints go there.
+        gpu_type: The training pod's parameters (see the pipeline's), checked here, on a CPU pod, before any
+            step asks for a GPU.
     """
     from kfp_mlops.components.ingest import executor
 
-    return executor.run(config, data_source, pipeline_root, run_id, train, validation, test, metrics, summary)
+    pod = dict(gpu_type=gpu_type, gpus_per_node=gpus_per_node, cpu=train_cpu, memory=train_memory,
+               node_selector=train_node_selector, tolerations=train_tolerations)  # fmt: skip
+    return executor.run(config, data_source, run_id, pod, train, validation, test, metrics, summary)
 
 
 def build(images: ImageConfig) -> PythonComponent:

@@ -8,6 +8,7 @@ from typing import Any
 from kfp_mlops.components.ingest.core import IngestResult, ingest, render_summary
 from kfp_mlops.components.shared import runs, storage
 from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, write_text_atomically
+from kfp_mlops.components.shared.cluster import check_training_pod
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
 from kfp_mlops.components.shared.splits import SplitPaths
 
@@ -15,8 +16,8 @@ from kfp_mlops.components.shared.splits import SplitPaths
 def run(
     config: str,
     data_source: str,
-    pipeline_root: str,
     run_id: str,
+    training_pod: dict[str, Any],
     train: Any,
     validation: Any,
     test: Any,
@@ -25,9 +26,12 @@ def run(
 ) -> str:
     """Returns the config resolved once (URI read, data_source applied) as YAML: every later step of the run
     takes this text, so an edit to the config file mid-run or before a retry cannot mix two configs.
-    First, the object storage that training checkpoints to must accept writes: a missing Secret fails here."""
+    First, the training pod's parameters must be valid and the object storage that training checkpoints to must
+    accept writes: a wrong parameter or a missing Secret fails here, before any GPU is asked for."""
+    check_training_pod(**training_pod)
     pipeline_config = load_config(config, data_source=data_source)
-    storage.check_access(runs.checkpoint_dir(run_id, pipeline_root, pipeline_config.train.checkpoint_dir))
+    run_dir = runs.run_directory(train.uri, run_id)
+    storage.check_access(runs.checkpoint_dir(run_dir, pipeline_config.train.checkpoint_dir, run_id))
     result = ingest(pipeline_config, SplitPaths(train.path, validation.path, test.path))
     publish(result, pipeline_config, {"train": train, "validation": validation, "test": test}, metrics, summary)
     return pipeline_config.to_yaml()

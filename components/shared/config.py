@@ -254,6 +254,8 @@ class MonitoringConfig(_Strict):
 
     retrain: Literal["nested", "kfp_api"] = "nested"
     kfp_host: str = ""  # kfp_api: the KFP API endpoint (in-cluster: http://ml-pipeline.kubeflow:8888)
+    kfp_namespace: str = ""  # kfp_api on multi-user Kubeflow: the profile; empty: the namespace of the run's pod
+    service_account: str = "kfp-mlops-runner"  # kfp_api: the training run's account (manifests/runner); "": default
     training_pipeline: str = "kfp-mlops-training"  # kfp_api: the uploaded pipeline's name
     experiment: str = "kfp-mlops-monitoring"
     poll_seconds: float = Field(30.0, gt=0)  # kfp_api: how often the training run's state is read while waiting
@@ -298,9 +300,12 @@ def parse_config(document: Any, origin: str = "config") -> PipelineConfig:
 
 def load_config(text_or_uri: str, data_source: str = "") -> PipelineConfig:
     """Load the config from YAML text or from the URI of a YAML file; ``data_source`` overrides data.source."""
-    from kfp_mlops.components.shared import storage
+    from kfp_mlops.components.shared import runs, storage
 
     origin = "config"
+    runs.reject_placeholder("pipeline parameter data_source", data_source, ConfigError)
+    if "\n" not in text_or_uri.strip():
+        runs.reject_placeholder("pipeline parameter config", text_or_uri.strip(), ConfigError)
     try:
         document = yaml.safe_load(text_or_uri)
     except yaml.YAMLError as exc:
@@ -314,4 +319,9 @@ def load_config(text_or_uri: str, data_source: str = "") -> PipelineConfig:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{origin}: not valid YAML ({exc})") from None
     config = parse_config(document, origin)
-    return config.with_source(data_source) if data_source else config
+    config = config.with_source(data_source) if data_source else config
+    for key, value in (("data.source", config.data.source), ("evaluate.baseline", config.evaluate.baseline),
+                       ("deploy.model_repository", config.deploy.model_repository),
+                       ("train.checkpoint_dir", config.train.checkpoint_dir)):  # fmt: skip
+        runs.reject_placeholder(f"{origin}: {key}", value, ConfigError)
+    return config

@@ -8,7 +8,7 @@ anonymously) and otherwise uses Application Default Credentials. Clients are cre
 ``minio://bucket/key`` (KFP's default pipeline root, ``minio://mlpipeline/v2/artifacts``) is S3 on the cluster's
 MinIO. It works out of the box with KFP's own MinIO Secret (``mlpipeline-minio-artifact``, keys ``accesskey`` and
 ``secretkey``, mounted as ``KFP_MINIO_ACCESS_KEY``/``KFP_MINIO_SECRET_KEY``): when no ``AWS_ACCESS_KEY_ID`` is set,
-S3 uses those keys and, unless ``AWS_ENDPOINT_URL`` says otherwise, KFP's MinIO service.
+S3 uses those keys and, unless ``AWS_ENDPOINT_URL`` says otherwise, KFP's object store Service.
 
 Writes are atomic: a local file is written to a temporary name in the same directory and renamed; an S3 or GCS
 object becomes visible only when its upload completes, so a failed write never leaves a partial object.
@@ -22,6 +22,8 @@ import functools
 import os
 import secrets
 import shutil
+import socket
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +35,18 @@ STORAGE_SECRET = "kfp-mlops-storage"
 # KFP's own MinIO credentials (Secret mlpipeline-minio-artifact): key in the Secret -> environment variable
 KFP_MINIO_SECRET = "mlpipeline-minio-artifact"
 KFP_MINIO_SECRET_KEYS = {"accesskey": "KFP_MINIO_ACCESS_KEY", "secretkey": "KFP_MINIO_SECRET_KEY"}
-KFP_MINIO_ENDPOINT = "http://minio-service.kubeflow:9000"
+# KFP's object store Service, for its MinIO credentials: SeaweedFS's S3 port, Service seaweedfs port 8333 in KFP
+# 2.15-2.17 (manifests/kustomize/third-party/seaweedfs/base/seaweedfs/seaweedfs-service.yaml); a 2.15 install with
+# MinIO serves minio-service:9000 (third-party/minio/base/minio-service.yaml), gone since 2.16.
+KFP_OBJECT_STORE_ENDPOINTS = ("http://seaweedfs.kubeflow:8333", "http://minio-service.kubeflow:9000")
 _GLOB_CHARS = "*?["
+
+
+def credential_secret_env(secret: str) -> dict[str, tuple[str, str]]:
+    """The storage credentials a pod outside KFP (a TrainJob node) takes from Secrets, as KFP's tasks do: variable ->
+    (Secret, key) from ``secret`` (when named) and from KFP's MinIO Secret (the fallback, see the module docstring)."""
+    variables = {key: (secret, key) for key in CREDENTIAL_SECRET_KEYS} if secret else {}
+    return variables | {variable: (KFP_MINIO_SECRET, key) for key, variable in KFP_MINIO_SECRET_KEYS.items()}
 
 
 @dataclass(frozen=True)
@@ -90,8 +102,19 @@ def _s3_client():
             aws_access_key_id=os.environ["KFP_MINIO_ACCESS_KEY"],
             aws_secret_access_key=os.environ.get("KFP_MINIO_SECRET_KEY", ""),
             region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-        ).client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or KFP_MINIO_ENDPOINT)
+        ).client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or kfp_object_store_endpoint())
     return boto3.session.Session().client("s3")
+
+
+def kfp_object_store_endpoint() -> str:
+    """The first of KFP's object store Services that resolves in this cluster (the newest release's by default)."""
+    for endpoint in KFP_OBJECT_STORE_ENDPOINTS:
+        try:
+            socket.getaddrinfo(urllib.parse.urlsplit(endpoint).hostname, None)
+            return endpoint
+        except OSError:
+            continue
+    return KFP_OBJECT_STORE_ENDPOINTS[0]
 
 
 @functools.cache

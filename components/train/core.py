@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kfp_mlops.components.shared import serving_graph, storage
+from kfp_mlops.components.shared.cluster import pod_namespace
 from kfp_mlops.components.shared.config import PipelineConfig, TrainConfig
 from kfp_mlops.components.shared.errors import ConfigError, InputError
 from kfp_mlops.components.shared.model_package import (
@@ -71,6 +72,8 @@ class ClusterContext:
     run_id: str
     gpus_per_node: int = 1
     gpu_resource: str = "nvidia.com/gpu"
+    cpu: str = ""  # per TrainJob node (Kubernetes quantities); empty: the runtime's default
+    memory: str = ""
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     storage_secret: str = ""
@@ -405,11 +408,6 @@ def _trainjob_devices(settings, cluster: ClusterContext) -> tuple[str, int, bool
     return "cpu", settings.nodes * (settings.workers or 2), False
 
 
-def pod_namespace(default: str = "default") -> str:
-    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-    return path.read_text().strip() if path.exists() else default
-
-
 def _run_as_trainjob(work: Path, spec: dict, checkpoint_uri: str, settings, cluster, log_path: str | None) -> None:
     """Stage the arrays, preprocessing and spec next to the checkpoints, run the TrainJob (torchrun on every node
     starts the same worker module), then fetch the result into ``work/output``."""
@@ -425,19 +423,19 @@ def _run_as_trainjob(work: Path, spec: dict, checkpoint_uri: str, settings, clus
         "output_uri": stage.child("output").uri,
     }
     storage.write_bytes(stage.child("spec.json").uri, json.dumps(remote_spec).encode())
-    secret_env = (
-        {key: (cluster.storage_secret, key) for key in storage.CREDENTIAL_SECRET_KEYS} if cluster.storage_secret else {}
-    )
+    secret_env = storage.credential_secret_env(cluster.storage_secret)
     processes = cluster.gpus_per_node if cluster.gpus_per_node > 0 else (settings.workers or 2)
     job = TrainJobSpec.for_kfp_task(
         run_id=cluster.run_id,
         task_name="train",
-        namespace=settings.namespace or pod_namespace(),
+        namespace=settings.namespace or pod_namespace("default"),
         image=cluster.image,
         command=["torchrun", "-m", "kfp_mlops.components.train.worker", stage.child("spec.json").uri],
         num_nodes=settings.nodes,
         processes_per_node=processes,
         gpu_resource=cluster.gpu_resource if cluster.gpus_per_node > 0 else "",
+        cpu=cluster.cpu,
+        memory=cluster.memory,
         env={"PYTHONUNBUFFERED": "1"},
         secret_env=secret_env,
         node_selector=cluster.node_selector,

@@ -8,6 +8,7 @@ from typing import Any
 
 from kfp_mlops.components.shared import runs
 from kfp_mlops.components.shared.artifacts import log_metrics
+from kfp_mlops.components.shared.cluster import PodResources, check_training_pod, train_pod_resources
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.train import core
 
@@ -16,15 +17,17 @@ def prepare(
     config: str,
     train_data: Any,
     validation_data: Any,
-    gpus_per_node: int,
-    pipeline_root: str,
+    training_pod: dict[str, str],
     run_id: str,
     training_data: Any,
-) -> None:
+) -> PodResources:
+    """Returns what the train-model pod asks for (``cluster.train_pod_resources``)."""
+    pod = check_training_pod(**training_pod, node_selector={}, tolerations=[])
     pipeline_config = load_config(config)
-    checkpoint_dir = runs.checkpoint_dir(run_id, pipeline_root, pipeline_config.train.checkpoint_dir)
+    run_dir = runs.run_directory(training_data.uri, run_id)
+    checkpoint_dir = runs.checkpoint_dir(run_dir, pipeline_config.train.checkpoint_dir, run_id)
     prepared = core.prepare(pipeline_config, train_data.path, validation_data.path, training_data.path,
-                            int(gpus_per_node), checkpoint_dir)  # fmt: skip
+                            pod.gpus, checkpoint_dir)  # fmt: skip
     training_data.metadata.update(
         {
             "rows": prepared.rows,
@@ -33,12 +36,16 @@ def prepare(
             "content_hash": train_data.metadata.get("content_hash", ""),
         }
     )
+    resources = train_pod_resources(pod, pipeline_config.train.nodes)
+    role = "TrainJob launcher (no GPU)" if pipeline_config.train.nodes > 1 else "training pod"
+    print(f"[prepare] train-model pod ({role}): {resources.gpus} x {pod.gpu_type}, cpu {resources.cpu}, "
+          f"memory {resources.memory}")  # fmt: skip
+    return resources
 
 
 def run(
     config: str,
     training_data: Any,
-    pipeline_root: str,
     run_id: str,
     cluster: dict[str, Any],
     model: Any,
@@ -46,12 +53,15 @@ def run(
     training_log: Any,
 ) -> None:
     pipeline_config = load_config(config)
-    checkpoint_dir = runs.checkpoint_dir(run_id, pipeline_root, pipeline_config.train.checkpoint_dir)
+    checkpoint_dir = runs.checkpoint_dir(runs.run_directory(model.uri, run_id), pipeline_config.train.checkpoint_dir,
+                                         run_id)  # fmt: skip
     context = core.ClusterContext(
         image=cluster["image"],
         run_id=run_id,
         gpus_per_node=int(cluster["gpus_per_node"]),
         gpu_resource=cluster["gpu_type"],
+        cpu=cluster.get("cpu", ""),
+        memory=cluster.get("memory", ""),
         node_selector=dict(cluster["node_selector"] or {}),
         tolerations=list(cluster["tolerations"] or []),
         storage_secret=cluster["storage_secret"],

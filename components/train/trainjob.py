@@ -40,6 +40,9 @@ PATCH_MANAGER = "kfp-mlops/train"  # owner of our entry in spec.runtimePatches
 TRAINER_REPLICATED_JOB = "node"  # replicated Job (and container) that runs the trainer in torch-distributed
 
 _REQUEST_TIMEOUT_SECONDS = 30
+# Nodes rendezvous over plain TCP (torchrun's c10d store, NCCL): an Istio sidecar in an injected Kubeflow profile
+# namespace intercepts those ports and the job hangs, so the pods opt out (Istio's sidecar.istio.io/inject label).
+NO_ISTIO_SIDECAR = {"sidecar.istio.io/inject": "false"}
 _TRANSIENT_STATUSES = {0, 429, 500, 502, 503, 504}  # 0: no HTTP response (connection error)
 _MAX_CONSECUTIVE_POLL_ERRORS = 5
 _NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -69,6 +72,7 @@ class TrainJobSpec:
     runtime_ref: str = "torch-distributed"
     runtime_kind: str = "ClusterTrainingRuntime"
     labels: dict[str, str] = field(default_factory=dict)
+    pod_labels: dict[str, str] = field(default_factory=lambda: dict(NO_ISTIO_SIDECAR))  # on every node's Pod
 
     def __post_init__(self) -> None:
         if len(self.name) > 63 or not _NAME.fullmatch(self.name):
@@ -84,7 +88,7 @@ class TrainJobSpec:
         for variable, reference in self.secret_env.items():
             if len(reference) != 2 or not all(reference):
                 raise ValueError(f"secret_env[{variable!r}]: expected (secret name, key), got {reference!r}")
-        for key, value in self.labels.items():
+        for key, value in (self.labels | self.pod_labels).items():
             _check_label(key, value)
 
     @classmethod
@@ -147,8 +151,11 @@ def build_manifest(spec: TrainJobSpec) -> dict[str, Any]:
         pod_patch["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
         pod_patch["tolerations"] = [dict(toleration) for toleration in spec.tolerations]
-    if pod_patch:
-        replicated_job = {"name": TRAINER_REPLICATED_JOB, "template": {"spec": {"template": {"spec": pod_patch}}}}
+    pod_template: dict[str, Any] = {"spec": pod_patch} if pod_patch else {}
+    if spec.pod_labels:
+        pod_template["metadata"] = {"labels": dict(spec.pod_labels)}
+    if pod_template:
+        replicated_job = {"name": TRAINER_REPLICATED_JOB, "template": {"spec": {"template": pod_template}}}
         job_spec["runtimePatches"] = [
             {
                 "manager": PATCH_MANAGER,

@@ -513,6 +513,7 @@ class FakeKfpApiServer:
             "experiment_id": experiment["experiment_id"],
             "pipeline_version_reference": request["pipeline_version_reference"],
             "runtime_config": request.get("runtime_config") or {},
+            **({"service_account": request["service_account"]} if request.get("service_account") else {}),
             "storage_state": "AVAILABLE",
             "created_at": now,
             "scheduled_at": now,
