@@ -1,7 +1,9 @@
 """The cluster manifests: every kustomization under manifests/ renders offline (kubectl kustomize) and each document
 validates strictly (built-in kinds against the Kubernetes 1.37 schemas, Kubeflow Trainer kinds against the official
 kubeflow-trainer-api models); the runner's RBAC is exactly what the TrainJob launcher calls; no manifest holds a
-credential; Triton, the Trainer runtime and the GPU examples say what the README claims; checkov finds nothing
+credential; Triton, the Trainer runtime and the GPU examples say what the README claims; the multi-user (profile)
+overlay puts each object where a Kubeflow profile needs it and its NetworkPolicies and Istio AuthorizationPolicies
+admit exactly the callers the runs need (evaluated offline against Kubeflow's own policies); checkov finds nothing
 beyond manifests/checkov-accepted.yaml. No cluster runs here."""
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ from support.manifests import (
     REPO,
     checkov,
     documents,
+    istio_allows,
     kustomization_dirs,
     kustomize,
     literal_credentials,
+    namespace_labels,
+    network_policies_admit,
+    selector_matches,
     validate_document,
 )
 
-from kfp_mlops.components.shared.config import TrainConfig
+from kfp_mlops.components.shared.config import DeployConfig, TrainConfig
 from kfp_mlops.components.shared.storage import CREDENTIAL_SECRET_KEYS
 from kfp_mlops.components.train import trainjob
 from kfp_mlops.pipelines.train_and_deploy import FEAST_SECRET_KEYS, GPU_TOLERATION
@@ -43,6 +49,8 @@ pytestmark = pytest.mark.timeout(120)
 KUSTOMIZATIONS = kustomization_dirs()
 SERVING_NAMESPACE = "kfp-mlops-serving"
 PIPELINES_NAMESPACE = "kubeflow"
+PROFILE = Path("overlays/profile")
+PROFILE_NAMESPACE = "team-ml"  # the profile overlay's default (overlays/profile/namespace/kustomization.yaml)
 DEFAULT_GPU_TOLERATION = GPU_TOLERATION  # the pipeline's default toleration
 GPU_RESOURCE = "nvidia.com/gpu"
 # Triton core's S3 path parser (src/filesystem/implementations/s3.h): a custom endpoint needs host AND port.
@@ -86,9 +94,10 @@ def gpu_requests(pod_spec: dict[str, Any]) -> list[str]:
 def test_every_manifest_file_is_named_by_the_kustomization_of_its_directory():
     """Nothing under manifests/ is silently left out (optional patches are named in a comment); examples/ and
     secrets/ hold no Kubernetes objects and no kustomization reaches them."""
-    assert {Path("."), Path("overlays/cpu"), Path("triton/gpu"), Path("triton/cpu"), Path("trainer")} <= set(
-        KUSTOMIZATIONS
-    )
+    assert {
+        Path("."), Path("overlays/cpu"), PROFILE, PROFILE / "namespace", Path("triton/gpu"), Path("triton/cpu"),
+        Path("trainer"),
+    } <= set(KUSTOMIZATIONS)  # fmt: skip
     for path in [*MANIFESTS.rglob("*.yaml"), *MANIFESTS.rglob("*.env")]:
         relative = path.relative_to(MANIFESTS)
         if relative.parts[0] in {"examples", "secrets"} or path.name in {"kustomization.yaml", "checkov-accepted.yaml"}:
@@ -106,7 +115,8 @@ def test_kustomization_builds_and_every_document_validates_strictly(rendered, di
     for document in docs:
         validate_document(document)
         if document["kind"] not in {"Namespace", "ClusterTrainingRuntime"}:
-            assert document["metadata"].get("namespace") in {PIPELINES_NAMESPACE, SERVING_NAMESPACE}, document
+            namespaces = {PIPELINES_NAMESPACE, SERVING_NAMESPACE, PROFILE_NAMESPACE}  # which one: see profile tests
+            assert document["metadata"].get("namespace") in namespaces, document
 
 
 def test_strict_validation_rejects_a_misspelled_field(rendered):
@@ -276,7 +286,9 @@ def test_secret_templates_document_every_key_the_manifests_and_pipeline_read_and
     for name, keys in templates.items():
         assert keys and not any(keys.values()), f"{name}: a template holds a value"
         assert re.search(rf"create secret generic {name} ", README), f"README does not show how to create {name}"
-    for name, keys in _secret_references(rendered[Path(".")] + rendered[Path("overlays/cpu")]).items():
+    for name, keys in _secret_references(
+        rendered[Path(".")] + rendered[Path("overlays/cpu")] + rendered[PROFILE]
+    ).items():
         assert keys <= set(templates[name]), f"{name}: manifests read {keys - set(templates[name])} not in template"
     assert set(CREDENTIAL_SECRET_KEYS) | {"AWS_DEFAULT_REGION"} == set(templates["kfp-mlops-storage"])
     assert set(FEAST_SECRET_KEYS.values()) == set(templates["kfp-mlops-feast"])
@@ -409,6 +421,7 @@ def test_trainer_runtime_is_the_one_trainjobs_reference_with_shared_memory_for_n
     assert volume["emptyDir"]["medium"] == "Memory"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert job["template"]["spec"]["template"]["metadata"]["labels"] == ISTIO_OPT_OUT
 
 
 def test_a_trainjob_the_pipeline_builds_patches_a_replicated_job_the_runtime_has(rendered):
@@ -424,6 +437,453 @@ def test_a_trainjob_the_pipeline_builds_patches_a_replicated_job_the_runtime_has
     }  # fmt: skip
     patched = manifest["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     assert {j["name"] for j in patched} <= {j["name"] for j in runtime["spec"]["template"]["spec"]["replicatedJobs"]}
+
+
+# --- multi-user Kubeflow (profiles) -------------------------------------------------------------------------------
+# The facts below are read from upstream sources and cited; the rules are evaluated offline against the rendered
+# overlay together with the Kubeflow objects it meets on a cluster (copied here from upstream, cited).
+
+OTHER_PROFILE = "team-other"
+ISTIO_OPT_OUT = {"sidecar.istio.io/inject": "false"}  # Istio's label; trainjob.py patches the same onto TrainJobs
+# Objects of the profile overlay that must not be in the profile namespace, and where they belong (None: cluster
+# scope). Everything else goes to the profile namespace.
+ELSEWHERE: dict[tuple[str, str], str | None] = {
+    ("Namespace", SERVING_NAMESPACE): None,
+    ("ClusterTrainingRuntime", "torch-distributed"): None,
+    ("NetworkPolicy", "seaweedfs-from-kfp-mlops-triton"): PIPELINES_NAMESPACE,  # beside KFP's SeaweedFS pods
+    ("AuthorizationPolicy", "triton-from-profile"): SERVING_NAMESPACE,
+    ("ConfigMap", "triton-model-repository"): SERVING_NAMESPACE,
+    ("Service", "triton-pods"): SERVING_NAMESPACE,
+    **{(kind, "triton"): SERVING_NAMESPACE for kind in
+       ("ServiceAccount", "Service", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy")},
+}  # fmt: skip
+# What the runs need beside them, in the profile namespace.
+IN_PROFILE = {
+    ("ServiceAccount", "kfp-mlops-runner"),
+    *((kind, name) for kind in ("Role", "RoleBinding")
+      for name in ("kfp-mlops-trainjob-launcher", "kfp-mlops-kfp-executor")),
+    *((kind, store) for store in ("kfp-mlops-redis", "kfp-mlops-postgres") for kind in
+      ("Deployment", "Service", "PersistentVolumeClaim", "NetworkPolicy", "AuthorizationPolicy")),
+}  # fmt: skip
+FEAST_STORES = {"kfp-mlops-redis": 6379, "kfp-mlops-postgres": 5432}
+TRITON_GRPC_PORT = int(DeployConfig().triton_url.rsplit(":", 1)[1])  # the deploy step drives Triton over gRPC only
+SEAWEEDFS_S3_PORT = 8333
+
+# Kubeflow's mesh-wide deny: kubeflow/manifests common/istio/istio-install/base/deny_all_authorizationpolicy.yaml.
+GLOBAL_DENY_ALL = {
+    "apiVersion": "security.istio.io/v1beta1", "kind": "AuthorizationPolicy",
+    "metadata": {"name": "global-deny-all", "namespace": "istio-system"}, "spec": {},
+}  # fmt: skip
+
+
+def ns_owner_access_istio(namespace: str) -> dict[str, Any]:
+    """The AuthorizationPolicy the profile controller puts in each profile namespace (kubeflow/dashboard
+    components/profile-controller/controllers/profile_controller.go, getAuthorizationPolicy; default principals and
+    header)."""
+    return {
+        "apiVersion": "security.istio.io/v1beta1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "ns-owner-access-istio", "namespace": namespace},
+        "spec": {"action": "ALLOW", "rules": [
+            {"when": [{"key": "request.headers[kubeflow-userid]", "values": ["user@example.com"]}],
+             "from": [{"source": {"principals": [
+                 "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
+                 "cluster.local/ns/kubeflow/sa/ml-pipeline-ui"]}}]},
+            {"when": [{"key": "source.namespace", "values": [namespace]}]},
+            {"to": [{"operation": {"paths": ["/healthz", "/metrics", "/wait-for-drain"]}}]},
+            {"from": [{"source": {"principals": ["cluster.local/ns/kubeflow/sa/notebook-controller-service-account"]}}],
+             "to": [{"operation": {"methods": ["GET"], "paths": ["*/api/kernels"]}}]},
+        ]},
+    }  # fmt: skip
+
+
+# KFP's SeaweedFS, in kubeflow: the pods' labels (third-party/seaweedfs/base/seaweedfs/seaweedfs-deployment.yaml),
+# its NetworkPolicy (seaweedfs-networkpolicy.yaml) and Istio policy (third-party/seaweedfs/istio/
+# istio-authorization-policy.yaml), kubeflow/pipelines 2.17.0 manifests/kustomize (2.15.0 lacks the last ingress rule).
+SEAWEEDFS_POD_LABELS = {"app": "seaweedfs", "application-crd-id": "kubeflow-pipelines"}
+SEAWEEDFS_UPSTREAM = [
+    {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "seaweedfs", "namespace": PIPELINES_NAMESPACE},
+        "spec": {
+            "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["seaweedfs"]}]},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"namespaceSelector": {"matchExpressions": [
+                    {"key": "app.kubernetes.io/part-of", "operator": "In", "values": ["kubeflow-profile"]}]}}],
+                 "ports": [{"port": SEAWEEDFS_S3_PORT}]},
+                {"from": [{"namespaceSelector": {"matchExpressions": [
+                    {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["istio-system"]}]}}]},
+                {"from": [{"podSelector": {}}], "ports": [{"port": SEAWEEDFS_S3_PORT}]},
+            ],
+        },
+    },
+    {
+        "apiVersion": "security.istio.io/v1beta1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "seaweedfs-service", "namespace": PIPELINES_NAMESPACE},
+        "spec": {"action": "ALLOW", "selector": {"matchLabels": {"app": "seaweedfs"}}, "rules": [
+            {"from": [{"source": {"principals": ["cluster.local/ns/kubeflow/sa/ml-pipeline"]}}]},
+            {"from": [{"source": {"principals": ["cluster.local/ns/kubeflow/sa/ml-pipeline-ui"]}}]},
+            {},
+        ]},
+    },
+]  # fmt: skip
+# The prefixes of bucket mlpipeline a profile's own credentials may read and write (kubeflow/pipelines
+# manifests/kustomize/base/installs/multi-user/pipelines-profile-controller/sync.py, put_user_policy, 2.15.0-2.17.0),
+# and the one the retention lifecycle rule expires (upsert_lifecycle_policy, Filter Prefix "private-artifacts").
+PROFILE_PREFIXES = ("artifacts/", "private-artifacts/{ns}/", "private/{ns}/", "shared/")
+EXPIRING_PREFIX = "private-artifacts"
+PROFILE_PIPELINE_ROOT = "minio://mlpipeline/private-artifacts/{ns}/v2/artifacts"  # sync.py, kfp-launcher
+
+
+class Caller:
+    """A pod that connects: its namespace (labels), its labels, its mTLS identity (None: no sidecar, plain text)."""
+
+    def __init__(self, name: str, namespace: str, labels: dict[str, str], account: str | None, profile: bool = True):
+        self.name, self.namespace, self.labels = name, namespace, labels
+        self.principal = f"cluster.local/ns/{namespace}/sa/{account}" if account else None
+        # Labels the profile controller sets on a profile namespace (kubeflow/manifests
+        # applications/profiles/upstream/base/namespace-labels.yaml; istio-injection: profile_controller.go).
+        profile_labels = {"app.kubernetes.io/part-of": "kubeflow-profile", "istio-injection": "enabled"}
+        self.namespace_labels = namespace_labels(namespace, profile_labels if profile else {})
+
+
+def pipeline_pod(namespace: str) -> Caller:
+    """A KFP pipeline pod: no sidecar (KFP sets sidecar.istio.io/inject: "false" on every template,
+    backend/src/apiserver/template/v2_template.go), run by kfp-mlops-runner."""
+    labels = {"pipelines.kubeflow.org/v2_component": "true", "workflows.argoproj.io/workflow": "run-x"}
+    return Caller(f"pipeline pod of {namespace}", namespace, labels, account=None)
+
+
+def notebook(namespace: str) -> Caller:
+    """A Kubeflow notebook of the profile (meshed: sidecar, mTLS as default-editor), e.g. running predict."""
+    return Caller(f"notebook of {namespace}", namespace, {"notebook-name": "nb"}, account="default-editor")
+
+
+def _base_name(document: dict[str, Any]) -> str:
+    name = document["metadata"]["name"]
+    return re.sub(r"-[a-z0-9]{10}$", "", name) if document["kind"] == "ConfigMap" else name  # kustomize's hash
+
+
+def _pod_labels(docs: list[dict[str, Any]], deployment: str) -> dict[str, str]:
+    return one(docs, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"]
+
+
+def placement_problems(docs: list[dict[str, Any]], namespace: str) -> list[str]:
+    problems = []
+    for document in docs:
+        key = (document["kind"], _base_name(document))
+        expected = ELSEWHERE.get(key, namespace)
+        if document["metadata"].get("namespace") != expected:
+            problems.append(
+                f"placement: {key[0]} {key[1]} is in {document['metadata'].get('namespace')}, not {expected}"
+            )
+    missing = IN_PROFILE - {
+        (d["kind"], d["metadata"]["name"]) for d in docs if d["metadata"].get("namespace") == namespace
+    }
+    problems += [f"placement: {kind} {name} missing from {namespace}" for kind, name in sorted(missing)]
+    for binding in (d for d in docs if d["kind"] == "RoleBinding"):
+        if {s.get("namespace") for s in binding["subjects"]} != {namespace}:
+            problems.append(f"placement: RoleBinding {binding['metadata']['name']} binds accounts outside {namespace}")
+    return problems
+
+
+def runner_problems(docs: list[dict[str, Any]], namespace: str) -> list[str]:
+    """What kfp-mlops-runner may do in the profile namespace: the Roles bound to it there, checked against what the
+    TrainJob launcher (trainjob.py) and KFP's executor (runner/kfp-executor.yaml) call."""
+    account = {"kind": "ServiceAccount", "name": "kfp-mlops-runner", "namespace": namespace}
+    bound = {
+        b["roleRef"]["name"] for b in docs
+        if b["kind"] == "RoleBinding" and b["metadata"]["namespace"] == namespace and b["roleRef"]["kind"] == "Role"
+        and account in b["subjects"]
+    }  # fmt: skip
+    rules = [
+        rule for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == namespace
+        and d["metadata"]["name"] in bound for rule in d["rules"]
+    ]  # fmt: skip
+
+    def allowed(group: str, resource: str, verb: str, name: str | None = None) -> bool:
+        return any(
+            group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+            and (not r.get("resourceNames") or name in r["resourceNames"])
+            for r in rules
+        )  # fmt: skip
+
+    needed = [(trainjob.GROUP, trainjob.PLURAL, verb, None) for verb in sorted(trainjob_verbs())]
+    needed += [
+        ("", "pods", "get", None), ("", "configmaps", "get", "kfp-launcher"),
+        ("", "secrets", "get", "mlpipeline-minio-artifact"), ("argoproj.io", "workflows", "get", None),
+        ("argoproj.io", "workflowtaskresults", "create", None), ("argoproj.io", "workflowtaskresults", "patch", None),
+    ]  # fmt: skip
+    return [
+        f"runner: kfp-mlops-runner cannot {verb} {resource}.{group or 'core'}{f' {name}' if name else ''}"
+        for group, resource, verb, name in needed
+        if not allowed(group, resource, verb, name)
+    ]
+
+
+def trainjob_pod_problems(docs: list[dict[str, Any]]) -> list[str]:
+    runtime = one(docs, "ClusterTrainingRuntime", "torch-distributed")
+    problems = []
+    for job in runtime["spec"]["template"]["spec"]["replicatedJobs"]:
+        labels = (job["template"]["spec"]["template"].get("metadata") or {}).get("labels") or {}
+        if not ISTIO_OPT_OUT.items() <= labels.items():
+            problems.append(f"TrainJob pods of replicated job {job['name']} get an Istio sidecar (no {ISTIO_OPT_OUT})")
+    return problems
+
+
+def _reach(
+    docs: list[dict[str, Any]], caller: Caller, namespace: str, labels: dict[str, str], port: int,
+    meshed_policies: list[dict[str, Any]], expect: tuple[bool, bool], what: str, protocol: str,
+) -> list[str]:  # fmt: skip
+    """Whether NetworkPolicy and Istio (the target meshed, with ``meshed_policies`` beside ours) each admit
+    ``caller`` as expected."""
+    network = network_policies_admit(
+        docs, to_namespace=namespace, to_labels=labels, port=port, from_namespace=caller.namespace,
+        from_namespace_labels=caller.namespace_labels, from_labels=caller.labels,
+    )  # fmt: skip
+    mesh = istio_allows(
+        docs + meshed_policies, to_namespace=namespace, to_labels=labels, port=port, principal=caller.principal,
+        protocol=protocol,
+    )  # fmt: skip
+    verdict = {True: "admits", False: "refuses"}
+    return [
+        f"{what}:{port} from {caller.name}: {layer} {verdict[got]} it"
+        for layer, got, wanted in (("NetworkPolicy", network, expect[0]), ("Istio", mesh, expect[1]))
+        if got != wanted
+    ]
+
+
+def store_access_problems(docs: list[dict[str, Any]], namespace: str) -> list[str]:
+    """The Feast stores, meshed in the profile namespace (Kubeflow's deny-all and the profile's own policy beside
+    ours): reached by the profile's pipeline pods (plain text) and notebooks (mTLS); not by another profile's pods.
+    Istio cannot tell a plain-text caller's namespace: for those the NetworkPolicy is the fence."""
+    kubeflow_policies = [GLOBAL_DENY_ALL, ns_owner_access_istio(namespace)]
+    problems = []
+    for store, port in FEAST_STORES.items():
+        labels = _pod_labels(docs, store)
+        for caller, expect in (
+            (pipeline_pod(namespace), (True, True)),
+            (notebook(namespace), (True, True)),
+            (pipeline_pod(OTHER_PROFILE), (False, True)),
+            (notebook(OTHER_PROFILE), (False, False)),
+        ):
+            problems += _reach(docs, caller, namespace, labels, port, kubeflow_policies, expect, store, "tcp")
+        # nothing but the store's own port
+        problems += _reach(docs, pipeline_pod(namespace), namespace, labels, port + 1, kubeflow_policies,
+                           (False, False), store, "tcp")  # fmt: skip
+    return problems
+
+
+def triton_access_problems(docs: list[dict[str, Any]], namespace: str) -> list[str]:
+    """Triton's gRPC port from the profile's deploy step (a pipeline pod): its NetworkPolicy admits it, and, were
+    kfp-mlops-serving meshed (under Kubeflow's deny-all), our AuthorizationPolicy would too; mTLS callers of other
+    namespaces would not get through Istio."""
+    labels = _pod_labels(docs, "triton")
+    problems = []
+    for caller, expect in (
+        (pipeline_pod(namespace), (True, True)),
+        (notebook(namespace), (True, True)),
+        (notebook(OTHER_PROFILE), (True, False)),
+    ):
+        problems += _reach(
+            docs, caller, SERVING_NAMESPACE, labels, TRITON_GRPC_PORT, [GLOBAL_DENY_ALL], expect, "triton", "grpc"
+        )
+    return problems
+
+
+def object_store_problems(docs: list[dict[str, Any]], namespace: str) -> list[str]:
+    """Triton reads its model repository from KFP's SeaweedFS (KFP's policies there beside ours), under a prefix the
+    profile's credentials may write, that no other profile may write and that does not expire."""
+    triton = Caller("triton", SERVING_NAMESPACE, _pod_labels(docs, "triton"), account=None, profile=False)
+    other = Caller("another pod of kfp-mlops-serving", SERVING_NAMESPACE, {"app": "other"}, account=None, profile=False)
+    problems = []
+    for caller, expect in ((triton, (True, True)), (other, (False, True)), (pipeline_pod(namespace), (True, True))):
+        policies = [GLOBAL_DENY_ALL, SEAWEEDFS_UPSTREAM[1]]
+        problems += _reach(docs + SEAWEEDFS_UPSTREAM[:1], caller, PIPELINES_NAMESPACE, SEAWEEDFS_POD_LABELS,
+                           SEAWEEDFS_S3_PORT, policies, expect, "seaweedfs", "http")  # fmt: skip
+    repository = one(
+        docs, "ConfigMap", next(d["metadata"]["name"] for d in docs if _base_name(d) == "triton-model-repository")
+    )
+    url = repository["data"]["MODEL_REPOSITORY"]
+    match = TRITON_S3_ENDPOINT_PATH.fullmatch(url)
+    if not match:
+        return [*problems, f"model repository {url}: Triton would not read it as s3://host:port/bucket/path"]
+    host, port, bucket, key = match.group(2), int(match.group(3)), match.group(4), match.group(5).lstrip("/") + "/"
+    if (host, port, bucket) != (f"seaweedfs.{PIPELINES_NAMESPACE}.svc.cluster.local", SEAWEEDFS_S3_PORT, "mlpipeline"):
+        problems.append(f"model repository {url}: not KFP's SeaweedFS bucket mlpipeline on its S3 port")
+    allowed = [prefix.format(ns=namespace) for prefix in PROFILE_PREFIXES]
+    own = [prefix for prefix in allowed if f"/{namespace}/" in f"/{prefix}"]  # the profile's own prefixes
+    if not any(key.startswith(prefix) for prefix in own) or key.startswith(EXPIRING_PREFIX):
+        problems.append(f"model repository {url}: not under the profile's own, lasting prefix private/{namespace}/")
+    return problems
+
+
+def profile_problems(docs: list[dict[str, Any]], namespace: str = PROFILE_NAMESPACE) -> list[str]:
+    return [
+        *placement_problems(docs, namespace),
+        *runner_problems(docs, namespace),
+        *trainjob_pod_problems(docs),
+        *store_access_problems(docs, namespace),
+        *triton_access_problems(docs, namespace),
+        *object_store_problems(docs, namespace),
+    ]
+
+
+def test_profile_overlay_puts_each_object_where_a_kubeflow_profile_needs_it_and_admits_the_runs(rendered):
+    assert profile_problems(rendered[PROFILE]) == []
+
+
+def test_kubeflows_own_istio_policies_refuse_the_sidecar_less_pipeline_pods_which_is_why_the_overlay_has_its_own(
+    rendered,
+):
+    """Without our AuthorizationPolicies, Kubeflow's deny-all and the profile's ns-owner-access-istio admit the
+    profile's notebooks (mTLS, source.namespace) but not its pipeline pods (plain text) to a meshed store."""
+    docs = [d for d in rendered[PROFILE] if d["kind"] != "AuthorizationPolicy"]
+    kubeflow_policies = [GLOBAL_DENY_ALL, ns_owner_access_istio(PROFILE_NAMESPACE)]
+    labels = _pod_labels(docs, "kfp-mlops-redis")
+    common = {"to_namespace": PROFILE_NAMESPACE, "to_labels": labels, "port": FEAST_STORES["kfp-mlops-redis"]}
+    assert not istio_allows(docs + kubeflow_policies, principal=pipeline_pod(PROFILE_NAMESPACE).principal, **common)
+    assert istio_allows(docs + kubeflow_policies, principal=notebook(PROFILE_NAMESPACE).principal, **common)
+
+
+def _move(kind: str, name: str, namespace: str) -> Any:
+    return lambda docs: one(docs, kind, name)["metadata"].update(namespace=namespace)
+
+
+def _rules(docs: list[dict[str, Any]], kind: str, name: str) -> list[dict[str, Any]]:
+    return one(docs, kind, name)["spec"]["rules" if kind == "AuthorizationPolicy" else "ingress"]
+
+
+def _set_repository(url: str) -> Any:
+    def mutate(docs: list[dict[str, Any]]) -> None:
+        (repository,) = [d for d in docs if _base_name(d) == "triton-model-repository"]
+        repository["data"]["MODEL_REPOSITORY"] = url
+
+    return mutate
+
+
+SEAWEEDFS_URL = "s3://seaweedfs.kubeflow.svc.cluster.local:8333/mlpipeline"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "problem"),
+    [
+        (_move("Service", "kfp-mlops-redis", PIPELINES_NAMESPACE),
+         r"placement: Service kfp-mlops-redis is in kubeflow"),
+        (_move("NetworkPolicy", "seaweedfs-from-kfp-mlops-triton", PROFILE_NAMESPACE),
+         r"placement: NetworkPolicy seaweedfs-from-kfp-mlops-triton is in team-ml, not kubeflow"),
+        (lambda docs: one(docs, "RoleBinding", "kfp-mlops-trainjob-launcher")["subjects"][0].update(
+            namespace=PIPELINES_NAMESPACE),
+         r"placement: RoleBinding kfp-mlops-trainjob-launcher binds accounts outside"),
+        (lambda docs: docs.remove(one(docs, "AuthorizationPolicy", "kfp-mlops-postgres")),
+         r"AuthorizationPolicy kfp-mlops-postgres missing from team-ml"),
+        (lambda docs: one(docs, "Role", "kfp-mlops-trainjob-launcher")["rules"][0].update(apiGroups=["kubeflow.org"]),
+         r"runner: kfp-mlops-runner cannot create trainjobs.trainer.kubeflow.org"),
+        (lambda docs: one(docs, "Role", "kfp-mlops-trainjob-launcher")["rules"][0].update(verbs=["get", "create"]),
+         r"runner: kfp-mlops-runner cannot delete trainjobs"),
+        (lambda docs: one(docs, "ClusterTrainingRuntime", "torch-distributed")["spec"]["template"]["spec"][
+            "replicatedJobs"][0]["template"]["spec"]["template"].pop("metadata"),
+         r"TrainJob pods of replicated job node get an Istio sidecar"),
+        (lambda docs: _rules(docs, "NetworkPolicy", "kfp-mlops-redis")[0].update({"from": [{"namespaceSelector": {}}]}),
+         r"kfp-mlops-redis:6379 from pipeline pod of team-other: NetworkPolicy admits it"),
+        (lambda docs: _rules(docs, "NetworkPolicy", "kfp-mlops-postgres")[0].update(
+            {"from": [{"podSelector": {"matchLabels": {"app": "feast"}}}]}),
+         r"kfp-mlops-postgres:5432 from pipeline pod of team-ml: NetworkPolicy refuses it"),
+        (lambda docs: _rules(docs, "AuthorizationPolicy", "kfp-mlops-redis").pop(0),
+         r"kfp-mlops-redis:6379 from pipeline pod of team-ml: Istio refuses it"),
+        (lambda docs: _rules(docs, "AuthorizationPolicy", "kfp-mlops-postgres")[1]["from"][0]["source"].update(
+            namespaces=[OTHER_PROFILE]),
+         r"kfp-mlops-postgres:5432 from notebook of team-other: Istio admits it"),
+        (lambda docs: _rules(docs, "AuthorizationPolicy", "kfp-mlops-redis")[0].update(
+            to=[{"operation": {"ports": ["6379"], "methods": ["GET"]}}]),
+         r"kfp-mlops-redis:6379 from pipeline pod of team-ml: Istio refuses it"),  # an HTTP-only field on TCP
+        (lambda docs: _rules(docs, "AuthorizationPolicy", "kfp-mlops-redis")[0].pop("to"),
+         r"kfp-mlops-redis:6380 from pipeline pod of team-ml: Istio admits it"),
+        (lambda docs: _rules(docs, "AuthorizationPolicy", "triton-from-profile")[0]["to"][0]["operation"].update(
+            ports=["8000"]),
+         r"triton:8001 from pipeline pod of team-ml: Istio refuses it"),
+        (lambda docs: _rules(docs, "NetworkPolicy", "seaweedfs-from-kfp-mlops-triton")[0]["from"][0].pop("podSelector"),
+         r"seaweedfs:8333 from another pod of kfp-mlops-serving: NetworkPolicy admits it"),
+        (lambda docs: docs.remove(one(docs, "NetworkPolicy", "seaweedfs-from-kfp-mlops-triton")),
+         r"seaweedfs:8333 from triton: NetworkPolicy refuses it"),
+        (_set_repository(f"{SEAWEEDFS_URL}/kfp-mlops-models"), r"not under the profile's own, lasting prefix"),
+        (_set_repository(f"{SEAWEEDFS_URL}/private-artifacts/team-ml/models"), r"not under the profile's own, lasting"),
+        (_set_repository(f"{SEAWEEDFS_URL}/shared/kfp-mlops-models"), r"not under the profile's own, lasting prefix"),
+        (_set_repository("s3://minio-service.kubeflow.svc.cluster.local:9000/mlpipeline/private/team-ml/m"),
+         r"not KFP's SeaweedFS bucket mlpipeline"),
+    ],
+    ids=[
+        "store-outside-profile", "seaweedfs-policy-in-profile", "binding-subject-elsewhere", "policy-missing",
+        "role-wrong-group", "role-without-delete", "trainjob-sidecar", "store-network-any-namespace",
+        "store-network-misses-pipeline-pods", "store-istio-no-plain-text", "store-istio-other-namespace",
+        "store-istio-http-field-on-tcp", "store-istio-any-port", "triton-istio-wrong-port",
+        "seaweedfs-whole-namespace", "seaweedfs-policy-missing", "repository-outside-prefixes",
+        "repository-expiring", "repository-shared", "repository-old-endpoint",
+    ],
+)  # fmt: skip
+def test_each_profile_rule_fails_when_the_overlay_breaks_it(rendered, mutate, problem):
+    docs = copy.deepcopy(rendered[PROFILE])
+    mutate(docs)
+    problems = profile_problems(docs)
+    assert any(re.search(problem, p) for p in problems), problems
+
+
+def test_profile_namespace_is_set_in_one_place_and_everything_that_names_it_follows(tmp_path):
+    copied = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, copied)
+    kustomization = copied / PROFILE / "namespace" / "kustomization.yaml"
+    text = kustomization.read_text()
+    assert text.count(f"namespace: {PROFILE_NAMESPACE}") == 1, "the one place"
+    kustomization.write_text(text.replace(f"namespace: {PROFILE_NAMESPACE}", "namespace: team-b"))
+    rendered_text = kustomize(copied / PROFILE)
+    assert profile_problems(documents(rendered_text), "team-b") == []
+    assert PROFILE_NAMESPACE not in rendered_text and "PROFILE_NAMESPACE" not in rendered_text
+    for source in (copied / PROFILE).rglob("*"):  # the default is written nowhere else (comments aside)
+        if source.is_file() and source != kustomization:
+            assert PROFILE_NAMESPACE not in re.sub(r"#.*", "", source.read_text()), source
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda spec: spec["rules"][0]["from"][0]["source"].update(notPrincipal=["*"]), r"notPrincipal"),
+        (lambda spec: spec["rules"][0]["to"][0]["operation"].update(ports=[6379]), r"6379 is not of type 'string'"),
+        (lambda spec: spec.update(action="allow"), r"'allow' is not one of"),
+        (lambda spec: spec.update(targetRef={"kind": "Service", "name": "kfp-mlops-redis"}), r"only one of targetRefs"),
+        (lambda spec: spec["rules"][0]["from"][0]["source"].update(serviceAccounts=["team-ml/x"]),
+         r"cannot set serviceAccounts with namespaces or principals"),
+        (lambda spec: spec["selector"]["matchLabels"].update(app="*"), r"no wildcard"),
+    ],
+    ids=["misspelled-field", "port-not-a-string", "action-enum", "selector-and-targetref", "serviceaccounts-cel",
+         "wildcard-label"],
+)  # fmt: skip
+def test_authorization_policy_validation_rejects_what_the_istio_crd_would(rendered, mutate, message):
+    policy = copy.deepcopy(one(rendered[PROFILE], "AuthorizationPolicy", "kfp-mlops-redis"))
+    validate_document(policy)
+    mutate(policy["spec"])
+    with pytest.raises(ValueError, match=message):
+        validate_document(policy)
+
+
+def test_the_offline_evaluators_refuse_what_they_do_not_model_and_match_selectors_like_kubernetes():
+    policy = {"kind": "AuthorizationPolicy", "metadata": {"name": "p", "namespace": "n"},
+              "spec": {"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/8"]}}]}]}}  # fmt: skip
+    with pytest.raises(NotImplementedError, match="ipBlocks"):
+        istio_allows([policy], to_namespace="n", to_labels={}, port=1, principal=None)
+    expression = {"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["x"]}]}
+    assert selector_matches(expression, {}) and selector_matches(expression, {"a": "y"})
+    assert not selector_matches(expression, {"a": "x"}) and selector_matches(None, {"a": "x"})
+
+
+def test_readme_gives_the_profile_prefixes_pipeline_root_and_upstream_sources():
+    section = README.split("## Multi-user Kubeflow (profiles)", 1)[1].split("\n## ", 1)[0]
+    for prefix in PROFILE_PREFIXES:
+        assert f"mlpipeline/{prefix.format(ns='<ns>')}" in section, prefix
+    assert PROFILE_PIPELINE_ROOT.format(ns="<ns>") in section
+    for source in ("sync.py", "seaweedfs-networkpolicy.yaml", "deny_all_authorizationpolicy.yaml",
+                   "v2_template.go", "profile_controller.go"):  # fmt: skip
+        assert source in section, source
+    assert "kubectl apply -k manifests/overlays/profile" in section
 
 
 # --- GPU node pool examples ---------------------------------------------------------------------------------------
@@ -516,3 +976,26 @@ def test_every_accepted_checkov_finding_still_occurs_and_is_in_the_readme(checko
     assert readme_ids == set(ACCEPTED)
     for entry in ACCEPTED.values():
         assert entry["reason"].strip() and entry["check"].strip()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda spec: spec.update(volumez=[]), r"spec has unknown fields \['volumez'\]"),
+        (lambda spec: spec.pop("selector"), "spec.selector.matchLabels is required"),
+        (lambda spec: spec["volumeMounts"][0].update(name="other"), r"volumes it does not define: \['other'\]"),
+        (lambda spec: spec["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"].update(audiance="x"),
+         "audiance"),
+    ],
+)  # fmt: skip
+def test_pod_default_validation_rejects_what_the_crd_would(rendered, mutate, message):
+    """The profile overlay's PodDefault (the retraining step's KFP API token) validates; a broken copy does not."""
+    (pod_default,) = [d for d in rendered[Path("overlays/profile")] if d["kind"] == "PodDefault"]
+    validate_document(pod_default)
+    assert pod_default["spec"]["selector"]["matchLabels"] == {"kfp-mlops.io/pipelines-api-token": "true"}
+    (source,) = pod_default["spec"]["volumes"][0]["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    broken = copy.deepcopy(pod_default)
+    mutate(broken["spec"])
+    with pytest.raises(Exception, match=message):
+        validate_document(broken)
