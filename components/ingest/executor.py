@@ -7,7 +7,7 @@ from typing import Any
 
 from kfp_mlops.components.ingest.core import IngestResult, ingest, render_summary
 from kfp_mlops.components.shared import runs, storage
-from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, write_text_atomically
+from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
 from kfp_mlops.components.shared.splits import SplitPaths
 
@@ -29,6 +29,8 @@ def run(
     pipeline_config = load_config(config, data_source=data_source)
     storage.check_access(runs.checkpoint_dir(run_id, pipeline_root, pipeline_config.train.checkpoint_dir))
     result = ingest(pipeline_config, SplitPaths(train.path, validation.path, test.path))
+    for warning in result.warnings:  # before any training: the console shows a step's [ingest] lines
+        print(f"[ingest] warning: {warning}")
     publish(result, pipeline_config, {"train": train, "validation": validation, "test": test}, metrics, summary)
     return pipeline_config.to_yaml()
 
@@ -38,7 +40,7 @@ def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, An
     schema = config.schema_
     for name, artifact in datasets.items():
         metadata = dataset_metadata(schema, result.rows[name], result.features, result.categorical, result.content_hash)
-        artifact.metadata.update(metadata | {"statistics": result.statistics[name]})
+        update_metadata(artifact, metadata | {"statistics": result.statistics[name]})
     log_metrics(
         metrics,
         {
@@ -50,4 +52,5 @@ def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, An
     )
     metrics.metadata["content_hash"] = result.content_hash
     metrics.metadata["missing_by_column"] = {name: count for name, count in result.missing.items() if count}
+    metrics.metadata["warnings"] = result.warnings
     write_text_atomically(summary.path, render_summary(result, config))
