@@ -7,7 +7,7 @@ from typing import Any
 
 from kfp_mlops.components.drift.core import check_drift
 from kfp_mlops.components.shared import outcomes
-from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
+from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.model_package import read_model_config
@@ -72,7 +72,7 @@ def report(pipeline_root: str, run_id: str, state: str, error: str, outcome: Any
     facts = outcomes.read_all(pipeline_root, run_id)
     text = render_outcome(facts, state, error)
     write_text_atomically(outcome.path, text)
-    outcome.metadata.update({"state": state, **{f"{step}": facts[step] for step in facts}})
+    update_metadata(outcome, {"state": state, **{f"{step}": facts[step] for step in facts}})
     print("[outcome] " + " | ".join(line.removeprefix("- ") for line in text.splitlines() if line.startswith("- ")))
 
 

@@ -50,7 +50,7 @@ def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, An
             **{f"rows_{name}": rows for name, rows in result.rows.items()},
         },
     )
-    metrics.metadata["content_hash"] = result.content_hash
-    metrics.metadata["missing_by_column"] = {name: count for name, count in result.missing.items() if count}
-    metrics.metadata["warnings"] = result.warnings
+    missing = {name: count for name, count in result.missing.items() if count}
+    update_metadata(metrics, {"content_hash": result.content_hash, "missing_by_column": missing,
+                              "warnings": result.warnings})  # fmt: skip
     write_text_atomically(summary.path, render_summary(result, config))

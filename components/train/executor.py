@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from kfp_mlops.components.shared import runs
-from kfp_mlops.components.shared.artifacts import log_metrics
+from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.train import core
 
@@ -25,13 +25,14 @@ def prepare(
     checkpoint_dir = runs.checkpoint_dir(run_id, pipeline_root, pipeline_config.train.checkpoint_dir)
     prepared = core.prepare(pipeline_config, train_data.path, validation_data.path, training_data.path,
                             int(gpus_per_node), checkpoint_dir)  # fmt: skip
-    training_data.metadata.update(
+    update_metadata(
+        training_data,
         {
             "rows": prepared.rows,
             "features": prepared.preprocessing.features,
             "classes": prepared.preprocessing.classes,
             "content_hash": train_data.metadata.get("content_hash", ""),
-        }
+        },
     )
 
 
@@ -65,7 +66,8 @@ def run(
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     }
     log_metrics(metrics, summary)
-    model.metadata.update(
+    update_metadata(
+        model,
         {
             "framework": "pytorch+deepspeed",
             "format": "onnx",
@@ -78,5 +80,5 @@ def run(
             "zero_stage": result.metrics["zero_stage"],
             "world_size": result.metrics["world_size"],
             "batching": result.batching.as_dict() if result.batching else {},
-        }
+        },
     )
