@@ -199,8 +199,10 @@ def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: Mod
         for c in evaluation.per_class:
             cells = (_cell(v) for v in (c.precision, c.recall, c.f1, c.roc_auc))
             lines.append(f"| {c.name} | {c.support} | {c.predicted} | " + " | ".join(cells) + " |")
+        lines.append("\n– : undefined (a class with no test rows, or precision of a class never predicted, which the "
+                     "macro precision counts as 0).")  # fmt: skip
         if evaluation.absent:
-            lines.append(f"\nNo test rows (left out of the averages): {', '.join(evaluation.absent)}.")
+            lines.append(f"No test rows (left out of the averages): {', '.join(evaluation.absent)}.")
     if evaluation.baseline:
         recorded = f" (model {evaluation.baseline.get('model', '?')}, scored on {evaluation.baseline['scored_on']})"
     else:
