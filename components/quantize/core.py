@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from kfp_mlops.components.shared import model_package as package
 from kfp_mlops.components.shared.config import PipelineConfig
-from kfp_mlops.components.shared.metrics import class_indices, compute_metrics, gate_failure
+from kfp_mlops.components.shared.metrics import WEIGHTED, class_indices, compute_metrics, gate_failure
 from kfp_mlops.components.shared.splits import read_split
 
 CANDIDATES = ("fp32", "int8_dynamic", "int8_static", "fp16")
@@ -38,7 +38,7 @@ QUANTIZED_OPS = ["MatMul", "Gemm"]  # the network's weights; preprocessing and l
 THROUGHPUT_BATCH = 64
 CALIBRATION_BATCH = 64
 DROPPED_FILES = (package.WEIGHTS_FILE,)  # fp32 PyTorch weights: not what the quantized package serves
-HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "f1", "roc_auc")
+HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "f1", "roc_auc", *WEIGHTED)
 
 
 class QuantizationBudgetError(RuntimeError):
