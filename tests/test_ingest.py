@@ -346,10 +346,23 @@ def test_stratum_counts_keep_a_training_row_and_skip_classes_too_small_to_split(
     assert stratum_counts(4, big) == (1, 2)
 
 
-def test_a_class_with_rows_only_outside_train_fails_at_ingest_naming_it(tmp_path):
+def test_a_class_with_rows_only_outside_train_is_warned_at_ingest_and_refused_by_training(tmp_path):
+    """Ingest warns (the monitoring pipeline's drift check needs no label); prepare-training, on CPU before any GPU,
+    refuses the data naming the class; split.stratify puts rows of it into train."""
+    from kfp_mlops.components.train.core import prepare
+
     table = weather.make_table()
-    late = pc.greater_equal(table["event_timestamp"], pa.scalar(table["event_timestamp"][-1].as_py()))
+    late = pc.greater_equal(table["event_timestamp"], pa.scalar(table["event_timestamp"][-18].as_py()))  # 18 days
     relabelled = _set(table, "weather", pc.if_else(late, "hail", table["weather"]))
     source = write_parquet(tmp_path / "d.parquet", relabelled)
-    with pytest.raises(InputError, match=r"class 'hail' has no rows in the train split \(6 in test\).*stratify"):
-        ingest(weather_config(source), outputs(tmp_path))
+    result = ingest(weather_config(source), outputs(tmp_path))
+    assert result.warnings[0] == (
+        "split: class 'hail' of 'weather' has no rows in the train split (108 in test): training will refuse the data "
+        "(the model cannot learn a class it never saw); set split.stratify: true to keep every class in every split, "
+        "or remove those rows"
+    )
+    paths = outputs(tmp_path)
+    with pytest.raises(InputError, match=r"validation split: label 'hail' in column 'weather' does not occur"):
+        prepare(weather_config(source), paths.train, paths.test, str(tmp_path / "prepared"))
+    stratified = ingest(weather_config(source, stratify=True), outputs(tmp_path / "s"))
+    assert not any("'hail'" in warning for warning in stratified.warnings)

@@ -360,28 +360,29 @@ def _split_stratified(table: pa.Table, schema: SchemaConfig, config: SplitConfig
 
 
 def class_coverage_warnings(splits: dict[str, pa.Table], label: str, config: SplitConfig) -> list[str]:
-    """One warning per label class with no rows in validation or test (train always has every class: ingest
-    refuses a class found only outside train). It names what happens: the class is left out of that split's
-    averaged metrics (precision/recall/F1 macro, ROC AUC one-vs-rest), and how to keep it in every split."""
+    """One warning per label class missing from a split, saying what follows. Missing from validation or test: the
+    class is left out of that split's averaged metrics (precision/recall/F1 macro, ROC AUC one-vs-rest). Missing
+    from train (found only later): training refuses the data, since the model cannot learn the class (a warning
+    here, not an error: the monitoring pipeline's drift check, which needs no label, still runs on such a window)."""
     counts = {name: dict(Counter(part[label].to_pylist())) for name, part in splits.items()}
     warnings = []
     for value in sorted({v for c in counts.values() for v in c}, key=lambda v: (str(type(v)), v)):
         where = {name: counts[name].get(value, 0) for name in SPLITS}
-        if where["train"] == 0:
-            found = ", ".join(f"{rows} in {name}" for name, rows in where.items() if rows)
-            raise InputError(
-                f"column {label!r}: class {value!r} has no rows in the train split ({found}): the model cannot learn "
-                f"it; {'add rows of it' if config.stratify else 'set split.stratify: true, add rows of it'} or "
-                "remove them"
-            )
-        absent = [name for name in ("validation", "test") if where[name] == 0]
-        if not absent:
-            continue
         remedy = (
             f"it has fewer than {MIN_STRATUM} {'rows' if config.by == 'time' else 'entities'} to reach every split"
             if config.stratify
             else "set split.stratify: true to keep every class in every split"
         )
+        if where["train"] == 0:
+            found = ", ".join(f"{rows} in {name}" for name, rows in where.items() if rows)
+            warnings.append(
+                f"split: class {value!r} of {label!r} has no rows in the train split ({found}): training will refuse "
+                f"the data (the model cannot learn a class it never saw); {remedy}, or remove those rows"
+            )
+            continue
+        absent = [name for name in ("validation", "test") if where[name] == 0]
+        if not absent:
+            continue
         warnings.append(
             f"split: class {value!r} of {label!r} has no rows in the {' and '.join(absent)} split "
             f"({sum(where.values())} rows in all, {where['train']} in train): "

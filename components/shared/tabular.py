@@ -92,7 +92,9 @@ class Preprocessing:
             return np.array([index[v] for v in values], dtype=np.int64)
         except KeyError as missing:
             raise InputError(
-                f"{split}: label {missing.args[0]!r} in column {self.label!r} does not occur in the training split"
+                f"{split}: label {missing.args[0]!r} in column {self.label!r} does not occur in the training split: "
+                "the model cannot learn it; set split.stratify: true to put rows of every class into train, or "
+                "remove those rows"
             ) from None
 
     def save(self, directory: str | Path) -> Path:
