@@ -317,6 +317,9 @@ def test_prepare_fits_vocabularies_without_missing_values_and_maps_them_to_the_r
     assert missing.any() and (matrix[missing, 0] == 0).all() and (matrix[~missing, 0] > 0).all()
     test = p.categorical_matrix(tables["test"])  # sensor is null in every test row
     assert (test[:, 2] == 0).all()
+    # nulls in the train split only: the rows scored later have every category, each its own index
+    complete_test = tables["test"].filter(pa.compute.is_valid(tables["test"]["wind_dir"]))
+    assert (p.categorical_matrix(complete_test)[:, 0] > 0).all()
     # nulls in the test split only: fitted on complete training rows, the test's gaps still take index 0
     complete = tables["train"].filter(pa.compute.is_valid(tables["train"]["wind_dir"]))
     fitted = Preprocessing.fit(complete, p.features, p.categorical, p.label)
