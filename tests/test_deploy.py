@@ -80,6 +80,20 @@ def noisy_package(package, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def nan_package(package, tmp_path_factory) -> Path:
+    """A package whose graph answers NaN for the first class's probability (in Triton and in onnxruntime alike)."""
+
+    def poison(graph) -> None:
+        for node in graph.node:
+            node.output[:] = ["raw_probabilities" if name == "probabilities" else name for name in node.output]
+            node.input[:] = ["raw_probabilities" if name == "probabilities" else name for name in node.input]
+        graph.initializer.append(numpy_helper.from_array(np.array([np.nan, 1.0], np.float32), "poison"))
+        graph.node.append(helper.make_node("Mul", ["raw_probabilities", "poison"], ["probabilities"]))
+
+    return _edited_package(package, tmp_path_factory.mktemp("nan") / "model", poison)
+
+
+@pytest.fixture(scope="module")
 def validation(ingested) -> str:
     return ingested[1].validation
 
@@ -296,6 +310,15 @@ def test_a_version_that_fails_to_load_or_is_not_ready_in_time_rolls_back(server,
     time.sleep(3)
     assert not {"LOADING", "READY"} & set(states(server, f"{name}-candidate").values())
     assert ready_versions(server, name) == {"1"}
+
+
+def test_a_model_answering_nan_fails_verification_instead_of_matching_its_own_nan(
+    server, repository, nan_package, validation
+):
+    """The package and Triton agree (both NaN), but a NaN is no answer: verification fails naming the rows."""
+    with pytest.raises(core.DeployError, match=r"probabilities that are not finite numbers .* rows \[0, 1, 2, 3, 4\]"):
+        core.deploy(str(nan_package), validation, settings(server, repository, "poisoned"))
+    assert ready_versions(server, "poisoned") == set() and not (repository / "poisoned").exists()
 
 
 def test_a_missed_latency_budget_rolls_back_and_leaves_nothing_on_a_first_deploy(

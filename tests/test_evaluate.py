@@ -164,3 +164,114 @@ def test_a_really_worse_model_is_not_blessed_against_the_rescored_baseline_model
     assert evaluation.baseline["scored_on"] == "this run's test split"
     assert evaluation.metrics["roc_auc"] < evaluation.baseline["metrics"]["roc_auc"] - 0.01
     assert not evaluation.blessed and "regresses more than 0.01" in evaluation.reasons[0]
+
+
+# --- multiclass metrics, undefined metrics, gates that fail closed ---------------------------------------------------
+
+
+def _five_class_scores(y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Probabilities over 5 classes that favour the true class (a fair, imperfect model)."""
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(5), len(y))
+    p[np.arange(len(y)), y] += rng.uniform(0, 0.8, len(y))
+    return p / p.sum(1, keepdims=True)
+
+
+def test_multiclass_metrics_are_macro_weighted_and_one_vs_rest_over_the_classes_present():
+    from sklearn import metrics as skm
+    from support import weather
+
+    rng = np.random.default_rng(3)
+    settings = EvaluateConfig()
+    y_all = rng.integers(0, 5, 400)  # every class present: one-vs-rest macro is scikit-learn's own
+    p_all = _five_class_scores(y_all)
+    scores = metrics.compute_metrics(y_all, p_all, settings, classes=weather.CLASSES)
+    assert scores.metrics["roc_auc"] == pytest.approx(skm.roc_auc_score(y_all, p_all, multi_class="ovr"))
+    assert scores.absent == [] and scores.undefined == {} and scores.multiclass
+    y = np.where(y_all == 3, 4, y_all)  # 'snow' (index 3) absent from the scored rows
+    p = _five_class_scores(y)
+    scores = metrics.compute_metrics(y, p, settings, classes=weather.CLASSES)
+    predicted, present = p.argmax(1), [0, 1, 2, 4]
+    assert scores.absent == ["snow"] and scores.undefined == {}
+    assert scores.metrics["accuracy"] == pytest.approx(skm.accuracy_score(y, predicted))
+    for average, suffix in (("macro", ""), ("weighted", "_weighted")):
+        for name, score in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
+            expected = score(y, predicted, labels=present, average=average, zero_division=0)
+            assert scores.metrics[name + suffix] == pytest.approx(expected), name + suffix
+    ovr = np.mean([skm.roc_auc_score(y == c, p[:, c]) for c in present])
+    assert scores.metrics["roc_auc"] == pytest.approx(ovr)
+    assert scores.metrics["log_loss"] == pytest.approx(skm.log_loss(y, p, labels=list(range(5))))
+    by_class = {c.name: c for c in scores.per_class}
+    assert by_class["snow"].support == 0 and by_class["snow"].recall is None and by_class["snow"].roc_auc is None
+    assert by_class["sun"].support == int((y == 4).sum()) and by_class["sun"].roc_auc == pytest.approx(
+        skm.roc_auc_score(y == 4, p[:, 4])
+    )
+    assert "macro averages over the 4 classes with rows" in scores.averaging() and "'snow'" in scores.averaging()
+    binary = metrics.compute_metrics(y_all % 2, np.stack([p_all[:, 0], 1 - p_all[:, 0]], 1), settings)
+    assert set(binary.metrics) == {"accuracy", "precision", "recall", "f1", "roc_auc", "log_loss",
+                                   "expected_calibration_error"}  # binary: unchanged  # fmt: skip
+
+
+def test_a_gate_on_an_undefined_metric_fails_closed_naming_the_metric_and_the_reason(trained_model, ingested, tmp_path):
+    """A test split holding one class: ROC AUC is undefined. min_metrics and max_regression refuse it (never pass on
+    NaN), the model card says so, and no NaN reaches the metrics, the blessing or the console."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from google.protobuf import json_format, struct_pb2
+    from kfp import dsl
+
+    from kfp_mlops.components.evaluate import executor
+
+    _, directory = trained_model
+    config, paths = ingested
+    test = pq.read_table(paths.test)
+    one_class = tmp_path / "one_class.parquet"
+    pq.write_table(test.filter(pc.equal(test["churned"], 0)), one_class)
+    baseline = tmp_path / "baseline.json"
+    core.record_baseline(str(baseline), str(directory / "model"), {"roc_auc": 0.8}, "sha256:x", "run-1")
+    config = with_evaluate(config, min_metrics={"roc_auc": 0.6, "accuracy": 0.5}, baseline=str(baseline))
+    evaluation = core.evaluate(config, str(directory / "model"), str(one_class))
+    assert not evaluation.blessed and "roc_auc" not in evaluation.metrics
+    assert evaluation.undefined == {"roc_auc": "only class '0' has rows (class '1' has none); ROC AUC needs two"}
+    assert evaluation.reasons == [
+        "roc_auc is undefined on the test split: only class '0' has rows (class '1' has none); ROC AUC needs two; "
+        f"evaluate.min_metrics cannot pass on it ({metrics.GATE_ADVICE})",
+        "roc_auc is undefined on the test split: only class '0' has rows (class '1' has none); ROC AUC needs two; "
+        f"evaluate.max_regression cannot pass on it ({metrics.GATE_ADVICE})",
+    ]
+    card = core.model_card(evaluation, config, read_model_config(directory / "model"), "")
+    assert "| roc_auc | undefined | ≥ 0.6 |" in card and "**NOT BLESSED**: roc_auc is undefined" in card
+    assert "nan" not in card.lower()
+
+    def output(kind, name):
+        artifact = kind(name=name, uri=str(tmp_path / name))
+        artifact.path = str(tmp_path / name)
+        return artifact
+
+    outputs = {name: output(kind, name) for name, kind in (("metrics", dsl.Metrics), ("blessing", dsl.Artifact),
+               ("classification_metrics", dsl.ClassificationMetrics), ("model_card", dsl.Markdown))}  # fmt: skip
+    model = output(dsl.Model, "model")
+    model.path = str(directory / "model")
+    test_data = output(dsl.Dataset, "test")
+    test_data.path = str(one_class)
+    blessed = executor.run(config.to_yaml(), model, test_data, **outputs)
+    assert blessed is False
+    assert outputs["blessing"].metadata["undefined_metrics"] == evaluation.undefined
+    assert "roc_auc" not in outputs["metrics"].metadata and "accuracy" in outputs["metrics"].metadata
+    for artifact in outputs.values():  # what the local runner and a cluster's launcher do with the metadata
+        json.dumps(artifact.metadata, allow_nan=False)
+        json_format.MessageToJson(json_format.ParseDict(artifact.metadata, struct_pb2.Struct()))
+
+
+def test_bless_fails_closed_on_a_missing_or_non_finite_value_and_passes_on_defined_ones():
+    settings = EvaluateConfig(min_metrics={"f1": 0.5}, max_metrics={"log_loss": 1.0}, max_regression={"f1": 0.01})
+    assert core.bless({"f1": 0.7, "log_loss": 0.4}, settings, {"metrics": {"f1": 0.69}}) == []
+    reasons = core.bless({"f1": float("nan"), "log_loss": 0.4}, settings, None)
+    assert reasons == [f"f1 is undefined on the test split: its value is nan, not a number a gate can compare; "
+                       f"evaluate.min_metrics cannot pass on it ({metrics.GATE_ADVICE})"]  # fmt: skip
+    reasons = core.bless({"f1": 0.7}, settings, {"metrics": {"f1": 0.6}, "undefined": {}})
+    assert reasons == [f"log_loss is undefined on the test split: it was not computed for this model; "
+                       f"evaluate.max_metrics cannot pass on it ({metrics.GATE_ADVICE})"]  # fmt: skip
+    baseline = {"metrics": {}, "undefined": {"f1": "no row was predicted"}}
+    (reason,) = core.bless({"f1": 0.7, "log_loss": 0.4}, settings, baseline)
+    assert reason.startswith("f1 is undefined on the test split: no row was predicted; evaluate.max_regression (the")

@@ -10,8 +10,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from support import weather
 
-from kfp_mlops.components.ingest.core import entity_buckets, ingest
+from kfp_mlops.components.ingest.core import entity_buckets, ingest, render_summary
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import parse_config
 from kfp_mlops.components.shared.errors import InputError
@@ -273,3 +274,95 @@ def test_deduplication_treats_nulls_and_nans_as_equal_and_keeps_near_duplicates(
     result = sort_and_deduplicate(table, schema)
     assert result.num_rows == 4  # rows 0 and 2 are identical (NaN, null); rows 1, 3, 4 differ
     assert result["event_timestamp"].to_pylist() == sorted(result["event_timestamp"].to_pylist())
+
+
+# --- real-world gaps: missing categories, a class missing from a split, stratification ------------------------------
+
+
+def weather_config(source, **split):
+    return parse_config({"data": {"source": str(source)}, "schema": weather.schema(),
+                         "split": {"by": "time", **split}})  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_missing_categories_are_null_in_every_spelling_and_booleans_read_as_categories(tmp_path, fmt):
+    """A null, an empty cell and CSV's NA are one missing category; a boolean category is "true"/"false"."""
+    source = weather.write(tmp_path / "raw", fmt)
+    result = ingest(weather_config(source), outputs(tmp_path))
+    parts = {name: pq.read_table(path) for name, path in outputs(tmp_path).items()}
+    raw = weather.make_table()
+    gaps = raw["wind_dir"].null_count + raw["wind_dir"].to_pylist().count("")
+    assert result.missing["wind_dir"] == gaps and result.missing["frost"] == raw["frost"].null_count
+    assert result.missing["sensor"] == raw["sensor"].null_count and result.missing["wind"] == raw["wind"].null_count
+    train = parts["train"]
+    assert set(train["wind_dir"].to_pylist()) == {"N", "E", "S", "W", None}  # never ""
+    assert set(train["frost"].to_pylist()) == {"true", "false", None}
+    assert parts["test"]["sensor"].null_count == parts["test"].num_rows  # a category entirely null in one split
+    if fmt == "csv":  # the same values as from Parquet
+        parquet = ingest(weather_config(weather.write(tmp_path / "pq")), outputs(tmp_path / "pq"))
+        assert parquet.missing == result.missing
+        for split in ("train", "validation", "test"):
+            for column in weather.CATEGORICAL:
+                assert parquet.statistics[split][column] == result.statistics[split][column]
+
+
+def test_a_class_missing_from_validation_and_test_is_warned_at_ingest_and_stratify_keeps_every_class(tmp_path):
+    source = weather.write(tmp_path / "raw")
+    plain = ingest(weather_config(source), outputs(tmp_path / "plain"))
+    (warning,) = plain.warnings
+    assert warning.startswith("split: class 'snow' of 'weather' has no rows in the validation and test split (48")
+    assert "set split.stratify: true to keep every class in every split" in warning
+    assert "**Warning**: split: class 'snow'" in render_summary(plain, weather_config(source))
+    for by in ("time", "entity_hash"):
+        config = weather_config(source, by=by, stratify=True, validation=0.15, test=0.15)
+        result = ingest(config, outputs(tmp_path / by))
+        parts = {name: pq.read_table(path) for name, path in outputs(tmp_path / by).items()}
+        assert result.warnings == []
+        assert all(set(part["weather"].to_pylist()) == set(weather.CLASSES) for part in parts.values()), by
+        assert sum(result.rows.values()) == weather.STATIONS * weather.DAYS
+    # time: each class's latest rows are its test rows
+    parts = {name: pq.read_table(path) for name, path in outputs(tmp_path / "time").items()}
+    for label in weather.CLASSES:
+
+        def times(name, label=label):
+            return parts[name].filter(pc.equal(parts[name]["weather"], label))["event_timestamp"]
+
+        assert pc.max(times("train")).as_py() <= pc.min(times("validation")).as_py()
+        assert pc.max(times("validation")).as_py() <= pc.min(times("test")).as_py()
+    # entity_hash: an entity stays in one split
+    parts = {name: pq.read_table(path) for name, path in outputs(tmp_path / "entity_hash").items()}
+    stations = [set(part["station_id"].to_pylist()) for part in parts.values()]
+    assert not (stations[0] & stations[1] or stations[0] & stations[2] or stations[1] & stations[2])
+
+
+def test_stratum_counts_keep_a_training_row_and_skip_classes_too_small_to_split():
+    from kfp_mlops.components.ingest.core import stratum_counts
+
+    config = make_config("unused", split={"validation": 0.15, "test": 0.15}).split
+    assert stratum_counts(2, config) == (0, 0)
+    assert stratum_counts(3, config) == (1, 1)
+    assert stratum_counts(100, config) == (15, 15)
+    big = make_config("unused", split={"validation": 0.45, "test": 0.45}).split
+    assert stratum_counts(4, big) == (1, 2)
+
+
+def test_a_class_with_rows_only_outside_train_is_warned_at_ingest_and_refused_by_training(tmp_path):
+    """Ingest warns (the monitoring pipeline's drift check needs no label); prepare-training, on CPU before any GPU,
+    refuses the data naming the class; split.stratify puts rows of it into train."""
+    from kfp_mlops.components.train.core import prepare
+
+    table = weather.make_table()
+    late = pc.greater_equal(table["event_timestamp"], pa.scalar(table["event_timestamp"][-18].as_py()))  # 18 days
+    relabelled = _set(table, "weather", pc.if_else(late, "hail", table["weather"]))
+    source = write_parquet(tmp_path / "d.parquet", relabelled)
+    result = ingest(weather_config(source), outputs(tmp_path))
+    assert result.warnings[0] == (
+        "split: class 'hail' of 'weather' has no rows in the train split (108 in test): training will refuse the data "
+        "(the model cannot learn a class it never saw); set split.stratify: true to keep every class in every split, "
+        "or remove those rows"
+    )
+    paths = outputs(tmp_path)
+    with pytest.raises(InputError, match=r"validation split: label 'hail' in column 'weather' does not occur"):
+        prepare(weather_config(source), paths.train, paths.test, str(tmp_path / "prepared"))
+    stratified = ingest(weather_config(source, stratify=True), outputs(tmp_path / "s"))
+    assert not any("'hail'" in warning for warning in stratified.warnings)

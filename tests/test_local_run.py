@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from support import configs as support_configs
+from support import weather
 from support.triton import running_triton
 
 from kfp_mlops.cli import main
@@ -202,6 +204,100 @@ def test_training_yaml_runs_every_step_and_leaves_a_verified_model_served_by_tri
                      "--feature-repo", str(features_dir / "feature_repo")])  # fmt: skip
     assert code == 0, printed.getvalue()
     assert re.search(rf"^{entity} .*[01]\s*$", printed.getvalue(), re.MULTILINE), printed.getvalue()
+
+
+def _refuse_constant(constant: str) -> None:
+    raise AssertionError(f"{constant} in an executor output")
+
+
+@pytest.fixture(scope="module")
+def weather_run(package, triton, tmp_path_factory) -> TrainingRun:
+    """Five-class weather data with missing categories (null, empty, a boolean category, one entirely null in
+    validation and test) and a class the time split leaves out of validation and test: everything but the schema
+    and the deployment at its defaults, from the compiled YAML to the same local Triton as model ``weather``."""
+    server, repository = triton
+    work = tmp_path_factory.mktemp("weather")
+    source = weather.write(work / "raw", "csv")
+    deploy = {"model_repository": str(repository), "triton_url": server.grpc_url, "backend": "python",
+              "model_name": "weather"}  # fmt: skip
+    config = work / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": {"source": str(source)}, "schema": weather.schema(), "deploy": deploy}))
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = run_training(package, work / "root", "--config", str(config))
+    return TrainingRun(code, out.getvalue(), run_dir_of(work / "root"), config, work / "none", server, repository,
+                       work)  # fmt: skip
+
+
+@pytest.mark.servers
+def test_a_multiclass_dataset_with_missing_categories_trains_blesses_on_defined_metrics_and_serves_by_entity(
+    weather_run,
+):
+    out, run_dir = weather_run.out, weather_run.run_dir
+    assert weather_run.code == 0, out
+    assert "Traceback" not in out and "nan" not in out.lower()
+    # ingest says, before any training, that 'snow' is missing from validation and test, and what follows
+    warning = re.search(r"^  ingest +\[ingest\] warning: split: class 'snow' of 'weather' has no rows in the "
+                        r"validation and test split .*set split.stratify: true", out, re.MULTILINE)  # fmt: skip
+    assert warning and warning.start() < out.index("train-model"), out
+    # evaluate blesses on defined metrics, named as the card defines them; no NaN in any step's metadata
+    assert "[evaluate] BLESSED" in out
+    card = (run_dir / "evaluate-model" / "model_card").read_text()
+    assert "roc_auc is one-vs-rest, macro-averaged over those 4 classes; left out (no rows): 'snow'" in card
+    assert "precision, recall and f1 are macro averages over the 4 classes with rows" in card
+    assert re.search(r"^\| snow \| 0 \| \d+ \| ", card, re.MULTILINE) and "| f1_weighted |" in card
+    scores = metadata_of(run_dir / "evaluate-model", "metrics")
+    assert 0.6 <= scores["roc_auc"] <= 1.0 and {"precision_weighted", "f1_weighted", "log_loss"} <= set(scores)
+    outputs = [task / "executor_output.json" for task in run_dir.iterdir() if (task / "executor_output.json").exists()]
+    assert len(outputs) == 8
+    for output in outputs:  # strict JSON, as a cluster's launcher reads it: NaN or Infinity would be refused
+        json.loads(output.read_text(), parse_constant=_refuse_constant)
+    comparison = (run_dir / "quantize-model" / "comparison").read_text()  # the multiclass metrics, each its way
+    assert "precision_weighted |" in comparison
+    assert "lower is better for log_loss, expected_calibration_error." in comparison
+    # Triton serves the quantized package: class names as labels, probabilities summing to 1, the package's values
+    quantized = run_dir / "quantize-model" / "quantized_model"
+    test = pq.read_table(run_dir / "features" / "test_features")
+    assert test["wind_dir"].null_count and test["sensor"].null_count == test.num_rows
+    predictor, rows = Predictor(quantized), test.slice(0, 64)  # Triton's max_batch_size
+    expected, labels = predictor.predict(rows)
+    served, served_labels = infer_triton(weather_run.triton.grpc_url, "weather", predictor.feeds(rows))
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    np.testing.assert_allclose(served.sum(1), 1.0, atol=1e-5)
+    assert [v.decode() for v in served_labels] == labels.tolist() and set(labels.tolist()) <= set(weather.CLASSES)
+    # by entity id: the station's latest row has no wind direction, no sensor and maybe no frost reading
+    station = test.filter(pc.equal(test["station_id"], 3)).sort_by("event_timestamp")
+    latest = station.slice(station.num_rows - 1)
+    assert latest["wind_dir"].to_pylist() == [None] and latest["sensor"].to_pylist() == [None]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        code = main(["predict", "--entity", "3", "--url", weather_run.triton.grpc_url, "--protocol", "grpc",
+                     "--model", "weather", "--model-repository", str(weather_run.repository),
+                     "--feature-repo", str(run_dir / "features" / "feature_repo")])  # fmt: skip
+    assert code == 0, printed.getvalue()
+    header, row = printed.getvalue().splitlines()[-2:]
+    assert header.split() == ["station_id", *(f"p({c})" for c in sorted(weather.CLASSES)), "label"]
+    probabilities, label = Predictor(quantized).predict(latest)
+    assert row.split()[0] == "3" and row.split()[-1] == label[0]
+    np.testing.assert_allclose([float(v) for v in row.split()[1:-1]], probabilities[0], atol=2e-6)
+
+
+def test_the_served_weather_model_scores_every_class_on_a_stratified_split(weather_run, tmp_path):
+    """The same data split with split.stratify: every class in the test split, so ROC AUC (one-vs-rest) and the
+    per-class table cover all five; the model itself is the run's."""
+    from kfp_mlops.components.evaluate import core as evaluate
+    from kfp_mlops.components.ingest.core import ingest
+    from kfp_mlops.components.shared.config import load_config
+    from kfp_mlops.components.shared.splits import SplitPaths
+
+    assert weather_run.code == 0, weather_run.out
+    config = load_config(str(weather_run.config))
+    config = config.model_copy(update={"split": config.split.model_copy(update={"stratify": True})})
+    paths = SplitPaths(*(str(tmp_path / name) for name in ("train", "validation", "test")))
+    assert ingest(config, paths).warnings == []
+    evaluation = evaluate.evaluate(config, str(weather_run.run_dir / "train-model" / "model"), paths.test)
+    assert evaluation.absent == [] and evaluation.undefined == {}
+    assert [c.name for c in evaluation.per_class] == sorted(weather.CLASSES)
+    assert all(c.support > 0 and c.roc_auc is not None for c in evaluation.per_class)
+    assert "over the 5 classes with rows" in evaluation.averaging and 0.5 < evaluation.metrics["roc_auc"] <= 1.0
 
 
 @pytest.mark.servers

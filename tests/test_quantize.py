@@ -282,3 +282,25 @@ def test_the_component_runs_from_its_compiled_yaml_through_kfp_local(model_dir, 
     assert package.read_model_config(model_config.parent).precision in ("fp32", "int8_dynamic", "int8_static")
     (comparison,) = (tmp_path / "root").rglob("comparison")
     assert "| int8_dynamic |" in comparison.read_text()
+
+
+def test_a_budget_metric_undefined_on_the_validation_split_fails_closed_with_its_reason(model_dir, ingested, tmp_path):
+    """A validation split of one class: ROC AUC is undefined, so a candidate cannot show it stays within the roc_auc
+    budget. Quantized candidates are refused naming metric and reason; fp32, listed, is the one that can serve."""
+    import pyarrow.compute as pc
+
+    config, paths = ingested
+    validation = pq.read_table(paths.validation)
+    one_class = tmp_path / "validation.parquet"
+    pq.write_table(validation.filter(pc.equal(validation["churned"], 0)), one_class)
+    budget = {"max_metric_drop": {"roc_auc": 0.005}, "max_abs_diff": 0.5}
+    only_int8 = with_quantize(config, candidates=["int8_dynamic"], **budget)
+    with pytest.raises(core.QuantizationBudgetError) as failure:
+        core.quantize(only_int8, str(model_dir), paths.train, str(one_class), str(tmp_path / "q"))
+    reason = ("roc_auc is undefined on the validation split: only class '0' has rows (class '1' has none); ROC AUC "
+              "needs two; quantize.max_metric_drop cannot pass on it")  # fmt: skip
+    assert reason in str(failure.value) and "nan" not in str(failure.value).lower()
+    result = core.quantize(with_quantize(config, candidates=["fp32", "int8_dynamic"], **budget), str(model_dir),
+                           paths.train, str(one_class), str(tmp_path / "q"))  # fmt: skip
+    assert result.chosen == "fp32" and result.rejected["int8_dynamic"][0].startswith(reason)
+    assert all(np.isfinite(v) for v in result.metrics().values()) and "roc_auc" not in result.metrics()

@@ -275,3 +275,112 @@ def test_f1_optimal_threshold_separates_where_f1_peaks():
     positives = np.array([True, True, False, True, False, False])
     # top-2: F1 = 4/5 = 0.8; top-4: F1 = 6/7 ≈ 0.857 (best); top-3: 4/6
     assert f1_optimal_threshold(probabilities, positives) == pytest.approx(0.3)
+
+
+# --- missing categories: null, "" and NaN take the reserved index, in training and in the serving graph -------------
+
+
+@pytest.fixture(scope="module")
+def weather_splits(tmp_path_factory):
+    """The weather data (5 classes, categorical gaps) ingested from CSV and from Parquet."""
+    from support import weather
+
+    from kfp_mlops.components.ingest.core import ingest
+    from kfp_mlops.components.shared.config import parse_config
+    from kfp_mlops.components.shared.splits import SplitPaths
+
+    splits = {}
+    for fmt in ("csv", "parquet"):
+        directory = tmp_path_factory.mktemp(f"weather-{fmt}")
+        config = parse_config(
+            {"data": {"source": str(weather.write(directory / "raw", fmt))}, "schema": weather.schema()}
+        )
+        paths = SplitPaths(*(str(directory / name) for name in ("train", "validation", "test")))
+        ingest(config, paths)
+        splits[fmt] = (config, {name: pq.read_table(path) for name, path in paths.items()}, paths)
+    return splits
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_prepare_fits_vocabularies_without_missing_values_and_maps_them_to_the_reserved_index(
+    weather_splits, tmp_path, fmt
+):
+    from support import weather
+
+    config, tables, paths = weather_splits[fmt]
+    prepared = prepare(config, paths.train, paths.validation, str(tmp_path / "prepared"))
+    p = prepared.preprocessing
+    assert p.vocabularies == {"wind_dir": ["E", "N", "S", "W"], "frost": ["false", "true"], "sensor": ["v1", "v2"]}
+    assert p.classes == sorted(weather.CLASSES) and p.cardinalities() == [5, 3, 3]
+    matrix = p.categorical_matrix(tables["train"])
+    missing = np.array([v is None for v in tables["train"]["wind_dir"].to_pylist()])
+    assert missing.any() and (matrix[missing, 0] == 0).all() and (matrix[~missing, 0] > 0).all()
+    test = p.categorical_matrix(tables["test"])  # sensor is null in every test row
+    assert (test[:, 2] == 0).all()
+    # nulls in the train split only: the rows scored later have every category, each its own index
+    complete_test = tables["test"].filter(pa.compute.is_valid(tables["test"]["wind_dir"]))
+    assert (p.categorical_matrix(complete_test)[:, 0] > 0).all()
+    # nulls in the test split only: fitted on complete training rows, the test's gaps still take index 0
+    complete = tables["train"].filter(pa.compute.is_valid(tables["train"]["wind_dir"]))
+    fitted = Preprocessing.fit(complete, p.features, p.categorical, p.label)
+    assert fitted.vocabularies["wind_dir"] == ["E", "N", "S", "W"]
+    assert (fitted.categorical_matrix(tables["test"])[:, 0] == 0).sum() == tables["test"]["wind_dir"].null_count
+    # a category with no value at all in the train split: an empty vocabulary, every row the reserved index
+    blank = tables["train"].set_column(
+        tables["train"].column_names.index("sensor"), "sensor", pa.nulls(tables["train"].num_rows, pa.string())
+    )
+    empty = Preprocessing.fit(blank, p.features, p.categorical, p.label)
+    assert empty.vocabularies["sensor"] == [] and empty.cardinalities()[2] == 1
+    assert (empty.categorical_matrix(tables["validation"])[:, 2] == 0).all()
+
+
+def _linear_core(numeric: int, categorical: int, classes: int, seed: int = 0):
+    """A stand-in for the trained network (numeric float, category indices → softmax probabilities), in ONNX."""
+    from onnx import TensorProto, helper
+
+    weights = np.random.default_rng(seed).normal(0, 0.5, (numeric + categorical, classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["categorical"], ["codes"], to=TensorProto.FLOAT),
+            helper.make_node("Concat", ["numeric", "codes"], ["x"], axis=1),
+            helper.make_node("MatMul", ["x", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "core",
+        [helper.make_tensor_value_info("numeric", TensorProto.FLOAT, ["N", numeric]),
+         helper.make_tensor_value_info("categorical", TensorProto.INT64, ["N", categorical])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.ravel())],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), weights
+
+
+def test_serving_graph_of_a_multiclass_model_maps_every_missing_spelling_to_the_reserved_category(weather_splits):
+    """Raw rows with null, "", NaN (and Python None) categories give what the core gives for index 0; labels are
+    the class names and probabilities sum to 1 (the five-class weather model's preprocessing)."""
+    import onnx
+
+    from kfp_mlops.components.shared import model_package, serving_graph
+
+    config, tables, paths = weather_splits["parquet"]
+    p = Preprocessing.fit(tables["train"], config.schema_.features, config.schema_.categorical, config.schema_.label)
+    core, weights = _linear_core(len(p.numeric), len(p.categorical), len(p.classes))
+    served = serving_graph.compose(core, p, 0.5)
+    session = onnxruntime.InferenceSession(served.SerializeToString(), providers=["CPUExecutionProvider"])
+    test = tables["test"]
+    rows = {name: test[name].to_pylist()[:4] for name in p.features}
+    rows["wind_dir"] = [None, "", float("nan"), "N"]
+    rows["frost"] = [True, None, False, "true"]  # Python booleans as the vocabulary spells them
+    feeds = model_package.raw_inputs(rows, p.numeric, p.categorical)
+    assert feeds["categorical"][:, 0].tolist() == ["", "", "", "N"]
+    assert feeds["categorical"][:, 1].tolist() == ["true", "", "false", "true"]
+    probabilities, labels = session.run(["probabilities", "label"], feeds)
+    raw = {name: feeds["categorical"][:, i].tolist() for i, name in enumerate(p.categorical)}
+    codes = p.categorical_matrix(pa.table(raw))  # what training computes from the same strings
+    assert codes[:3, 0].tolist() == [0, 0, 0] and codes[:, 1].tolist() == [2, 0, 1, 2]
+    logits = np.concatenate([p.numeric_matrix(pa.table({n: rows[n] for n in p.numeric})), codes], axis=1) @ weights
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probabilities, expected / expected.sum(1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-6)
+    assert labels[:, 0].tolist() == [p.classes[i] for i in probabilities.argmax(1)]
+    assert onnx.checker.check_model(served) is None

@@ -498,7 +498,15 @@ def verify(replica: _Replica, name: str, version: int, reference: _Reference, se
                     f"of shape {shape}, expected "
                     f"{reference.probabilities[start:stop].shape}",
                 )
-            worst = max(worst, float(np.max(np.abs(probabilities - reference.probabilities[start:stop]))))
+            difference = np.abs(probabilities - reference.probabilities[start:stop])
+            if not np.isfinite(difference).all():  # max() would drop a NaN: a model answering NaN must not pass
+                rows = (start + np.flatnonzero(~np.isfinite(difference).all(axis=1)))[:5].tolist()
+                raise DeployError(
+                    "verification",
+                    f"{name} version {version} on {replica.endpoint}: probabilities that are not finite numbers (NaN "
+                    f"or infinity) from Triton or from the package itself, rows {rows}",
+                )
+            worst = max(worst, float(difference.max()))
             for offset, (got, want) in enumerate(zip(_plain(labels), reference.labels[start:stop], strict=True)):
                 if got != want and not reference.excused(start + offset, check.atol):
                     mismatched.append(start + offset)

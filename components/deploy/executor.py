@@ -8,7 +8,7 @@ from typing import Any
 
 from kfp_mlops.components.deploy import core
 from kfp_mlops.components.shared import outcomes, runs
-from kfp_mlops.components.shared.artifacts import write_text_atomically
+from kfp_mlops.components.shared.artifacts import update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
 
 
@@ -35,7 +35,7 @@ def run(config: str, model: Any, validation_data: Any, deployment: Any, run_id: 
     }
     if result.deployment is not None:
         record["deployment"] = result.deployment.model_dump()  # what the serving record keeps (records.Deployment)
-    deployment.metadata.update(record)
+    update_metadata(deployment, record)
     write_text_atomically(deployment.path, json.dumps(record, indent=2))
     outcomes.record(run_dir, "deploy", record)
     print(f"[deploy] {result.describe()}")

@@ -90,6 +90,7 @@ def check_drift(
     verdict = stats.table_drift(
         reference, current, numeric_checked, categorical_checked, methods, thresholds, settings.drift_share
     )
+    _check_scores(verdict.columns)
     ordered = {c.column: c for c in verdict.columns}
     result = DriftResult(
         columns=[ordered[name] for name in kinds],
@@ -108,6 +109,20 @@ def check_drift(
         result = dataclasses.replace(result, report_rows=rows, report_columns=shown)
         summary.write_text(render_summary(result, reference_uri, window, settings), encoding="utf-8")
     return result
+
+
+def _check_scores(columns: list[stats.ColumnDrift]) -> None:
+    """The drift gate fails closed: a column whose score is not a number (chi-square on a column with one category
+    in both frames) cannot be judged "not drifted"; the step fails naming the column, the test and what to change."""
+    for column in columns:
+        if not np.isfinite(column.score):
+            raise InputError(
+                f"drift: column {column.column!r}: the {column.test} is undefined ({column.score}) on these rows "
+                f"({column.reference_values} reference and {column.current_values} current values; one category "
+                "or one value in both frames gives the test nothing to compare); the drift check cannot pass on "
+                f"it: set drift.per_column.{column.column}.method to jensenshannon or psi, or leave the column out "
+                "of drift.columns"
+            )
 
 
 # --- settings against the columns -----------------------------------------------------------------------------------
@@ -337,6 +352,10 @@ def _score(value: float) -> str:
     return f"{value:.4g}" if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4) else f"{value:.4f}"
 
 
+def _share(count: int, total: int) -> str:
+    return f"{count:,} ({count / max(total, 1):.1%})"
+
+
 def render_summary(result: DriftResult, reference_uri: str, window: str, settings: DriftConfig) -> str:
     """Markdown for the Kubeflow UI: the verdict, row counts, each column's test and score, what the HTML shows."""
     verdict = "**drift detected**" if result.drifted else "**no dataset drift**"
@@ -350,14 +369,18 @@ def render_summary(result: DriftResult, reference_uri: str, window: str, setting
         f"- Current window: `{window}` ({len(result.current_files)} file(s)), {result.current_rows:,} rows",
         "- Tests: chosen and decided as Evidently 0.7 DataDriftPreset does, on every row of both frames",
         "",
-        "| column | kind | test | score | threshold | drifted |",
-        "|---|---|---|---:|---:|---|",
+        "| column | kind | test | score | threshold | drifted | missing (reference / current) |",
+        "|---|---|---|---:|---:|---|---:|",
     ]
     for column in result.columns:
         mark = "**yes**" if column.drifted else "no"
+        missing = (
+            f"{_share(result.reference_rows - column.reference_values, result.reference_rows)} / "
+            f"{_share(result.current_rows - column.current_values, result.current_rows)}"
+        )
         lines.append(
             f"| {column.column} | {column.kind} | {column.test} | {_score(column.score)} | {column.threshold:g} "
-            f"| {mark} |"
+            f"| {mark} | {missing} |"
         )
     hidden = [c.column for c in result.columns if c.column not in result.report_columns]
     lines += [
@@ -365,6 +388,8 @@ def render_summary(result: DriftResult, reference_uri: str, window: str, setting
         f"The HTML report is Evidently's DataDriftPreset on a uniform random sample (seed {settings.report_seed}) "
         f"of {result.report_rows[0]:,} reference and {result.report_rows[1]:,} current rows, each column's test "
         "pinned to the one above; its scores are the sample's and may differ. The verdicts above use all rows.",
+        "Missing values (null, NaN; a categorical null or empty string) are left out of each column's test, as "
+        "Evidently does, and counted under missing.",
     ]
     if hidden:
         lines.append(f"Not in the HTML report (no value in the sample): {hidden}.")

@@ -10,7 +10,7 @@ from typing import Any
 
 from kfp_mlops.components.drift.core import check_drift
 from kfp_mlops.components.shared import outcomes, runs
-from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
+from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.cluster import pod_namespace
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.shared.errors import InputError
@@ -71,7 +71,7 @@ def submit_training(config: str, data_source: str, run_id: str, training_run: An
     print(f"[retrain] started run {submitted.run_id} of {settings.training_pipeline}")
     outcome = kfp_api.wait_for_run(client, submitted.run_id, poll_seconds=settings.poll_seconds)
     facts = {"run_id": submitted.run_id, "state": outcome.state}
-    training_run.metadata.update(facts)
+    update_metadata(training_run, facts)
     write_text_atomically(training_run.path, json.dumps(facts))
     outcomes.record(runs.run_directory(training_run.uri, run_id) if run_id else "", "retrain", facts)
     print(f"[retrain] run {submitted.run_id}: {outcome.state}")
@@ -85,7 +85,7 @@ def report(run_id: str, state: str, error: str, outcome: Any) -> None:
     facts = outcomes.read_all(runs.run_directory(outcome.uri, run_id))
     text = render_outcome(facts, state, error)
     write_text_atomically(outcome.path, text)
-    outcome.metadata.update({"state": state, **{f"{step}": facts[step] for step in facts}})
+    update_metadata(outcome, {"state": state, **{f"{step}": facts[step] for step in facts}})
     print("[outcome] " + " | ".join(line.removeprefix("- ") for line in text.splitlines() if line.startswith("- ")))
 
 

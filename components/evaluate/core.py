@@ -17,7 +17,7 @@ import numpy as np
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import EvaluateConfig, PipelineConfig
-from kfp_mlops.components.shared.metrics import class_indices, compute_metrics
+from kfp_mlops.components.shared.metrics import ClassScores, class_indices, compute_metrics, gate_failure
 from kfp_mlops.components.shared.model_package import ModelConfig, Predictor, read_model_config
 from kfp_mlops.components.shared.records import Deployment, ServingRecord, read_record, write_record
 from kfp_mlops.components.shared.splits import read_split
@@ -25,15 +25,19 @@ from kfp_mlops.components.shared.splits import read_split
 
 @dataclass
 class Evaluation:
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # finite values only
     classes: list[str]
     confusion_matrix: list[list[int]]
-    roc_curve: dict[str, list[float]]  # fpr, tpr, thresholds (binary: the positive class)
+    roc_curve: dict[str, list[float]]  # fpr, tpr, thresholds (binary: the positive class); empty when undefined
     rows: int
     decision_threshold: float = 0.5
     blessed: bool = False
     reasons: list[str] = field(default_factory=list)
     baseline: dict[str, Any] | None = None
+    undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it has no value on the test split
+    averaging: str = ""  # how the metrics are defined (binary, or macro/weighted/one-vs-rest for multiclass)
+    per_class: list[ClassScores] = field(default_factory=list)  # multiclass
+    absent: list[str] = field(default_factory=list)  # classes with no row in the test split
 
 
 def predict_probabilities(model_dir: str, table) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +70,9 @@ def rescore_baseline(record: dict[str, Any], table, settings: EvaluateConfig) ->
             if not storage.copy_tree(model_uri, local):
                 raise FileNotFoundError(f"{model_uri} holds no files")
             probabilities, y = predict_probabilities(local, table)
-            threshold = settings.decision_threshold or read_model_config(local).decision_threshold
-            metrics = compute_metrics(y, probabilities, settings, threshold)["metrics"]
+            baseline_config = read_model_config(local)
+            threshold = settings.decision_threshold or baseline_config.decision_threshold
+            scores = compute_metrics(y, probabilities, settings, threshold, baseline_config.classes)
     except Exception as exc:
         problem = f"{type(exc).__name__}: {exc}"
         if not settings.allow_recorded_baseline_metrics:
@@ -77,22 +82,40 @@ def rescore_baseline(record: dict[str, Any], table, settings: EvaluateConfig) ->
                 "evaluate.allow_recorded_baseline_metrics: true to compare with its recorded metrics"
             ) from exc
         return record | {"scored_on": f"its own test split (recorded; re-scoring failed: {problem})"}
-    return record | {"metrics": metrics, "recorded_metrics": record["metrics"], "scored_on": "this run's test split"}
+    return record | {"metrics": scores.metrics, "undefined": scores.undefined, "recorded_metrics": record["metrics"],
+                     "scored_on": "this run's test split"}  # fmt: skip
 
 
-def bless(metrics: dict[str, float], settings: EvaluateConfig, baseline: dict[str, Any] | None) -> list[str]:
-    """Reasons not to bless: unmet absolute thresholds, and regressions beyond the allowed delta."""
+def bless(
+    metrics: dict[str, float],
+    settings: EvaluateConfig,
+    baseline: dict[str, Any] | None,
+    undefined: dict[str, str] | None = None,
+) -> list[str]:
+    """Reasons not to bless: unmet absolute thresholds, regressions beyond the allowed delta, and any gate whose
+    metric is undefined on the test split (``undefined``: metric -> reason) — a gate fails closed, it never passes
+    on a value that is not a number."""
+    scored = {"metrics": metrics, "undefined": undefined or {}}
     reasons = []
-    for name, minimum in settings.min_metrics.items():
-        if metrics[name] < minimum:
-            reasons.append(f"{name} {metrics[name]:.4f} is below the threshold {minimum}")
-    for name, maximum in settings.max_metrics.items():
-        if metrics[name] > maximum:
-            reasons.append(f"{name} {metrics[name]:.4f} is above the threshold {maximum}")
+    gates = [("min_metrics", settings.min_metrics), ("max_metrics", settings.max_metrics)]
+    for gate, thresholds in gates:
+        for name, limit in thresholds.items():
+            failure = gate_failure(name, scored, "test", f"evaluate.{gate}")
+            if failure:
+                reasons.append(failure)
+            elif gate == "min_metrics" and not metrics[name] >= limit:
+                reasons.append(f"{name} {metrics[name]:.4f} is below the threshold {limit}")
+            elif gate == "max_metrics" and not metrics[name] <= limit:
+                reasons.append(f"{name} {metrics[name]:.4f} is above the threshold {limit}")
     if baseline is not None:
         for name, delta in settings.max_regression.items():
+            failure = gate_failure(name, scored, "test", "evaluate.max_regression")
             reference = baseline["metrics"].get(name)
-            if reference is not None and metrics[name] < reference - delta:
+            if failure is None and name in baseline.get("undefined", {}):
+                failure = gate_failure(name, baseline, "test", "evaluate.max_regression (the baseline's value)")
+            if failure:
+                reasons.append(failure)
+            elif reference is not None and not metrics[name] >= reference - delta:
                 reasons.append(
                     f"{name} {metrics[name]:.4f} regresses more than {delta} from the baseline's {reference:.4f}"
                 )
@@ -105,21 +128,25 @@ def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluati
     model_config = read_model_config(model_dir)
     probabilities, y = predict_probabilities(model_dir, table)
     threshold = config.evaluate.decision_threshold or model_config.decision_threshold
-    scored = compute_metrics(y, probabilities, config.evaluate, threshold)
+    scores = compute_metrics(y, probabilities, config.evaluate, threshold, model_config.classes)
     baseline = load_baseline(config.evaluate.baseline)
     if baseline is not None:
         baseline = rescore_baseline(baseline, table, config.evaluate)
-    reasons = bless(scored["metrics"], config.evaluate, baseline)
+    reasons = bless(scores.metrics, config.evaluate, baseline, scores.undefined)
     return Evaluation(
-        metrics=scored["metrics"],
+        metrics=scores.metrics,
         classes=[str(c) for c in model_config.classes],
-        confusion_matrix=scored["confusion_matrix"],
-        roc_curve=scored["roc_curve"],
+        confusion_matrix=scores.confusion_matrix,
+        roc_curve=scores.roc_curve,
         rows=table.num_rows,
         decision_threshold=threshold,
         blessed=not reasons,
         reasons=reasons,
         baseline=baseline,
+        undefined=scores.undefined,
+        averaging=scores.averaging(),
+        per_class=scores.per_class,
+        absent=scores.absent,
     )
 
 
@@ -140,6 +167,7 @@ def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: Mod
         f"- Data content hash: `{data_hash or 'unknown'}`",
         f"- Test rows: {evaluation.rows:,}; classes: {', '.join(evaluation.classes)}; "
         f"decision threshold: {evaluation.decision_threshold:.4f}",
+        *([f"- Metrics: {evaluation.averaging}"] if evaluation.averaging else []),
         f"- Features: {', '.join(model_config.features)}",
         f"- Categorical: {', '.join(model_config.categorical) or 'none'}",
         f"- Missing values: {missing}",
@@ -152,7 +180,7 @@ def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: Mod
         "|---|---:|---:|---:|",
     ]
     baseline_metrics = (evaluation.baseline or {}).get("metrics", {})
-    for name, value in evaluation.metrics.items():
+    for name in [*evaluation.metrics, *evaluation.undefined]:
         threshold = (
             f"≥ {settings.min_metrics[name]}"
             if name in settings.min_metrics
@@ -161,13 +189,30 @@ def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: Mod
             else ""
         )
         reference = baseline_metrics.get(name)
-        lines.append(f"| {name} | {value:.4f} | {threshold} | {'' if reference is None else f'{reference:.4f}'} |")
+        value = f"{evaluation.metrics[name]:.4f}" if name in evaluation.metrics else "undefined"
+        lines.append(f"| {name} | {value} | {threshold} | {'' if reference is None else f'{reference:.4f}'} |")
+    if evaluation.undefined:
+        lines += ["", *(f"- {name} is undefined: {reason}" for name, reason in evaluation.undefined.items())]
+    if evaluation.per_class:
+        lines += ["", "| class | rows | predicted | precision | recall | f1 | roc_auc (one-vs-rest) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for c in evaluation.per_class:
+            cells = (_cell(v) for v in (c.precision, c.recall, c.f1, c.roc_auc))
+            lines.append(f"| {c.name} | {c.support} | {c.predicted} | " + " | ".join(cells) + " |")
+        lines.append("\n– : undefined (a class with no test rows, or precision of a class never predicted, which the "
+                     "macro precision counts as 0).")  # fmt: skip
+        if evaluation.absent:
+            lines.append(f"No test rows (left out of the averages): {', '.join(evaluation.absent)}.")
     if evaluation.baseline:
         recorded = f" (model {evaluation.baseline.get('model', '?')}, scored on {evaluation.baseline['scored_on']})"
     else:
         recorded = " (none recorded yet: thresholds only)"
     lines += ["", f"Baseline: {settings.baseline or 'none configured'}{recorded}"]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 def record_baseline(

@@ -8,7 +8,7 @@ from typing import Any
 
 from kfp_mlops.components.evaluate import core
 from kfp_mlops.components.shared import outcomes, runs
-from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
+from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.shared.model_package import read_model_config
 from kfp_mlops.components.shared.records import Deployment
@@ -33,16 +33,22 @@ def run(
     model_config = read_model_config(model.path)
     data_hash = test_data.metadata.get("content_hash") or model.metadata.get("content_hash", "")
     write_text_atomically(model_card.path, core.model_card(evaluation, pipeline_config, model_config, data_hash))
-    blessing.metadata.update(
+    update_metadata(
+        blessing,
         {
             "blessed": evaluation.blessed,
             "reasons": evaluation.reasons,
             "baseline": pipeline_config.evaluate.baseline,
             "baseline_metrics": (evaluation.baseline or {}).get("metrics", {}),
+            "undefined_metrics": evaluation.undefined,  # metric -> why it has no value on the test split
+            "absent_classes": evaluation.absent,
             "model": model.uri,
-        }
+        },
     )
-    write_text_atomically(blessing.path, json.dumps({"blessed": evaluation.blessed, "reasons": evaluation.reasons}))
+    decision = {"blessed": evaluation.blessed, "reasons": evaluation.reasons, "undefined_metrics": evaluation.undefined}
+    write_text_atomically(blessing.path, json.dumps(decision))
+    for name, reason in evaluation.undefined.items():
+        print(f"[evaluate] {name} is undefined on the test split: {reason}")
     print(f"[evaluate] {'BLESSED' if evaluation.blessed else 'NOT BLESSED: ' + '; '.join(evaluation.reasons)}")
     run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
     outcomes.record(run_dir, "evaluate", {"blessed": evaluation.blessed, "reasons": evaluation.reasons,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from kfp_mlops.components.features.core import FEATURE_STORE_YAML, FeaturesResult, build_feature_sets
-from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics
+from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, update_metadata
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
 from kfp_mlops.components.shared.splits import SplitPaths
 
@@ -45,7 +45,8 @@ def publish(
     content hash carried on from ingest) and Metrics.
     Only store types are recorded: connection strings and registry URLs stay in the environment."""
     schema = config.schema_
-    feature_repo.metadata.update(
+    update_metadata(
+        feature_repo,
         {
             "project": result.project,
             "feature_view": result.view,
@@ -57,12 +58,12 @@ def publish(
             "feature_store_yaml": FEATURE_STORE_YAML,
             "materialized_from": result.materialized_from,
             "materialized_to": result.materialized_to,
-        }
+        },
     )
     for name, artifact in datasets.items():
         categorical = [f for f in result.features if result.feature_types[f] == "String"]
         metadata = dataset_metadata(schema, result.rows[name], result.features, categorical, content_hash)
-        artifact.metadata.update(metadata | {"feature_view": result.view, "project": result.project})
+        update_metadata(artifact, metadata | {"feature_view": result.view, "project": result.project})
     log_metrics(
         metrics,
         {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ class IngestResult:
     statistics: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> column -> stats
     missing: dict[str, int] = field(default_factory=dict)  # feature -> missing values over every split
     missing_policy: str = "impute"
+    warnings: list[str] = field(default_factory=list)  # e.g. a label class missing from validation or test
 
 
 def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
@@ -64,6 +66,7 @@ def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
     table = sort_and_deduplicate(table, schema)
     splits = split(table, schema, config.split)
     check_label_classes(splits, schema.label)
+    warnings = class_coverage_warnings(splits, schema.label, config.split)
     result = IngestResult(
         files=files,
         content_hash=f"sha256:{digest.hexdigest()}",
@@ -76,6 +79,7 @@ def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
         statistics={name: column_statistics(part, schema, categorical) for name, part in splits.items()},
         missing={name: table[name].null_count for name in features or []},
         missing_policy=schema.missing_values,
+        warnings=warnings,
     )
     write_tables_atomically({path: splits[name] for name, path in outputs.items()})
     return result
@@ -231,7 +235,9 @@ def sort_and_deduplicate(table: pa.Table, schema: SchemaConfig) -> pa.Table:
 
 def split(table: pa.Table, schema: SchemaConfig, config: SplitConfig) -> dict[str, pa.Table]:
     """Deterministic split of a table sorted by ``sort_and_deduplicate``: by time (the latest rows to test) or by
-    a seeded hash of the entity id."""
+    a seeded hash of the entity id; ``config.stratify``: that rule within each label class."""
+    if config.stratify:
+        return _split_stratified(table, schema, config)
     if config.by == "time":
         return _split_by_time(table, schema, config)
     return _split_by_entity(table, schema, config)
@@ -263,15 +269,18 @@ def _rows_needed(config: SplitConfig) -> int:
 def entity_buckets(entities: pa.ChunkedArray, seed: int) -> np.ndarray:
     """A stable value in [0, 1) per row from blake2b of (seed, entity id): same entity, same bucket, every run."""
     unique = pc.unique(entities)
+    return _buckets_of(unique, seed)[pc.index_in(entities, value_set=unique).to_numpy()]
+
+
+def _buckets_of(unique: pa.Array, seed: int) -> np.ndarray:
     scale = float(2**64)
-    per_entity = np.array(
+    return np.array(
         [
             int.from_bytes(hashlib.blake2b(f"{seed}:{value}".encode(), digest_size=8).digest(), "big") / scale
             for value in unique.to_pylist()
         ],
         dtype=np.float64,
     )
-    return per_entity[pc.index_in(entities, value_set=unique).to_numpy()]
 
 
 def _split_by_entity(table: pa.Table, schema: SchemaConfig, config: SplitConfig) -> dict[str, pa.Table]:
@@ -290,6 +299,97 @@ def _split_by_entity(table: pa.Table, schema: SchemaConfig, config: SplitConfig)
             f"the {', '.join(empty)} split(s) would be empty"
         )
     return parts
+
+
+MIN_STRATUM = 3  # rows (entities) a class needs for stratify to give it one in each split
+
+
+def stratum_counts(size: int, config: SplitConfig) -> tuple[int, int]:
+    """(validation, test) rows (or entities) of one class of ``size``: the configured shares, rounded, at least one
+    each when the class has ``MIN_STRATUM``, and always leaving one for train."""
+    if size < MIN_STRATUM:
+        return 0, 0
+    test = max(1, round(size * config.test))
+    validation = max(1, round(size * config.validation))
+    while test + validation >= size:  # keep a training row: shrink the larger share
+        if validation >= test and validation > 1:
+            validation -= 1
+        else:
+            test -= 1
+    return validation, test
+
+
+def _split_stratified(table: pa.Table, schema: SchemaConfig, config: SplitConfig) -> dict[str, pa.Table]:
+    """Each label class split on its own by the configured rule. By time: each class's latest rows go to test,
+    the ones before them to validation (rows of a class stay in time order; the splits overlap in time). By entity
+    hash: entities take the class of their latest row and each class's entities, ordered by their bucket, are cut
+    by count, so an entity stays in one split."""
+    labels = table[schema.label]
+    classes = pc.unique(labels)
+    codes = pc.index_in(labels, value_set=classes).to_numpy()
+    assigned = np.zeros(table.num_rows, dtype=np.int8)  # 0 train, 1 validation, 2 test
+    if config.by == "time":
+        for code in range(len(classes)):
+            rows = np.flatnonzero(codes == code)  # in time order: the table is sorted by timestamp
+            validation, test = stratum_counts(len(rows), config)
+            assigned[rows[len(rows) - test :]] = 2
+            assigned[rows[len(rows) - test - validation : len(rows) - test]] = 1
+    else:
+        entities = pc.unique(table[schema.entity])
+        owner = pc.index_in(table[schema.entity], value_set=entities).to_numpy()
+        latest = np.full(len(entities), -1)
+        np.maximum.at(latest, owner, np.arange(table.num_rows))
+        entity_class, bucket = codes[latest], _buckets_of(entities, config.seed)
+        per_entity = np.zeros(len(entities), dtype=np.int8)
+        for code in range(len(classes)):
+            members = np.flatnonzero(entity_class == code)
+            members = members[np.argsort(bucket[members], kind="stable")]
+            validation, test = stratum_counts(len(members), config)
+            per_entity[members[:test]] = 2
+            per_entity[members[test : test + validation]] = 1
+        assigned = per_entity[owner]
+    parts = {name: table.filter(pa.array(assigned == i)) for i, name in enumerate(SPLITS)}
+    empty = [name for name in SPLITS if parts[name].num_rows == 0]
+    if empty:
+        raise InputError(
+            f"{table.num_rows} rows are too few for a stratified split: the {', '.join(empty)} split(s) would be "
+            f"empty (a class needs {MIN_STRATUM} rows{' of distinct entities' if config.by != 'time' else ''} to "
+            "reach every split)"
+        )
+    return parts
+
+
+def class_coverage_warnings(splits: dict[str, pa.Table], label: str, config: SplitConfig) -> list[str]:
+    """One warning per label class missing from a split, saying what follows. Missing from validation or test: the
+    class is left out of that split's averaged metrics (precision/recall/F1 macro, ROC AUC one-vs-rest). Missing
+    from train (found only later): training refuses the data, since the model cannot learn the class (a warning
+    here, not an error: the monitoring pipeline's drift check, which needs no label, still runs on such a window)."""
+    counts = {name: dict(Counter(part[label].to_pylist())) for name, part in splits.items()}
+    warnings = []
+    for value in sorted({v for c in counts.values() for v in c}, key=lambda v: (str(type(v)), v)):
+        where = {name: counts[name].get(value, 0) for name in SPLITS}
+        remedy = (
+            f"it has fewer than {MIN_STRATUM} {'rows' if config.by == 'time' else 'entities'} to reach every split"
+            if config.stratify
+            else "set split.stratify: true to keep every class in every split"
+        )
+        if where["train"] == 0:
+            found = ", ".join(f"{rows} in {name}" for name, rows in where.items() if rows)
+            warnings.append(
+                f"split: class {value!r} of {label!r} has no rows in the train split ({found}): training will refuse "
+                f"the data (the model cannot learn a class it never saw); {remedy}, or remove those rows"
+            )
+            continue
+        absent = [name for name in ("validation", "test") if where[name] == 0]
+        if not absent:
+            continue
+        warnings.append(
+            f"split: class {value!r} of {label!r} has no rows in the {' and '.join(absent)} split "
+            f"({sum(where.values())} rows in all, {where['train']} in train): "
+            f"{' and '.join(absent)} metrics leave it out (precision/recall/F1 macro averages and ROC AUC one-vs-rest "
+            f"over the classes present); {remedy}"
+        )
+    return warnings
 
 
 def check_label_classes(splits: dict[str, pa.Table], label: str) -> None:
@@ -344,8 +444,8 @@ def render_summary(result: IngestResult, config: PipelineConfig) -> str:
         f"- Source: `{config.data.source}` ({len(result.files)} file(s), {result.bytes_read:,} bytes)",
         f"- Content hash: `{result.content_hash}`",
         f"- Rows read: {result.rows_read:,}; exact duplicates dropped: {result.duplicates_dropped:,}",
-        f"- Split: by {config.split.by} (validation {config.split.validation}, test {config.split.test}, "
-        f"seed {config.split.seed})",
+        f"- Split: by {config.split.by}{', stratified by label' if config.split.stratify else ''} "
+        f"(validation {config.split.validation}, test {config.split.test}, seed {config.split.seed})",
         "",
         "| split | rows | label balance |",
         "|---|---:|---|",
@@ -355,6 +455,8 @@ def render_summary(result: IngestResult, config: PipelineConfig) -> str:
         total = max(label["count"], 1)
         balance = ", ".join(f"{t['value']}: {t['count'] / total:.1%}" for t in label.get("top", []))
         lines.append(f"| {name} | {result.rows[name]:,} | {balance} |")
+    if result.warnings:
+        lines += ["", *(f"- **Warning**: {warning}" for warning in result.warnings)]
     lines += _missing_section(result)
     lines += ["", "## Columns (train split)", "", "| column | type | nulls | summary |", "|---|---|---:|---|"]
     for column, entry in result.statistics["train"].items():

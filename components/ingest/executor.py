@@ -7,7 +7,7 @@ from typing import Any
 
 from kfp_mlops.components.ingest.core import IngestResult, ingest, render_summary
 from kfp_mlops.components.shared import runs, storage
-from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, write_text_atomically
+from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.cluster import check_training_pod
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
 from kfp_mlops.components.shared.splits import SplitPaths
@@ -33,6 +33,8 @@ def run(
     run_dir = runs.run_directory(train.uri, run_id)
     storage.check_access(runs.checkpoint_dir(run_dir, pipeline_config.train.checkpoint_dir, run_id))
     result = ingest(pipeline_config, SplitPaths(train.path, validation.path, test.path))
+    for warning in result.warnings:  # before any training: the console shows a step's [ingest] lines
+        print(f"[ingest] warning: {warning}")
     publish(result, pipeline_config, {"train": train, "validation": validation, "test": test}, metrics, summary)
     return pipeline_config.to_yaml()
 
@@ -42,7 +44,7 @@ def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, An
     schema = config.schema_
     for name, artifact in datasets.items():
         metadata = dataset_metadata(schema, result.rows[name], result.features, result.categorical, result.content_hash)
-        artifact.metadata.update(metadata | {"statistics": result.statistics[name]})
+        update_metadata(artifact, metadata | {"statistics": result.statistics[name]})
     log_metrics(
         metrics,
         {
@@ -52,6 +54,7 @@ def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, An
             **{f"rows_{name}": rows for name, rows in result.rows.items()},
         },
     )
-    metrics.metadata["content_hash"] = result.content_hash
-    metrics.metadata["missing_by_column"] = {name: count for name, count in result.missing.items() if count}
+    missing = {name: count for name, count in result.missing.items() if count}
+    update_metadata(metrics, {"content_hash": result.content_hash, "missing_by_column": missing,
+                              "warnings": result.warnings})  # fmt: skip
     write_text_atomically(summary.path, render_summary(result, config))

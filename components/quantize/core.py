@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from kfp_mlops.components.shared import model_package as package
 from kfp_mlops.components.shared.config import PipelineConfig
-from kfp_mlops.components.shared.metrics import class_indices, compute_metrics
+from kfp_mlops.components.shared.metrics import WEIGHTED, class_indices, compute_metrics, gate_failure
 from kfp_mlops.components.shared.splits import read_split
 
 CANDIDATES = ("fp32", "int8_dynamic", "int8_static", "fp16")
@@ -38,7 +38,7 @@ QUANTIZED_OPS = ["MatMul", "Gemm"]  # the network's weights; preprocessing and l
 THROUGHPUT_BATCH = 64
 CALIBRATION_BATCH = 64
 DROPPED_FILES = (package.WEIGHTS_FILE,)  # fp32 PyTorch weights: not what the quantized package serves
-HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "f1", "roc_auc")
+HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "f1", "roc_auc", *WEIGHTED)
 
 
 class QuantizationBudgetError(RuntimeError):
@@ -51,13 +51,14 @@ class Candidate:
 
     name: str
     onnx_bytes: int
-    metrics: dict[str, float]
-    deltas: dict[str, float]
+    metrics: dict[str, float]  # finite values only
+    deltas: dict[str, float]  # of the metrics both it and fp32 have
     max_abs_diff: float  # largest |probability - fp32 probability| over every row and class
     label_agreement: float  # share of rows whose label equals fp32's
     latency_ms: float  # median batch-1 latency, one ORT thread
     rows_per_second: float  # at batch THROUGHPUT_BATCH, one ORT thread
     reasons: list[str] = field(default_factory=list)  # why it cannot be chosen; empty: it can
+    undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it has no value on the validation split
 
     @property
     def eligible(self) -> bool:
@@ -280,7 +281,9 @@ def measure(
     outputs = {name: s.run([package.PROBABILITIES_OUTPUT, package.LABEL_OUTPUT], feeds) for name, s in sessions.items()}
     base_probabilities, base_labels = outputs["fp32"]
     threshold = model_config.decision_threshold
-    scored = {name: compute_metrics(y, p, config.evaluate, threshold)["metrics"] for name, (p, _) in outputs.items()}
+    scored = {name: compute_metrics(y, p, config.evaluate, threshold, model_config.classes)
+              for name, (p, _) in outputs.items()}  # fmt: skip
+    base = scored["fp32"].metrics
     latency = timings(sessions, batches(feeds, 1, config.quantize.latency_repeats))
     batch_time = timings(sessions, batches(feeds, THROUGHPUT_BATCH, config.quantize.latency_repeats))
     candidates = []
@@ -289,8 +292,9 @@ def measure(
             Candidate(
                 name=name,
                 onnx_bytes=graphs[name].stat().st_size,
-                metrics=scored[name],
-                deltas={metric: value - scored["fp32"][metric] for metric, value in scored[name].items()},
+                metrics=scored[name].metrics,
+                deltas={m: v - base[m] for m, v in scored[name].metrics.items() if m in base},
+                undefined=scored[name].undefined,
                 max_abs_diff=float(np.abs(probabilities - base_probabilities).max()),
                 label_agreement=float(np.mean(labels[:, 0] == base_labels[:, 0])),
                 latency_ms=latency[name] * 1e3,
@@ -332,6 +336,14 @@ def judge(candidate: Candidate, config: PipelineConfig) -> Candidate:
     if candidate.name == "fp32" and "fp32" not in settings.candidates:
         reasons.append("the baseline: list fp32 in quantize.candidates to allow it")
     for metric, allowed in settings.max_metric_drop.items():
+        if candidate.name == "fp32":
+            continue  # the baseline itself: no drop
+        if metric not in candidate.deltas:  # undefined for the candidate or for fp32: the budget fails closed
+            scores = {"metrics": candidate.metrics, "undefined": candidate.undefined}
+            reasons.append(gate_failure(metric, scores, "validation", "quantize.max_metric_drop")
+                           or f"{metric} is undefined for fp32 on the validation split: quantize.max_metric_drop "
+                              "cannot pass on it")  # fmt: skip
+            continue
         drop = -candidate.deltas[metric]
         if not drop <= allowed + 1e-12:  # NaN fails too
             reasons.append(f"{metric} drops {drop:.4f} > {allowed}")
@@ -406,9 +418,10 @@ def comparison_table(
             f"{c.rows_per_second:,.0f} ({c.rows_per_second / base.rows_per_second:.2f}x)",
             f"{c.max_abs_diff:.2g}",
             f"{c.label_agreement:.2%}",
-            *(f"{c.metrics[m]:.4f} ({c.deltas[m]:+.4f})" for m in metric_names),
+            *(f"{c.metrics[m]:.4f} ({c.deltas[m]:+.4f})" if m in c.deltas else "undefined" for m in metric_names),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lower = [m for m in metric_names if m not in HIGHER_IS_BETTER]
     lines += ["", f"Deltas are candidate − fp32; lower is better for {', '.join(lower)}." if lower else ""]
+    lines += [f"{name} is undefined on the validation split: {reason}" for name, reason in base.undefined.items()]
     return "\n".join(lines).rstrip() + "\n"

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from kfp_mlops.components.quantize import core
-from kfp_mlops.components.shared.artifacts import log_metrics, write_text_atomically
+from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
 
 CARRIED_METADATA = ("framework", "format", "onnx_file", "content_hash")  # of the input model, kept as they are
@@ -27,7 +27,8 @@ def run(
     log_metrics(metrics, result.metrics())
     write_text_atomically(comparison.path, result.table())
     chosen = result.selected
-    quantized_model.metadata.update(
+    update_metadata(
+        quantized_model,
         {key: model.metadata[key] for key in CARRIED_METADATA if key in model.metadata}
         | {
             "precision": chosen.name,
@@ -38,7 +39,7 @@ def run(
             "latency_ms_batch1": chosen.latency_ms,
             "source_model": getattr(model, "uri", ""),
             "rejected": result.rejected,
-        }
+        },
     )
     print(result.summary())
     return result

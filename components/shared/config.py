@@ -57,12 +57,16 @@ class SchemaConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    """Deterministic train/validation/test split: by event time (latest rows to test) or by entity hash."""
+    """Deterministic train/validation/test split: by event time (latest rows to test) or by entity hash.
+    ``stratify``: the same rule applied within each label class (time: each class's latest rows to test; entity
+    hash: entities grouped by the label of their latest row), so every class with at least 3 rows (entities) has
+    rows in every split; without it, ingest warns about a class missing from validation or test."""
 
     by: Literal["time", "entity_hash"] = "time"
     validation: float = Field(0.15, gt=0.0, lt=1.0)  # training needs it: early stopping, threshold tuning
     test: float = Field(0.15, gt=0.0, lt=1.0)
     seed: int = 0
+    stratify: bool = False
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitConfig:

@@ -18,6 +18,7 @@ from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.errors import InputError
 
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+_CSV_OPTIONS = pacsv.ConvertOptions(strings_can_be_null=True)
 
 
 def resolve_files(source: str, fmt: str | None = None, what: str = "data.source") -> list[str]:
@@ -50,13 +51,14 @@ def format_of(uri: str, fmt: str | None = None, what: str = "data.format") -> st
 
 
 def parse_table(uri: str, data: bytes, fmt: str) -> pa.Table:
-    """One file's bytes as an Arrow table (CSV: Arrow's type inference and null spellings such as ``n/a``)."""
+    """One file's bytes as an Arrow table (CSV: Arrow's type inference, and its null spellings such as ``n/a``,
+    ``NA`` and the empty cell read as null in every column, string columns included, as pandas reads them)."""
     if not data:
         raise InputError(f"{uri}: file is empty (0 bytes)")
     try:
         if fmt == "parquet":
             return pq.read_table(pa.BufferReader(data))
-        return pacsv.read_csv(io.BytesIO(data))
+        return pacsv.read_csv(io.BytesIO(data), convert_options=_CSV_OPTIONS)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{uri}: not a readable {fmt.upper()} file ({exc})") from None
 

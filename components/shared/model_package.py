@@ -95,9 +95,27 @@ def _floats(values: Any) -> np.ndarray:
 
 
 def _strings(values: Any) -> np.ndarray:
-    if isinstance(values, pa.ChunkedArray | pa.Array):
-        values = values.cast(pa.string()).to_pylist()
-    return np.array(["" if v is None else str(v) for v in values], dtype=object)
+    """Categories as the vocabularies hold them (``tabular.category_values``: booleans "true"/"false"), every missing
+    spelling (null, None, NaN, "") as "", the serving graph's missing category."""
+    from kfp_mlops.components.shared.tabular import MISSING_CATEGORY, category_values
+
+    if not isinstance(values, pa.ChunkedArray | pa.Array):
+        values = list(values)
+        try:
+            values = pa.array(values, from_pandas=True)
+        except (pa.ArrowException, TypeError, ValueError):  # mixed Python types: one at a time
+            values = pa.array([_category_text(v) for v in values], pa.string())
+    strings = category_values(values).to_pylist()
+    return np.array([MISSING_CATEGORY if v is None else v for v in strings], dtype=object)
+
+
+def _category_text(value: Any) -> str | None:
+    """One Python value as ``category_values`` spells it (bool "true"/"false", NaN missing)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    return pa.array([value]).cast(pa.string())[0].as_py()
 
 
 class Predictor:

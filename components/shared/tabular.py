@@ -2,7 +2,10 @@
 
 Numeric features become a float32 matrix with missing values (null, NaN) replaced by the training median;
 categorical features become int64 indices into vocabularies fitted on the training split (0 = missing or unseen:
-the reserved category); labels become int64 class indices. The model standardises numeric inputs with the means and
+the reserved category); labels become int64 class indices. A *missing category* is a null, a floating NaN or the
+empty string (``MISSING_CATEGORY``, what a client sends for one); booleans read as categories are ``"true"`` and
+``"false"``, integers and floats their Arrow string form (``category_values`` is the one conversion, used by
+ingest, training, the serving inputs and drift alike). The model standardises numeric inputs with the means and
 standard deviations kept here. The exported serving graph applies the same imputation and vocabularies to raw
 values (see ``serving_graph``), so training and serving share one definition.
 """
@@ -49,9 +52,7 @@ class Preprocessing:
             medians.append(float(np.median(present)))
             std = float(present.std())
             stds.append(std if std > 1e-12 else 1.0)
-        vocabularies = {name: sorted(category_values(table[name]).unique().to_pylist()) for name in categorical}
-        for name in categorical:
-            vocabularies[name] = [v for v in vocabularies[name] if v is not None and v != MISSING_CATEGORY]
+        vocabularies = {name: vocabulary(table[name]) for name in categorical}
         classes = sorted(pc.unique(table[label]).to_pylist(), key=lambda v: (str(type(v)), v))
         return cls(numeric, list(categorical), label, means, stds, medians, vocabularies, classes)
 
@@ -91,7 +92,9 @@ class Preprocessing:
             return np.array([index[v] for v in values], dtype=np.int64)
         except KeyError as missing:
             raise InputError(
-                f"{split}: label {missing.args[0]!r} in column {self.label!r} does not occur in the training split"
+                f"{split}: label {missing.args[0]!r} in column {self.label!r} does not occur in the training split: "
+                "the model cannot learn it; set split.stratify: true to put rows of every class into train, or "
+                "remove those rows"
             ) from None
 
     def save(self, directory: str | Path) -> Path:
@@ -110,6 +113,14 @@ def numeric_values(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def category_values(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
-    """Categories as strings; the empty string counts as missing (null)."""
+    """Categories as strings, every missing spelling as null: null, a floating NaN and the empty string."""
+    if pa.types.is_floating(values.type):
+        values = pc.if_else(pc.is_nan(values), pa.scalar(None, values.type), values)
     strings = values.cast(pa.string())
     return pc.if_else(pc.equal(strings, MISSING_CATEGORY), pa.scalar(None, pa.string()), strings)
+
+
+def vocabulary(values: pa.ChunkedArray | pa.Array) -> list[str]:
+    """The sorted distinct categories present: missing values (see ``category_values``) are never part of it, so
+    a column with no value at all has an empty vocabulary (every row then takes the reserved category)."""
+    return sorted(pc.drop_null(pc.unique(category_values(values))).to_pylist())

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from kfp_mlops.components.shared import runs
-from kfp_mlops.components.shared.artifacts import log_metrics
+from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata
 from kfp_mlops.components.shared.cluster import PodResources, check_training_pod, train_pod_resources
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.train import core
@@ -28,13 +28,14 @@ def prepare(
     checkpoint_dir = runs.checkpoint_dir(run_dir, pipeline_config.train.checkpoint_dir, run_id)
     prepared = core.prepare(pipeline_config, train_data.path, validation_data.path, training_data.path,
                             pod.gpus, checkpoint_dir)  # fmt: skip
-    training_data.metadata.update(
+    update_metadata(
+        training_data,
         {
             "rows": prepared.rows,
             "features": prepared.preprocessing.features,
             "classes": prepared.preprocessing.classes,
             "content_hash": train_data.metadata.get("content_hash", ""),
-        }
+        },
     )
     resources = train_pod_resources(pod, pipeline_config.train.nodes)
     role = "TrainJob launcher (no GPU)" if pipeline_config.train.nodes > 1 else "training pod"
@@ -75,7 +76,8 @@ def run(
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     }
     log_metrics(metrics, summary)
-    model.metadata.update(
+    update_metadata(
+        model,
         {
             "framework": "pytorch+deepspeed",
             "format": "onnx",
@@ -88,5 +90,5 @@ def run(
             "zero_stage": result.metrics["zero_stage"],
             "world_size": result.metrics["world_size"],
             "batching": result.batching.as_dict() if result.batching else {},
-        }
+        },
     )
