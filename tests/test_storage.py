@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -140,8 +141,8 @@ def test_access_check_names_the_secret_to_create_when_credentials_are_missing(s3
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     storage.reset_clients()
-    with pytest.raises(storage.StorageAccessError, match=r"cannot write to s3://.*create the Kubernetes Secret "
-                       r"kfp-mlops-storage with keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY"):  # fmt: skip
+    with pytest.raises(storage.StorageAccessError, match=r"cannot write to s3://.*set AWS_ACCESS_KEY_ID, "
+                       r"AWS_SECRET_ACCESS_KEY.*the Kubernetes Secret kfp-mlops-storage with those keys"):  # fmt: skip
         storage.check_access(s3.uri("access-check-root"))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.env["AWS_ACCESS_KEY_ID"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.env["AWS_SECRET_ACCESS_KEY"])
@@ -166,3 +167,26 @@ def test_kfp_object_store_endpoint_is_the_first_that_resolves(monkeypatch):
     assert storage.kfp_object_store_endpoint() == "http://localhost:9000"
     monkeypatch.setattr(storage, "KFP_OBJECT_STORE_ENDPOINTS", ("http://a.invalid:9000", "http://b.invalid:9000"))
     assert storage.kfp_object_store_endpoint() == "http://a.invalid:9000"
+
+
+@pytest.mark.servers
+def test_missing_or_wrong_credentials_fail_naming_the_uri_and_what_to_set(s3, monkeypatch, tmp_path):
+    """A user's first run against object storage without credentials: one line naming the URI and the variables or
+    Secret to provide, not a client traceback (SeaweedFS checks the signature for real)."""
+    uri = s3.uri("secure/object.txt")
+    storage.write_bytes(uri, b"ok")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    storage.reset_clients()
+    with pytest.raises(storage.StorageAccessError, match=rf"^{re.escape(uri)}: ClientError: .*set AWS_ACCESS_KEY_ID"):
+        storage.read_bytes(uri)
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookup from a test
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    storage.reset_clients()
+    prefix = s3.uri("secure/")
+    with pytest.raises(storage.StorageAccessError, match=rf"^{re.escape(prefix)}: NoCredentialsError: .*Secret kfp-"):
+        storage.list_uris(prefix)
+    with pytest.raises(storage.StorageAccessError, match="^cannot write to .*NoCredentialsError"):
+        storage.check_access(prefix)

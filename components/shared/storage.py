@@ -143,17 +143,48 @@ def check_access(uri: str) -> None:
         write_bytes(probe, b"ok")
         read_bytes(probe)
         delete_tree(probe)
+    except StorageAccessError as exc:
+        raise StorageAccessError(f"cannot write to {uri}: {exc}") from None
     except Exception as exc:
         if parse(uri).scheme == "file":
             raise
-        hint = (
-            f"create the Kubernetes Secret {STORAGE_SECRET} with keys {', '.join(CREDENTIAL_SECRET_KEYS)} "
-            f"(or, for KFP's MinIO, keep its Secret {KFP_MINIO_SECRET} with keys accesskey and secretkey)"
-            if parse(uri).scheme == "s3"
-            else "give the pod's service account access to the bucket (workload identity) or set "
-            "GOOGLE_APPLICATION_CREDENTIALS"
+        raise StorageAccessError(f"cannot write to {uri} ({type(exc).__name__}: {exc}); {_access_hint(uri)}") from None
+
+
+# What a client raises when the credentials or the endpoint are missing or wrong (not a missing object).
+_ACCESS_ERRORS = {"NoCredentialsError", "PartialCredentialsError", "EndpointConnectionError", "ConnectTimeoutError",
+                  "DefaultCredentialsError", "Forbidden", "Unauthorized", "RefreshError"}  # fmt: skip
+_ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "ExpiredToken", "InvalidToken"}
+
+
+def _access_hint(uri: str) -> str:
+    if parse(uri).scheme == "s3":
+        return (
+            f"set {', '.join(CREDENTIAL_SECRET_KEYS)} (in a cluster: the Kubernetes Secret {STORAGE_SECRET} with "
+            f"those keys, or, for KFP's object store, its Secret {KFP_MINIO_SECRET} with keys accesskey and secretkey)"
         )
-        raise StorageAccessError(f"cannot write to {uri} ({type(exc).__name__}: {exc}); {hint}") from None
+    return (
+        "give the pod's service account access to the bucket (workload identity) or set GOOGLE_APPLICATION_CREDENTIALS"
+    )
+
+
+def _explained_access(func):
+    """``func(uri, …)`` (or ``func(path, uri)``), with credential and endpoint failures raised as StorageAccessError
+    naming the URI and what to provide, instead of a client's traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            response = getattr(exc, "response", None)
+            code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+            if type(exc).__name__ not in _ACCESS_ERRORS and code not in _ACCESS_CODES:
+                raise
+            uri = next((a for a in args if isinstance(a, str) and "://" in a), str(args[0]))
+            raise StorageAccessError(f"{uri}: {type(exc).__name__}: {exc}; {_access_hint(uri)}") from None
+
+    return wrapper
 
 
 def _gcs_blob(loc: Location):
@@ -167,6 +198,7 @@ def _is_missing(exc: Exception) -> bool:
     return type(exc).__name__ == "NotFound"  # google.api_core.exceptions.NotFound
 
 
+@_explained_access
 def read_bytes(uri: str) -> bytes:
     """Read a whole object; raises FileNotFoundError naming the URI when it does not exist."""
     loc = parse(uri)
@@ -184,6 +216,7 @@ def read_bytes(uri: str) -> bytes:
         raise
 
 
+@_explained_access
 def write_bytes(uri: str, data: bytes) -> None:
     """Write an object atomically (see the module docstring)."""
     loc = parse(uri)
@@ -195,6 +228,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         _gcs_blob(loc).upload_from_string(data)
 
 
+@_explained_access
 def upload_file(path: str | os.PathLike[str], uri: str) -> None:
     """Copy a local file to ``uri`` (any scheme), atomically."""
     loc = parse(uri)
@@ -207,6 +241,7 @@ def upload_file(path: str | os.PathLike[str], uri: str) -> None:
         _gcs_blob(loc).upload_from_filename(os.fspath(path))
 
 
+@_explained_access
 def download_file(uri: str, path: str | os.PathLike[str]) -> None:
     """Copy ``uri`` (any scheme) to a local file, atomically."""
     loc = parse(uri)
@@ -261,6 +296,7 @@ def _list_prefix(loc: Location) -> list[str]:
     return sorted(Location(loc.scheme, loc.bucket, key).uri for key in keys if not key.endswith("/"))
 
 
+@_explained_access
 def list_uris(uri: str) -> list[str]:
     """The files a URI names, sorted: the file itself, everything under a directory or prefix, or a glob's matches.
 
@@ -291,6 +327,7 @@ def _is_under(key: str, prefix: str) -> bool:
     return not prefix or key.startswith(prefix.rstrip("/") + "/")
 
 
+@_explained_access
 def delete_tree(uri: str) -> int:
     """Delete every file under ``uri`` (a directory or prefix, whole path segments); returns how many."""
     uris = list_uris(uri)
