@@ -10,13 +10,24 @@ import argparse
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kfp_mlops import kfp_api
+from kfp_mlops.components.shared import kfp_api
+
+# The fix each connection error names, in this command line's words.
+SETTING_NAMES = kfp_api.SettingNames(
+    host="--host (env KFP_HOST)",
+    namespace="--namespace",
+    token="--existing-token (env KFP_EXISTING_TOKEN)",
+    kube_context="--kube-context",
+    ssl_ca_cert="--ssl-ca-cert",
+    timeout="--request-timeout",
+)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the server's "not set" for finished_at
 
 
 def add_commands(subparsers: Any) -> None:
@@ -147,14 +158,14 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     client = kfp_api.connect(_connection(args))
     runs = kfp_api.list_runs(client, experiment=args.experiment, limit=args.limit, namespace=args.namespace)
-    print(kfp_api.runs_table(runs) if runs else "no runs")
+    print(runs_table(runs) if runs else "no runs")
     return 0
 
 
 def cmd_schedules(args: argparse.Namespace) -> int:
     client = kfp_api.connect(_connection(args))
     schedules = kfp_api.list_schedules(client, namespace=args.namespace)
-    print(kfp_api.schedules_table(schedules) if schedules else "no schedules")
+    print(schedules_table(schedules) if schedules else "no schedules")
     return 0
 
 
@@ -185,6 +196,7 @@ def _connection(args: argparse.Namespace) -> kfp_api.Connection:
         ssl_ca_cert=args.ssl_ca_cert or "",
         ui_host=args.ui_host or os.environ.get("KF_PIPELINES_UI_ENDPOINT", ""),
         timeout=args.request_timeout,
+        names=SETTING_NAMES,
     )
 
 
@@ -243,3 +255,46 @@ def _timestamp(text: str) -> datetime:
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} needs a timezone, e.g. 2026-01-01T00:00:00Z")
     return moment
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, two spaces apart, under a header row."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(f"{cell!s:<{w}}" for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def runs_table(runs: Sequence[Any]) -> str:
+    rows = [(r.run_id, r.display_name or "", r.state or "", _when(r.created_at), _when(r.finished_at)) for r in runs]
+    return format_table(("RUN ID", "NAME", "STATE", "CREATED", "FINISHED"), rows)
+
+
+def schedules_table(schedules: Sequence[Any]) -> str:
+    rows = []
+    for r in schedules:
+        trigger = r.trigger or None
+        cron = trigger.cron_schedule.cron if trigger and trigger.cron_schedule else ""
+        if not cron and trigger and trigger.periodic_schedule:
+            cron = f"every {trigger.periodic_schedule.interval_second} s"
+        status = "paused" if r.mode == "DISABLE" else "enabled"
+        catchup = "no" if r.no_catchup else "yes"
+        rows.append(
+            (
+                r.recurring_run_id,
+                r.display_name or "",
+                status,
+                cron,
+                str(r.max_concurrency or 1),
+                catchup,
+                _when(r.created_at),
+            )
+        )
+    return format_table(("SCHEDULE ID", "NAME", "STATUS", "CRON", "MAX CONCURRENCY", "CATCHUP", "CREATED"), rows)
+
+
+def _when(moment: datetime | None) -> str:
+    if moment is None or moment <= EPOCH:
+        return "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")

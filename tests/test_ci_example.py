@@ -21,7 +21,8 @@ import pytest
 import yaml
 from support.kfp_api_server import FakeKfpApiServer
 
-from kfp_mlops import cli, kfp_api
+from kfp_mlops import cli
+from kfp_mlops.components.shared import kfp_api
 from kfp_mlops.components.shared.images import STEPS
 from kfp_mlops.local_run import coerce_arguments
 

@@ -20,7 +20,8 @@ import pytest
 import yaml
 from support.kfp_api_server import FakeKfpApiServer
 
-from kfp_mlops import __version__, cli, kfp_api
+from kfp_mlops import __version__, cli
+from kfp_mlops.components.shared import kfp_api
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -496,7 +497,7 @@ def test_invalid_cron_expressions_are_explained(cron, message):
     ("flags", "message"),
     [
         (["--cron", "@daily", "--start", "2026-01-01T00:00:00"], "needs a timezone"),
-        (["--cron", "@daily", "--max-concurrency", "11"], "--max-concurrency 11: the KFP server accepts 1 to 10"),
+        (["--cron", "@daily", "--max-concurrency", "11"], "max concurrency 11: the KFP server accepts 1 to 10"),
         (["--cron", "@daily", "--delete"], "--delete takes no --cron"),
         ([], "--cron is required"),
     ],
@@ -570,7 +571,7 @@ def test_lists_follow_next_page_tokens_to_the_end(kfp_server, package, monkeypat
     client = kfp_api.connect(kfp_api.Connection(host=kfp_server.url))
     for index in range(5):
         kfp_api.ensure_schedule(client, package, kfp_api.Schedule(name=f"s{index}", cron="@hourly"))
-    monkeypatch.setattr(kfp_api, "PAGE_SIZE", 2)
+    monkeypatch.setattr(kfp_api.schedules, "PAGE_SIZE", 2)
 
     schedules = kfp_api.list_schedules(client)
 

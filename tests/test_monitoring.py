@@ -14,8 +14,8 @@ import yaml
 from support.configs import config_document
 from support.kfp_api_server import FakeKfpApiServer
 
-from kfp_mlops import kfp_api
 from kfp_mlops.components.drift import executor
+from kfp_mlops.components.shared import kfp_api
 from kfp_mlops.components.shared.errors import InputError
 
 GOLDEN = Path(__file__).parent / "golden" / "training.yaml"
@@ -82,6 +82,16 @@ def test_retraining_through_the_kfp_api_needs_its_host_and_an_uploaded_pipeline(
     missing = monitoring(kfp_server) | {"training_pipeline": "not-uploaded"}
     with pytest.raises(kfp_api.KfpApiError, match="no pipeline named 'not-uploaded' is uploaded"):
         executor.submit_training(config_text(monitoring=missing), "s3://b/w/", "", None)
+
+
+def test_kfp_api_errors_in_the_step_name_its_config_keys_not_cli_flags(tmp_path):
+    with FakeKfpApiServer(multi_user=True) as server:
+        with pytest.raises(kfp_api.KfpApiError, match="multi-user deployment: pass monitoring.kfp_namespace") as info:
+            executor.submit_training(config_text(monitoring=monitoring(server)), "s3://b/w/", "", None)
+    assert "--" not in str(info.value)
+    with pytest.raises(ValueError, match="monitoring.kfp_host 'kfp.example.com': expected a URL"):
+        executor.submit_training(config_text(monitoring={"retrain": "kfp_api", "kfp_host": "kfp.example.com"}),
+                                 "s3://b/w/", "", None)  # fmt: skip
 
 
 def test_the_drift_check_needs_a_model_that_serves_and_says_so(tmp_path):
