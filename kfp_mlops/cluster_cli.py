@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from kfp_mlops.cli_common import add_image_flags, compiled_package, package_and_arguments
 from kfp_mlops.components.shared import kfp_api
 
 # The fix each connection error names, in this command line's words.
@@ -77,7 +75,7 @@ def add_commands(subparsers: Any) -> None:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    with _package(args) as package:
+    with compiled_package(args) as package:
         client = kfp_api.connect(_connection(args))
         result = kfp_api.upload_pipeline(
             client, package, version_name=args.version, description=args.description, namespace=args.namespace
@@ -88,8 +86,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     connection = _connection(args)
-    with _package(args) as package:
-        arguments = _arguments(args, package)
+    with package_and_arguments(args) as (package, arguments):
         client = kfp_api.connect(connection)
         submitted = kfp_api.submit_run(
             client, package, arguments, experiment=args.experiment, run_name=args.run_name, namespace=args.namespace,
@@ -129,11 +126,11 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     connection = _connection(args)
     results = []
     if args.cron:
-        with _package(args) as package:
+        with package_and_arguments(args) as (package, arguments):
             schedule = kfp_api.Schedule(
                 name=name,
                 cron=args.cron,
-                arguments=_arguments(args, package),
+                arguments=arguments,
                 max_concurrency=args.max_concurrency,
                 catchup=not args.no_catchup,
                 start=args.start,
@@ -201,11 +198,9 @@ def _connection(args: argparse.Namespace) -> kfp_api.Connection:
 
 
 def _add_pipeline_source(parser: argparse.ArgumentParser) -> None:
-    from kfp_mlops.cli import _add_image_flags
-
     parser.add_argument("pipeline", help="pipeline name, e.g. training")
     parser.add_argument("--package", help="compiled pipeline YAML to use instead of compiling now")
-    _add_image_flags(parser)
+    add_image_flags(parser)
 
 
 def _add_run_settings(parser: argparse.ArgumentParser) -> None:
@@ -218,33 +213,6 @@ def _add_run_settings(parser: argparse.ArgumentParser) -> None:
         help=f"the runs' Kubernetes service account (default {kfp_api.RUNNER_SERVICE_ACCOUNT}: manifests/runner, "
         "which may launch TrainJobs; '' for the server's default)",
     )
-
-
-@contextmanager
-def _package(args: argparse.Namespace) -> Iterator[Path]:
-    """The compiled YAML: ``--package``, or PIPELINE compiled now into a temporary directory."""
-    from kfp_mlops.cli import _images
-    from kfp_mlops.pipelines import compile_pipeline
-
-    if args.package:
-        package = Path(args.package)
-        if not package.is_file():
-            raise FileNotFoundError(f"--package {package}: no such file")
-        yield package
-        return
-    with tempfile.TemporaryDirectory(prefix="kfp-mlops-compile-") as tmp:
-        yield compile_pipeline(args.pipeline, Path(tmp) / f"{args.pipeline}.yaml", _images(args))
-
-
-def _arguments(args: argparse.Namespace, package: Path) -> dict[str, Any]:
-    """``--param`` values typed as the compiled YAML declares them, plus ``--config`` as the config text."""
-    from kfp_mlops.cli import config_text, parse_params
-    from kfp_mlops.local_run import coerce_arguments
-
-    raw = parse_params(args.param)
-    if args.config:
-        raw["config"] = config_text(Path(args.config))
-    return coerce_arguments(package, raw)
 
 
 def _timestamp(text: str) -> datetime:
