@@ -4,7 +4,6 @@ report. The whole pipeline runs from its compiled YAML in tests/test_local_run.p
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +17,6 @@ from kfp_mlops.components.drift import executor
 from kfp_mlops.components.shared import kfp_api
 from kfp_mlops.components.shared.errors import InputError
 
-GOLDEN = Path(__file__).parent / "golden" / "training.yaml"
 RUN_ID = "monitoring-run-1"
 
 
@@ -35,11 +33,10 @@ def config_text(**sections) -> str:
 
 
 @pytest.fixture
-def kfp_server(tmp_path):
-    with FakeKfpApiServer() as server:
-        client = kfp_api.connect(kfp_api.Connection(host=server.url))
-        kfp_api.upload_pipeline(client, Path(shutil.copy(GOLDEN, tmp_path / "training.yaml")))
-        yield server
+def kfp_server(kfp_server, golden_package):
+    """The KFP API test double (tests/conftest.py) with the training pipeline uploaded."""
+    kfp_api.upload_pipeline(kfp_api.connect(kfp_api.Connection(host=kfp_server.url)), golden_package)
+    return kfp_server
 
 
 def monitoring(server: FakeKfpApiServer) -> dict:
