@@ -225,6 +225,9 @@ def _timestamp(text: str) -> datetime:
     return moment
 
 
+# --- tables -------------------------------------------------------------------------------------------------------
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns, two spaces apart, under a header row."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
