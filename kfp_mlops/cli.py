@@ -5,30 +5,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-import yaml
+from kfp_mlops import cli_common
+from kfp_mlops.cli_common import add_image_flags, package_and_arguments
 
 DEFAULT_COMPILE_DIR = "build/pipelines"
 DEFAULT_PIPELINE_ROOT = "build/local-runs"
 
 
-def _images(args: argparse.Namespace):
-    from kfp_mlops.components.shared.images import ImageConfig
-
-    return ImageConfig.from_env(registry=args.image_registry, tag=args.image_tag)
-
-
-def _add_image_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-registry", help="registry of the step images (env KFP_MLOPS_IMAGE_REGISTRY)")
-    parser.add_argument("--image-tag", help="tag of the step images (env KFP_MLOPS_IMAGE_TAG; default: version)")
-
-
 def cmd_compile(args: argparse.Namespace) -> int:
     from kfp_mlops.pipelines import PIPELINES, compile_all, compile_pipeline
 
-    images = _images(args)
+    images = cli_common.images(args)
     if args.pipeline:
         paths = [compile_pipeline(args.pipeline, Path(args.output_dir) / f"{args.pipeline}.yaml", images)]
     else:
@@ -38,60 +27,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0 if len(paths) == (1 if args.pipeline else len(PIPELINES)) else 1
 
 
-# Settings that hold a local path or a URI: a relative local path is taken relative to the config file's folder.
-PATH_SETTINGS = (
-    ("data", "source"),
-    ("evaluate", "baseline"),
-    ("deploy", "model_repository"),
-    ("train", "checkpoint_dir"),
-)
-
-
-def config_text(path: Path) -> str:
-    """Read a config file and make its relative local paths absolute, resolved against the file's folder."""
-    from kfp_mlops.components.shared import storage
-    from kfp_mlops.components.shared.config import parse_config
-
-    config = parse_config(yaml.safe_load(path.read_text()), str(path))
-    document = config.model_dump(by_alias=True, exclude_none=True)
-    for section, key in PATH_SETTINGS:
-        value = document[section][key]
-        if value and not storage.is_remote(value) and not value.startswith("file://") and not Path(value).is_absolute():
-            document[section][key] = str((path.parent / value).resolve()) + ("/" if value.endswith("/") else "")
-    return parse_config(document, str(path)).to_yaml()
-
-
-def parse_params(pairs: list[str]) -> dict[str, str]:
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--param {pair!r}: expected key=value")
-        params[key] = value
-    return params
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from kfp_mlops.local_run import coerce_arguments, format_summary, local_gpus, parameter_types, run_local
-    from kfp_mlops.pipelines import compile_pipeline
+    from kfp_mlops.local_run import format_summary, run_local
 
     if not args.local:
         print("run needs --local; on a Kubeflow cluster: kfp-mlops submit PIPELINE --host URL", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="kfp-mlops-compile-") as tmp:
-        package = (
-            Path(args.package) if args.package else compile_pipeline(args.pipeline, Path(tmp) / "p.yaml", _images(args))
-        )
-        raw = parse_params(args.param)
-        if args.config:
-            raw["config"] = config_text(Path(args.config))
-        if "gpus_per_node" in parameter_types(package) and "gpus_per_node" not in raw:
-            raw["gpus_per_node"] = str(local_gpus())  # locally: the GPUs this machine has, so checks match it
-        arguments = coerce_arguments(package, raw)
+    with package_and_arguments(args, defaults=_local_defaults) as (package, arguments):
         result = run_local(package, arguments, Path(args.pipeline_root), verbose=args.verbose)
     print()
     print(format_summary(result))
     return 0 if result.succeeded else 1
+
+
+def _local_defaults(package: Path) -> dict[str, str]:
+    """Locally, ``gpus_per_node`` is the GPUs this machine has, so the checks match it."""
+    from kfp_mlops.local_run import local_gpus, parameter_types
+
+    return {"gpus_per_node": str(local_gpus())} if "gpus_per_node" in parameter_types(package) else {}
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
@@ -111,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser("compile", help="compile every pipeline (or one) to YAML")
     compile_.add_argument("pipeline", nargs="?", help="compile only this pipeline")
     compile_.add_argument("--output-dir", default=DEFAULT_COMPILE_DIR, help=f"default: {DEFAULT_COMPILE_DIR}")
-    _add_image_flags(compile_)
+    add_image_flags(compile_)
     compile_.set_defaults(func=cmd_compile)
 
     run = commands.add_parser("run", help="run a pipeline locally from its compiled YAML")
@@ -122,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pipeline-root", default=DEFAULT_PIPELINE_ROOT, help=f"default: {DEFAULT_PIPELINE_ROOT}")
     run.add_argument("--package", help="compiled pipeline YAML to run instead of compiling now")
     run.add_argument("--verbose", action="store_true", help="stream every step's full output (always in logs/)")
-    _add_image_flags(run)
+    add_image_flags(run)
     run.set_defaults(func=cmd_run)
 
     sample = commands.add_parser("sample-data", help="write the deterministic sample dataset (Parquet)")

@@ -9,14 +9,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from kfp_mlops import kfp_api
+from kfp_mlops.cli_common import add_image_flags, compiled_package, package_and_arguments
+from kfp_mlops.components.shared import kfp_api
+
+# The fix each connection error names, in this command line's words.
+SETTING_NAMES = kfp_api.SettingNames(
+    host="--host (env KFP_HOST)",
+    namespace="--namespace",
+    token="--existing-token (env KFP_EXISTING_TOKEN)",
+    kube_context="--kube-context",
+    ssl_ca_cert="--ssl-ca-cert",
+    timeout="--request-timeout",
+)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # the server's "not set" for finished_at
 
 
 def add_commands(subparsers: Any) -> None:
@@ -66,7 +75,7 @@ def add_commands(subparsers: Any) -> None:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    with _package(args) as package:
+    with compiled_package(args) as package:
         client = kfp_api.connect(_connection(args))
         result = kfp_api.upload_pipeline(
             client, package, version_name=args.version, description=args.description, namespace=args.namespace
@@ -77,8 +86,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     connection = _connection(args)
-    with _package(args) as package:
-        arguments = _arguments(args, package)
+    with package_and_arguments(args) as (package, arguments):
         client = kfp_api.connect(connection)
         submitted = kfp_api.submit_run(
             client, package, arguments, experiment=args.experiment, run_name=args.run_name, namespace=args.namespace,
@@ -118,11 +126,11 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     connection = _connection(args)
     results = []
     if args.cron:
-        with _package(args) as package:
+        with package_and_arguments(args) as (package, arguments):
             schedule = kfp_api.Schedule(
                 name=name,
                 cron=args.cron,
-                arguments=_arguments(args, package),
+                arguments=arguments,
                 max_concurrency=args.max_concurrency,
                 catchup=not args.no_catchup,
                 start=args.start,
@@ -147,14 +155,14 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     client = kfp_api.connect(_connection(args))
     runs = kfp_api.list_runs(client, experiment=args.experiment, limit=args.limit, namespace=args.namespace)
-    print(kfp_api.runs_table(runs) if runs else "no runs")
+    print(runs_table(runs) if runs else "no runs")
     return 0
 
 
 def cmd_schedules(args: argparse.Namespace) -> int:
     client = kfp_api.connect(_connection(args))
     schedules = kfp_api.list_schedules(client, namespace=args.namespace)
-    print(kfp_api.schedules_table(schedules) if schedules else "no schedules")
+    print(schedules_table(schedules) if schedules else "no schedules")
     return 0
 
 
@@ -185,15 +193,14 @@ def _connection(args: argparse.Namespace) -> kfp_api.Connection:
         ssl_ca_cert=args.ssl_ca_cert or "",
         ui_host=args.ui_host or os.environ.get("KF_PIPELINES_UI_ENDPOINT", ""),
         timeout=args.request_timeout,
+        names=SETTING_NAMES,
     )
 
 
 def _add_pipeline_source(parser: argparse.ArgumentParser) -> None:
-    from kfp_mlops.cli import _add_image_flags
-
     parser.add_argument("pipeline", help="pipeline name, e.g. training")
     parser.add_argument("--package", help="compiled pipeline YAML to use instead of compiling now")
-    _add_image_flags(parser)
+    add_image_flags(parser)
 
 
 def _add_run_settings(parser: argparse.ArgumentParser) -> None:
@@ -208,33 +215,6 @@ def _add_run_settings(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@contextmanager
-def _package(args: argparse.Namespace) -> Iterator[Path]:
-    """The compiled YAML: ``--package``, or PIPELINE compiled now into a temporary directory."""
-    from kfp_mlops.cli import _images
-    from kfp_mlops.pipelines import compile_pipeline
-
-    if args.package:
-        package = Path(args.package)
-        if not package.is_file():
-            raise FileNotFoundError(f"--package {package}: no such file")
-        yield package
-        return
-    with tempfile.TemporaryDirectory(prefix="kfp-mlops-compile-") as tmp:
-        yield compile_pipeline(args.pipeline, Path(tmp) / f"{args.pipeline}.yaml", _images(args))
-
-
-def _arguments(args: argparse.Namespace, package: Path) -> dict[str, Any]:
-    """``--param`` values typed as the compiled YAML declares them, plus ``--config`` as the config text."""
-    from kfp_mlops.cli import config_text, parse_params
-    from kfp_mlops.local_run import coerce_arguments
-
-    raw = parse_params(args.param)
-    if args.config:
-        raw["config"] = config_text(Path(args.config))
-    return coerce_arguments(package, raw)
-
-
 def _timestamp(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
@@ -243,3 +223,49 @@ def _timestamp(text: str) -> datetime:
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} needs a timezone, e.g. 2026-01-01T00:00:00Z")
     return moment
+
+
+# --- tables -------------------------------------------------------------------------------------------------------
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, two spaces apart, under a header row."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(f"{cell!s:<{w}}" for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def runs_table(runs: Sequence[Any]) -> str:
+    rows = [(r.run_id, r.display_name or "", r.state or "", _when(r.created_at), _when(r.finished_at)) for r in runs]
+    return format_table(("RUN ID", "NAME", "STATE", "CREATED", "FINISHED"), rows)
+
+
+def schedules_table(schedules: Sequence[Any]) -> str:
+    rows = []
+    for r in schedules:
+        trigger = r.trigger or None
+        cron = trigger.cron_schedule.cron if trigger and trigger.cron_schedule else ""
+        if not cron and trigger and trigger.periodic_schedule:
+            cron = f"every {trigger.periodic_schedule.interval_second} s"
+        status = "paused" if r.mode == "DISABLE" else "enabled"
+        catchup = "no" if r.no_catchup else "yes"
+        rows.append(
+            (
+                r.recurring_run_id,
+                r.display_name or "",
+                status,
+                cron,
+                str(r.max_concurrency or 1),
+                catchup,
+                _when(r.created_at),
+            )
+        )
+    return format_table(("SCHEDULE ID", "NAME", "STATUS", "CRON", "MAX CONCURRENCY", "CATCHUP", "CREATED"), rows)
+
+
+def _when(moment: datetime | None) -> str:
+    if moment is None or moment <= EPOCH:
+        return "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")

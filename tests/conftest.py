@@ -3,10 +3,15 @@ trained on them for real. Helpers shared by several test modules live in tests/s
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from support.configs import pipeline_config
+from support.kfp_api_server import FakeKfpApiServer
+from support.kfp_cli import GOLDEN
 from support.servers import (  # noqa: F401 - fixtures, used by name
     gcs,
     gcs_server,
@@ -55,3 +60,45 @@ def trained_model(tmp_path_factory, ingested):
     result = train(config, paths.train, paths.validation, str(directory / "model"), str(directory / "ckpt"),
                    str(directory / "train.log"))  # fmt: skip
     return result, directory
+
+
+# --- KFP API (tests/support/kfp_api_server.py) --------------------------------------------------------------------
+
+
+@pytest.fixture
+def kfp_client_settings(tmp_path, monkeypatch) -> None:
+    """No user settings leak in: kfp.Client's context file (its namespace) and the connection variables."""
+    from kfp.client.client import Client
+
+    monkeypatch.setattr(Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
+    for variable in (
+        "KFP_HOST",
+        "KFP_NAMESPACE",
+        "KFP_EXISTING_TOKEN",
+        "KF_PIPELINES_ENDPOINT",
+        "KF_PIPELINES_UI_ENDPOINT",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+
+
+@pytest.fixture
+def kfp_server() -> Iterator[FakeKfpApiServer]:
+    with FakeKfpApiServer() as server:
+        yield server
+
+
+@pytest.fixture
+def golden_package(tmp_path) -> Path:
+    """A compiled training pipeline: the golden YAML."""
+    return Path(shutil.copy(GOLDEN, tmp_path / "training.yaml"))
+
+
+@pytest.fixture
+def changed_package(tmp_path) -> Path:
+    """The golden training pipeline with one default changed: another YAML, another content hash."""
+    documents = list(yaml.safe_load_all(GOLDEN.read_text()))
+    documents[0]["root"]["inputDefinitions"]["parameters"]["train_cpu"]["defaultValue"] = "16"
+    path = tmp_path / "changed" / "training.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump_all(documents, sort_keys=True))
+    return path

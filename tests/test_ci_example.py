@@ -21,7 +21,8 @@ import pytest
 import yaml
 from support.kfp_api_server import FakeKfpApiServer
 
-from kfp_mlops import cli, kfp_api
+from kfp_mlops import cli, cli_common
+from kfp_mlops.components.shared import kfp_api
 from kfp_mlops.components.shared.images import STEPS
 from kfp_mlops.local_run import coerce_arguments
 
@@ -350,7 +351,7 @@ def test_cluster_commands_use_the_compiled_packages_and_known_parameters(compile
         pipeline = command.words[1]
         assert command.option("--package") == [f"build/pipelines/{pipeline}.yaml"], command
         assert command.option("--host") == [SETTINGS["KFP_HOST"]] and command.option("--namespace"), command
-        params = cli.parse_params(command.option("--param"))
+        params = cli_common.parse_params(command.option("--param"))
         if command.subcommand != "upload":
             assert params["config"] == SETTINGS["PIPELINE_CONFIG"]
         coerce_arguments(compiled / f"{pipeline}.yaml", params)

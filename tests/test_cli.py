@@ -5,7 +5,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import yaml
 
-from kfp_mlops.cli import config_text, main
+from kfp_mlops.cli import main
+from kfp_mlops.cli_common import config_text
 
 
 def test_sample_data_writes_a_parquet_file(tmp_path, capsys):

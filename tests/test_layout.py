@@ -56,6 +56,7 @@ def test_pyproject_packages_every_component_folder():
     """A step missing from the list works in the editable install and is absent from its image."""
     packages = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     expected = {"kfp_mlops", "kfp_mlops.components", "kfp_mlops.components.shared", "kfp_mlops.pipelines"}
+    expected |= {f"kfp_mlops.components.shared.{p.parent.name}" for p in (COMPONENTS / "shared").glob("*/__init__.py")}
     expected |= {f"kfp_mlops.components.{d.name}" for d in STEP_DIRS}
     assert packages == expected
 

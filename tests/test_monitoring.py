@@ -4,7 +4,6 @@ report. The whole pipeline runs from its compiled YAML in tests/test_local_run.p
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,11 +13,10 @@ import yaml
 from support.configs import config_document
 from support.kfp_api_server import FakeKfpApiServer
 
-from kfp_mlops import kfp_api
 from kfp_mlops.components.drift import executor
+from kfp_mlops.components.shared import kfp_api
 from kfp_mlops.components.shared.errors import InputError
 
-GOLDEN = Path(__file__).parent / "golden" / "training.yaml"
 RUN_ID = "monitoring-run-1"
 
 
@@ -35,11 +33,10 @@ def config_text(**sections) -> str:
 
 
 @pytest.fixture
-def kfp_server(tmp_path):
-    with FakeKfpApiServer() as server:
-        client = kfp_api.connect(kfp_api.Connection(host=server.url))
-        kfp_api.upload_pipeline(client, Path(shutil.copy(GOLDEN, tmp_path / "training.yaml")))
-        yield server
+def kfp_server(kfp_server, golden_package):
+    """The KFP API test double (tests/conftest.py) with the training pipeline uploaded."""
+    kfp_api.upload_pipeline(kfp_api.connect(kfp_api.Connection(host=kfp_server.url)), golden_package)
+    return kfp_server
 
 
 def monitoring(server: FakeKfpApiServer) -> dict:
@@ -82,6 +79,16 @@ def test_retraining_through_the_kfp_api_needs_its_host_and_an_uploaded_pipeline(
     missing = monitoring(kfp_server) | {"training_pipeline": "not-uploaded"}
     with pytest.raises(kfp_api.KfpApiError, match="no pipeline named 'not-uploaded' is uploaded"):
         executor.submit_training(config_text(monitoring=missing), "s3://b/w/", "", None)
+
+
+def test_kfp_api_errors_in_the_step_name_its_config_keys_not_cli_flags(tmp_path):
+    with FakeKfpApiServer(multi_user=True) as server:
+        with pytest.raises(kfp_api.KfpApiError, match="multi-user deployment: pass monitoring.kfp_namespace") as info:
+            executor.submit_training(config_text(monitoring=monitoring(server)), "s3://b/w/", "", None)
+    assert "--" not in str(info.value)
+    with pytest.raises(ValueError, match="monitoring.kfp_host 'kfp.example.com': expected a URL"):
+        executor.submit_training(config_text(monitoring={"retrain": "kfp_api", "kfp_host": "kfp.example.com"}),
+                                 "s3://b/w/", "", None)  # fmt: skip
 
 
 def test_the_drift_check_needs_a_model_that_serves_and_says_so(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kfp_mlops.components.drift.core import check_drift
-from kfp_mlops.components.shared import outcomes, runs
+from kfp_mlops.components.shared import kfp_api, outcomes, runs
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.cluster import pod_namespace
 from kfp_mlops.components.shared.config import load_config
@@ -21,6 +21,13 @@ NO_ACTION = "none"
 # Where kfp.Client reads a projected token for the audience pipelines.kubeflow.org (KFP's multi-user auth):
 # sdk/python/kfp/client/__init__.py KF_PIPELINES_SA_TOKEN_PATH; manifests/overlays/profile projects it there.
 PIPELINES_API_TOKEN = "/var/run/secrets/kubeflow/pipelines/token"
+# The fix a KFP API error names, in this step's words: its config keys and the pod's projected token.
+SETTING_NAMES = kfp_api.SettingNames(
+    host="monitoring.kfp_host",
+    namespace="monitoring.kfp_namespace",
+    token=f"the pod's token ({PIPELINES_API_TOKEN})",
+    kube_context="the profile's PodDefault that projects it (manifests/overlays/profile)",
+)
 
 
 def run(config: str, current: list[Any], run_id: str, report: Any, metrics: Any, summary: Any) -> str:
@@ -54,8 +61,6 @@ def run(config: str, current: list[Any], run_id: str, report: Any, metrics: Any,
 def submit_training(config: str, data_source: str, run_id: str, training_run: Any) -> str:
     """Retrain through the KFP API: a run of the uploaded training pipeline on the window, with this run's config;
     waits for it and returns its state. Fails when that run does not succeed."""
-    from kfp_mlops import kfp_api
-
     pipeline_config = load_config(config)
     settings = pipeline_config.monitoring
     if not settings.kfp_host:
@@ -64,7 +69,7 @@ def submit_training(config: str, data_source: str, run_id: str, training_run: An
     token = Path(os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", PIPELINES_API_TOKEN))
     print(f"[retrain] KFP API {settings.kfp_host}, namespace {namespace or '(none)'}, credentials: "
           f"{'the pod token for pipelines.kubeflow.org' if token.exists() else 'none (standalone KFP)'}")  # fmt: skip
-    client = kfp_api.connect(kfp_api.Connection(host=settings.kfp_host, namespace=namespace))
+    client = kfp_api.connect(kfp_api.Connection(host=settings.kfp_host, namespace=namespace, names=SETTING_NAMES))
     arguments = {"config": pipeline_config.to_yaml(), "data_source": data_source}
     submitted = kfp_api.submit_uploaded(client, settings.training_pipeline, arguments, experiment=settings.experiment,
                                         namespace=namespace, service_account=settings.service_account)  # fmt: skip

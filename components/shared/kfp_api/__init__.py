@@ -1,0 +1,86 @@
+"""The KFP API (v2beta1, through ``kfp.Client``), for the CLI and for the monitoring pipeline's retraining step: the
+bounded client and its errors (``client``), pipelines, versions and runs (``pipelines``), schedules and their cron
+grammar (``schedules``). Every remote change is idempotent. Errors are ``KfpApiError`` with a one-line message naming
+the fix in the caller's words (``SettingNames``) and an exit code: 2 when the caller's input must change
+(credentials, names, input the server rejects), 1 when the server failed, could not be reached in time, or a run did
+not succeed. No argparse and no text tables here (see kfp_mlops/cluster_cli.py)."""
+
+from kfp_mlops.components.shared.kfp_api.client import (
+    DEFAULT_TIMEOUT_SECONDS,
+    Connection,
+    KfpApiError,
+    SettingNames,
+    connect,
+)
+from kfp_mlops.components.shared.kfp_api.pipelines import (
+    ADDED_VERSION,
+    CREATED_PIPELINE,
+    DEFAULT_EXPERIMENT,
+    RUNNER_SERVICE_ACCOUNT,
+    TERMINAL_STATES,
+    UNCHANGED,
+    RunOutcome,
+    SubmittedRun,
+    UploadResult,
+    content_hash,
+    default_version_name,
+    ensure_experiment,
+    find_experiment,
+    list_runs,
+    pipeline_display_name,
+    run_url,
+    spec_struct,
+    submit_run,
+    submit_uploaded,
+    upload_pipeline,
+    wait_for_run,
+)
+from kfp_mlops.components.shared.kfp_api.schedules import (
+    MAX_CONCURRENCY_RANGE,
+    Schedule,
+    ScheduleResult,
+    delete_schedule,
+    ensure_schedule,
+    find_schedules,
+    list_schedules,
+    set_schedule_enabled,
+    validate_cron,
+)
+
+__all__ = [
+    "ADDED_VERSION",
+    "CREATED_PIPELINE",
+    "DEFAULT_EXPERIMENT",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "MAX_CONCURRENCY_RANGE",
+    "RUNNER_SERVICE_ACCOUNT",
+    "TERMINAL_STATES",
+    "UNCHANGED",
+    "Connection",
+    "KfpApiError",
+    "RunOutcome",
+    "Schedule",
+    "ScheduleResult",
+    "SettingNames",
+    "SubmittedRun",
+    "UploadResult",
+    "connect",
+    "content_hash",
+    "default_version_name",
+    "delete_schedule",
+    "ensure_experiment",
+    "ensure_schedule",
+    "find_experiment",
+    "find_schedules",
+    "list_runs",
+    "list_schedules",
+    "pipeline_display_name",
+    "run_url",
+    "set_schedule_enabled",
+    "spec_struct",
+    "submit_run",
+    "submit_uploaded",
+    "upload_pipeline",
+    "validate_cron",
+    "wait_for_run",
+]
