@@ -12,14 +12,14 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from kfp_mlops.processes import free_port, running, wait_until
 
 
 @dataclass(frozen=True)
@@ -32,47 +32,11 @@ class Service:
         return f"{self.scheme}://{self.bucket}/{key}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _binary(name: str, hint: str) -> str:
     found = shutil.which(name) or str(Path(sys.executable).with_name(name))
     if not Path(found).exists():
         raise RuntimeError(f"{name} is missing: {hint}")
     return found
-
-
-def _wait_until(ready: Callable[[], object], what: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            ready()
-            return
-        except Exception as exc:  # not accepting requests yet
-            last_error = exc
-            time.sleep(0.3)
-    raise RuntimeError(f"{what} not ready after {timeout:.0f}s ({last_error}):\n{log.read_text()[-3000:]}")
-
-
-@contextlib.contextmanager
-def _running(command: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextlib.contextmanager
@@ -95,11 +59,11 @@ def seaweedfs_s3(workdir: Path, bucket: str = "kfp-mlops", timeout: float = 60.0
         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
     ]  # fmt: skip
     log = Path(workdir) / "seaweedfs.log"
-    with _running(command, log, env={**os.environ, **env}) as process:
+    with running(command, log, env={**os.environ, **env}) as process:
         client = boto3.session.Session(
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]
         ).client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1")
-        _wait_until(
+        wait_until(
             lambda: client.put_object(Bucket=bucket, Key=".ready", Body=b"1"), "SeaweedFS", process, log, timeout
         )
         client.delete_object(Bucket=bucket, Key=".ready")
@@ -131,14 +95,14 @@ def fake_gcs(workdir: Path, bucket: str = "kfp-mlops", timeout: float = 60.0) ->
         "-filesystem-root", str(root), "-public-host", f"127.0.0.1:{port}", "-log-level", "warn",
     ]  # fmt: skip
     log = Path(workdir) / "fake-gcs.log"
-    with _running(command, log) as process:
+    with running(command, log) as process:
 
         def create_bucket() -> None:
             response = requests.post(f"{endpoint}/storage/v1/b?project=kfp-mlops", json={"name": bucket}, timeout=2)
             if response.status_code not in (200, 409):
                 raise RuntimeError(f"bucket creation answered {response.status_code}: {response.text}")
 
-        _wait_until(create_bucket, "fake-gcs-server", process, log, timeout)
+        wait_until(create_bucket, "fake-gcs-server", process, log, timeout)
         yield Service("gs", bucket, {"STORAGE_EMULATOR_HOST": endpoint, "GOOGLE_CLOUD_PROJECT": "kfp-mlops"})
 
 
@@ -156,10 +120,10 @@ def redis_server(workdir: Path, timeout: float = 20.0) -> Iterator[Service]:
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--requirepass", password, "--dir", str(directory)]  # fmt: skip
     log = Path(workdir) / "redis.log"
-    with _running(command, log) as process:
+    with running(command, log) as process:
         client = redis.Redis(host="127.0.0.1", port=port, password=password)
         try:
-            _wait_until(client.ping, "redis-server", process, log, timeout)
+            wait_until(client.ping, "redis-server", process, log, timeout)
         finally:
             client.close()
         env = {"FEAST_REDIS_CONNECTION_STRING": f"127.0.0.1:{port},password={password}"}
@@ -205,9 +169,9 @@ def _postgres_cluster(root: Path, database: str, log: Path, timeout: float) -> I
     )  # fmt: skip
     settings = ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}", "-c", "fsync=off"]
     command = [*as_user, _postgres_bin("postgres"), "-D", str(root / "data"), "-p", str(port), *settings]
-    with _running(command, log) as process:
+    with running(command, log) as process:
         admin = f"host=127.0.0.1 port={port} user=feast password={password} dbname=postgres"
-        _wait_until(lambda: psycopg.connect(admin, connect_timeout=2).close(), "PostgreSQL", process, log, timeout)
+        wait_until(lambda: psycopg.connect(admin, connect_timeout=2).close(), "PostgreSQL", process, log, timeout)
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{database}"')
         url = f"postgresql+psycopg://feast:{password}@127.0.0.1:{port}/{database}"

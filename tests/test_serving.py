@@ -23,7 +23,7 @@ from kfp_mlops.components.shared.config import FeaturesConfig
 from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.model_package import ModelConfig, Predictor, read_model_config
 from kfp_mlops.components.shared.splits import SplitPaths
-from kfp_mlops.local_services import free_port
+from kfp_mlops.processes import free_port
 from kfp_mlops.sample_data import ENTITY, TIMESTAMP
 
 pytestmark = pytest.mark.servers
