@@ -14,8 +14,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import services
 
-from kfp_mlops import local_services, serving, triton_local
+from kfp_mlops import serving, triton_local
 from kfp_mlops.cli import main
 from kfp_mlops.components.features.core import build_feature_sets
 from kfp_mlops.components.shared import storage
@@ -69,7 +70,7 @@ def sqlite_repo(ingested, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def redis_env(tmp_path_factory) -> Iterator[dict[str, str]]:
-    with local_services.redis_server(tmp_path_factory.mktemp("redis")) as service:
+    with services.redis_server(tmp_path_factory.mktemp("redis")) as service:
         yield service.env
 
 
