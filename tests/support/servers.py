@@ -1,7 +1,7 @@
 """Real servers as pytest fixtures, started once per session on free loopback ports: SeaweedFS S3
 (kfp_mlops.local_services), fake-gcs-server, redis-server and PostgreSQL (tests/support/services.py); and the
-Kubernetes API test double (no cluster runs here). tests/conftest.py imports these fixtures; tests that use a
-server carry the ``servers`` marker."""
+Kubernetes API test double (no cluster runs here). tests/conftest.py registers this module as a plugin; tests that
+use a server carry the ``servers`` marker."""
 
 from __future__ import annotations
 
