@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from support import services
+from support.triton import running_triton
 
 from kfp_mlops import serving, triton_local
 from kfp_mlops.cli import main
@@ -63,17 +63,11 @@ def sqlite_repo(ingested, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def redis_env(tmp_path_factory) -> Iterator[dict[str, str]]:
-    with services.redis_server(tmp_path_factory.mktemp("redis")) as service:
-        yield service.env
-
-
-@pytest.fixture(scope="module")
-def redis_repo(ingested, redis_env, tmp_path_factory) -> Path:
+def redis_repo(ingested, redis_server, tmp_path_factory) -> Path:
     config, paths = ingested
     features = FeaturesConfig.model_validate({"project": "serving_redis", "online_store": {"type": "redis"}})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(REDIS_ENV, redis_env[REDIS_ENV])
+        patch.setenv(REDIS_ENV, redis_server.connection_string)
         return build_repo(config.model_copy(update={"features": features}), paths, tmp_path_factory.mktemp("redis-fs"))
 
 
@@ -95,8 +89,7 @@ def model_repository(trained_package, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def triton(model_repository, tmp_path_factory) -> Iterator[triton_local.TritonServer]:
-    triton_local.ensure_venv()
-    with triton_local.serve(model_repository, load=[MODEL], state_dir=tmp_path_factory.mktemp("triton")) as server:
+    with running_triton(model_repository, load=[MODEL], state_dir=tmp_path_factory.mktemp("triton")) as server:
         yield server
 
 
@@ -138,9 +131,9 @@ def test_predictions_by_entity_id_equal_the_package_on_the_latest_offline_rows(
 
 
 def test_redis_online_store_and_the_published_model_config_of_the_latest_version(
-    triton, redis_repo, redis_env, trained_package, latest, entities, model_repository, monkeypatch, capfd
+    triton, redis_repo, redis_server, trained_package, latest, entities, model_repository, monkeypatch, capfd
 ):
-    monkeypatch.setenv(REDIS_ENV, redis_env[REDIS_ENV])
+    monkeypatch.setenv(REDIS_ENV, redis_server.connection_string)
     ids = [str(e) for e in entities]  # ids as a command line gives them: converted per the entity's value type
     predictions = serving.predict_entities(
         ids, str(redis_repo), triton.grpc_url, MODEL, model_repository=str(model_repository), protocol="grpc"
@@ -148,7 +141,7 @@ def test_redis_online_store_and_the_published_model_config_of_the_latest_version
     assert predictions.version == "2"  # the latest served version, and its kfp-mlops.json
     assert_matches(predictions, trained_package, latest, entities)
     captured = capfd.readouterr()
-    assert redis_env[REDIS_ENV].split("password=")[1] not in captured.out + captured.err
+    assert redis_server.password not in captured.out + captured.err
 
 
 def test_a_published_model_config_that_does_not_match_the_features_gives_other_predictions(
