@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from kfp_mlops import triton_local
-from kfp_mlops.local_services import _running, _wait_until, free_port
+from kfp_mlops.processes import free_port, running, wait_until
 
 CONCURRENCY = (1, 8, 32)
 FEATURES = 64
@@ -186,9 +186,9 @@ def fastapi_server(model: Path, work: Path) -> Iterator[str]:
     command = [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--app-dir", str(work), "--host", "127.0.0.1",
                "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
     log = work / "fastapi.log"
-    with _running(command, log, env={**os.environ, "MODEL_PATH": str(model)}) as process:
+    with running(command, log, env={**os.environ, "MODEL_PATH": str(model)}) as process:
         url = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: urllib.request.urlopen(f"{url}/docs", timeout=2), "uvicorn", process, log, 60)
+        wait_until(lambda: urllib.request.urlopen(f"{url}/docs", timeout=2), "uvicorn", process, log, 60)
         yield f"{url}/predict"
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kfp_mlops.components.shared.errors import ServiceError
-from kfp_mlops.local_services import _wait_until, free_port
+from kfp_mlops.processes import free_port, wait_until
 
 PYTRITON_VERSION = "0.7.0"  # ships Triton 2.51 with the python backend
 DEFAULT_ONNXRUNTIME = "1.32.0"
@@ -316,7 +316,7 @@ def up(
     (state / "tritonserver.pid").write_text(f"{process.pid}\n")
     (state / _STATE).write_text(json.dumps(asdict(server), indent=2))
     try:
-        _wait_until(lambda: _http(http_port, "/v2/health/ready", timeout=2), "tritonserver", process, log, timeout)
+        wait_until(lambda: _http(http_port, "/v2/health/ready", timeout=2), "tritonserver", process, log, timeout)
     except RuntimeError:
         code = process.poll()
         _stop(process.pid, timeout=10)

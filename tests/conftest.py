@@ -1,26 +1,21 @@
-"""Shared fixtures: the real servers (tests/support/servers.py), the sample data, its ingested splits and a model
-trained on them for real. Helpers shared by several test modules live in tests/support/."""
+"""The one home of shared fixtures: the real servers (tests/support/servers.py, registered here as a plugin), the
+sample data, its ingested splits, a model trained on them for real and its package, and every pipeline compiled.
+Helpers shared by several test modules live in tests/support/; a fixture only one module uses stays there."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from support.configs import pipeline_config
 from support.kfp_api_server import FakeKfpApiServer
 from support.kfp_cli import GOLDEN
-from support.servers import (  # noqa: F401 - fixtures, used by name
-    gcs,
-    gcs_server,
-    kube_api,
-    postgres_registry_url,
-    redis_server,
-    s3,
-    s3_server,
-)
+
+pytest_plugins = ["support.servers"]
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +97,19 @@ def changed_package(tmp_path) -> Path:
     path.parent.mkdir()
     path.write_text(yaml.safe_dump_all(documents, sort_keys=True))
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_package(trained_model) -> Path:
+    """The trained model's package directory (model.onnx, its config, weights)."""
+    return trained_model[1] / "model"
+
+
+@pytest.fixture(scope="session")
+def compiled_documents(tmp_path_factory) -> dict[str, list[dict[str, Any]]]:
+    """Every pipeline compiled now: name -> its YAML documents."""
+    from kfp_mlops.components.shared.images import ImageConfig
+    from kfp_mlops.pipelines import compile_all
+
+    paths = compile_all(tmp_path_factory.mktemp("compiled"), ImageConfig("registry.example/kfp-mlops", "test"))
+    return {path.stem: [d for d in yaml.safe_load_all(path.read_text()) if d] for path in paths}

@@ -12,8 +12,6 @@ does with it: the driver evidence above is from reading the backend code at each
 """
 
 # No `from __future__ import annotations`: kfp reads the probe components' annotations as types.
-from typing import Any
-
 import pytest
 import yaml
 from google.protobuf import json_format
@@ -25,21 +23,12 @@ from support.kfp_protos import (
     load_release,
 )
 
-from kfp_mlops.components.shared.images import ImageConfig
-from kfp_mlops.pipelines import PIPELINES, compile_all
+from kfp_mlops.pipelines import PIPELINES
 
 pytestmark = pytest.mark.timeout(300)  # the first run downloads four wheels of about 10-25 KB each
 
 MINIMUM_BACKEND = "2.15.0"
 PREVIOUS_RELEASE = "2.14.6"  # the last 2.14.x wheels: the protos of backend 2.14.x
-IMAGES = ImageConfig("registry.example/kfp-mlops", "compat")
-
-
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory) -> dict[str, list[dict[str, Any]]]:
-    """Every pipeline compiled now: name -> its YAML documents."""
-    paths = compile_all(tmp_path_factory.mktemp("compiled"), IMAGES)
-    return {path.stem: [d for d in yaml.safe_load_all(path.read_text()) if d] for path in paths}
 
 
 @pytest.fixture(scope="module")
@@ -53,22 +42,22 @@ def installed():
     return installed_release()
 
 
-def test_every_pipeline_parses_as_the_minimum_backend_reads_it(compiled, minimum):
-    assert sorted(compiled) == sorted(PIPELINES)
-    for name, documents in compiled.items():
+def test_every_pipeline_parses_as_the_minimum_backend_reads_it(compiled_documents, minimum):
+    assert sorted(compiled_documents) == sorted(PIPELINES)
+    for name, documents in compiled_documents.items():
         try:
             minimum.check_compiled_pipeline(documents)
         except json_format.ParseError as exc:
             pytest.fail(f"{name}.yaml needs a backend newer than {MINIMUM_BACKEND}: {exc}")
 
 
-def test_the_release_before_the_minimum_rejects_the_training_pipeline(compiled):
+def test_the_release_before_the_minimum_rejects_the_training_pipeline(compiled_documents):
     """The stated minimum is tight: backend 2.14 does not know secretAsEnv.optional (and would fail the run)."""
     previous = load_release(PREVIOUS_RELEASE)
     assert not previous.has_field("kfp_kubernetes.SecretAsEnv", "optional")
 
     with pytest.raises(json_format.ParseError, match=r'SecretAsEnv" has no field named "optional"'):
-        previous.check_compiled_pipeline(compiled["training"])
+        previous.check_compiled_pipeline(compiled_documents["training"])
 
 
 @pytest.mark.parametrize(
@@ -84,8 +73,8 @@ def test_the_release_before_the_minimum_rejects_the_training_pipeline(compiled):
         ),
     ],
 )
-def test_a_field_newer_than_the_minimum_is_rejected(compiled, minimum, installed, where, field, value):
-    documents = [yaml.safe_load(yaml.safe_dump(d)) for d in compiled["training"]]
+def test_a_field_newer_than_the_minimum_is_rejected(compiled_documents, minimum, installed, where, field, value):
+    documents = [yaml.safe_load(yaml.safe_dump(d)) for d in compiled_documents["training"]]
     document = documents[0] if where[0] == "root" else documents[1]
     target = document
     for key in where:

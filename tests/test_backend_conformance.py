@@ -7,38 +7,30 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from kubernetes.utils import parse_quantity
 from support.kfp_backend import CompiledPipeline
 
-from kfp_mlops.components.shared.images import ImageConfig
-from kfp_mlops.pipelines import PIPELINES, compile_all
+from kfp_mlops.pipelines import PIPELINES
 
 ROOT = Path(__file__).resolve().parents[1]
 POOLS = ROOT / "manifests" / "examples" / "allocatable.yaml"
-
-
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory) -> dict[str, list[dict[str, Any]]]:
-    paths = compile_all(tmp_path_factory.mktemp("compiled"), ImageConfig("registry.example/kfp-mlops", "conform"))
-    return {path.stem: [d for d in yaml.safe_load_all(path.read_text()) if d] for path in paths}
 
 
 def mutated(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return copy.deepcopy(documents)
 
 
-def test_every_compiled_pipeline_conforms_to_the_backend_model(compiled):
-    assert sorted(compiled) == sorted(PIPELINES)
-    for name, documents in compiled.items():
+def test_every_compiled_pipeline_conforms_to_the_backend_model(compiled_documents):
+    assert sorted(compiled_documents) == sorted(PIPELINES)
+    for name, documents in compiled_documents.items():
         assert CompiledPipeline(documents).violations() == [], name
         assert "{{$.pipeline_root}}" not in yaml.safe_dump_all(documents), name
 
 
-def test_the_training_pod_takes_its_accelerator_cpu_and_memory_from_string_channels(compiled):
+def test_the_training_pod_takes_its_accelerator_cpu_and_memory_from_string_channels(compiled_documents):
     """What the driver reads into the train-model pod, traced to where it comes from: every one a STRING."""
-    pipeline = CompiledPipeline(compiled["training"])
+    pipeline = CompiledPipeline(compiled_documents["training"])
     resources = pipeline.spec["deploymentSpec"]["executors"]["exec-train-model"]["container"]["resources"]
     assert set(resources) == {"accelerator", "resourceCpuLimit", "resourceCpuRequest", "resourceMemoryLimit",
                               "resourceMemoryRequest"}  # fmt: skip
@@ -54,18 +46,18 @@ def test_the_training_pod_takes_its_accelerator_cpu_and_memory_from_string_chann
 # --- negative cases: a pipeline that breaks a rule fails it --------------------------------------------------------
 
 
-def test_a_pipeline_root_placeholder_is_reported(compiled):
-    documents = mutated(compiled["training"])
+def test_a_pipeline_root_placeholder_is_reported(compiled_documents):
+    documents = mutated(compiled_documents["training"])
     ingest = documents[0]["root"]["dag"]["tasks"]["ingest"]["inputs"]["parameters"]
     ingest["run_id"] = {"runtimeValue": {"constant": "{{$.pipeline_root}}"}}
     (problem,) = CompiledPipeline(documents).unresolved_placeholders()
     assert "task ingest input run_id = '{{$.pipeline_root}}'" in problem and "resolve.go" in problem
 
 
-def test_a_numeric_gpu_count_is_reported_through_the_nested_pipeline(compiled):
+def test_a_numeric_gpu_count_is_reported_through_the_nested_pipeline(compiled_documents):
     """gpus_per_node as an int at the root: the value reaches train-model's accelerator count through the nested
     pipeline and prepare-training, so the model follows the channel to the root's declaration."""
-    documents = mutated(compiled["training"])
+    documents = mutated(compiled_documents["training"])
     pipeline = CompiledPipeline(documents)
     executor = documents[0]["deploymentSpec"]["executors"]["exec-train-model"]["container"]
     executor["resources"]["accelerator"]["resourceCount"] = "{{$.inputs.parameters['pipelinechannel--gpus_per_node']}}"
@@ -77,8 +69,8 @@ def test_a_numeric_gpu_count_is_reported_through_the_nested_pipeline(compiled):
     assert "resources.accelerator.resourceCount" in problem and "NUMBER_INTEGER" in problem
 
 
-def test_a_numeric_task_output_for_a_pod_field_is_reported(compiled):
-    documents = mutated(compiled["training"])
+def test_a_numeric_task_output_for_a_pod_field_is_reported(compiled_documents):
+    documents = mutated(compiled_documents["training"])
     outputs = documents[0]["components"]["comp-prepare-training"]["outputDefinitions"]["parameters"]
     outputs["memory"]["parameterType"] = "NUMBER_DOUBLE"
     problems = CompiledPipeline(documents).non_string_pod_fields()
@@ -88,30 +80,30 @@ def test_a_numeric_task_output_for_a_pod_field_is_reported(compiled):
     }
 
 
-def test_a_kubernetes_field_the_driver_does_not_apply_is_reported(compiled):
-    documents = mutated(compiled["training"])
+def test_a_kubernetes_field_the_driver_does_not_apply_is_reported(compiled_documents):
+    documents = mutated(compiled_documents["training"])
     executors = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     executors["exec-train-model"]["podAffinity"] = [{"matchPodLabels": {"app": "cache"}, "topologyKey": "zone"}]
     (problem,) = CompiledPipeline(documents).unimplemented_kubernetes_fields()
     assert problem.startswith("exec-train-model: kfp-kubernetes field podAffinity")
 
 
-def test_a_node_selector_from_a_string_parameter_is_reported(compiled):
-    documents = mutated(compiled["training"])
+def test_a_node_selector_from_a_string_parameter_is_reported(compiled_documents):
+    documents = mutated(compiled_documents["training"])
     documents[0]["root"]["inputDefinitions"]["parameters"]["train_node_selector"]["parameterType"] = "STRING"
     problems = CompiledPipeline(documents).mistyped_kubernetes_parameters()
     assert problems and all("nodeSelectorJson has type ['STRING', 'STRUCT']" in p for p in problems)
 
 
-def test_a_secret_name_from_a_number_is_reported(compiled):
-    documents = mutated(compiled["monitoring"])
+def test_a_secret_name_from_a_number_is_reported(compiled_documents):
+    documents = mutated(compiled_documents["monitoring"])
     documents[0]["root"]["inputDefinitions"]["parameters"]["storage_secret"]["parameterType"] = "NUMBER_INTEGER"
     problems = CompiledPipeline(documents).mistyped_kubernetes_parameters()
     assert problems and all("secretNameParameter" in p and "NUMBER_INTEGER" in p for p in problems)
 
 
-def test_a_task_without_requests_is_reported(compiled):
-    documents = mutated(compiled["monitoring"])
+def test_a_task_without_requests_is_reported(compiled_documents):
+    documents = mutated(compiled_documents["monitoring"])
     del documents[0]["deploymentSpec"]["executors"]["exec-report-outcome"]["container"]["resources"]
     problems = CompiledPipeline(documents).tasks_without_requests()
     fields = ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit")
@@ -160,8 +152,8 @@ def unschedulable(defaults: dict[str, str], pool: dict[str, Any]) -> list[str]:
     return problems
 
 
-def test_the_training_pod_defaults_fit_every_example_pool(compiled):
-    for name, documents in compiled.items():
+def test_the_training_pod_defaults_fit_every_example_pool(compiled_documents):
+    for name, documents in compiled_documents.items():
         parameters = documents[0]["root"]["inputDefinitions"]["parameters"]
         defaults = {p: parameters[p]["defaultValue"] for p in ("gpus_per_node", "train_cpu", "train_memory")}
         for pool in pools():

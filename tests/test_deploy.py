@@ -34,11 +34,6 @@ pytestmark = pytest.mark.servers
 ROWS = 8  # rows per client request
 
 
-@pytest.fixture(scope="module")
-def package(trained_model) -> Path:
-    return trained_model[1] / "model"
-
-
 def _edited_package(source: Path, target: Path, edit) -> Path:
     shutil.copytree(source, target)
     model = onnx.load(str(target / "model.onnx"))
@@ -48,7 +43,7 @@ def _edited_package(source: Path, target: Path, edit) -> Path:
 
 
 @pytest.fixture(scope="module")
-def other_package(package, tmp_path_factory) -> Path:
+def other_package(trained_package, tmp_path_factory) -> Path:
     """Another model: the trained package with its weight matrices halved."""
 
     def halve(graph) -> None:
@@ -57,11 +52,11 @@ def other_package(package, tmp_path_factory) -> Path:
             if array.ndim == 2 and array.dtype == np.float32:
                 graph.initializer[index].CopyFrom(numpy_helper.from_array(array * 0.5, tensor.name))
 
-    return _edited_package(package, tmp_path_factory.mktemp("other") / "model", halve)
+    return _edited_package(trained_package, tmp_path_factory.mktemp("other") / "model", halve)
 
 
 @pytest.fixture(scope="module")
-def noisy_package(package, tmp_path_factory) -> Path:
+def noisy_package(trained_package, tmp_path_factory) -> Path:
     """A package whose graph adds random noise to its probabilities: every run answers differently, so Triton's
     answers never match the package's own (its labels stay as trained)."""
 
@@ -76,11 +71,11 @@ def noisy_package(package, tmp_path_factory) -> Path:
             ]
         )
 
-    return _edited_package(package, tmp_path_factory.mktemp("noisy") / "model", add_noise)
+    return _edited_package(trained_package, tmp_path_factory.mktemp("noisy") / "model", add_noise)
 
 
 @pytest.fixture(scope="module")
-def nan_package(package, tmp_path_factory) -> Path:
+def nan_package(trained_package, tmp_path_factory) -> Path:
     """A package whose graph answers NaN for the first class's probability (in Triton and in onnxruntime alike)."""
 
     def poison(graph) -> None:
@@ -90,7 +85,7 @@ def nan_package(package, tmp_path_factory) -> Path:
         graph.initializer.append(numpy_helper.from_array(np.array([np.nan, 1.0], np.float32), "poison"))
         graph.node.append(helper.make_node("Mul", ["raw_probabilities", "poison"], ["probabilities"]))
 
-    return _edited_package(package, tmp_path_factory.mktemp("nan") / "model", poison)
+    return _edited_package(trained_package, tmp_path_factory.mktemp("nan") / "model", poison)
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +183,11 @@ def loads(log: str | Path, name: str, version: int) -> list[int]:
     return [m.start() for m in re.finditer(rf'"loading: {re.escape(name)}:{version}"', log)]
 
 
-def test_first_deploy_then_another_model_then_the_same_again(server, repository, package, other_package, validation):
+def test_first_deploy_then_another_model_then_the_same_again(
+    server, repository, trained_package, other_package, validation
+):
     name = "churn"
-    first = core.deploy(str(package), validation, settings(server, repository, name))
+    first = core.deploy(str(trained_package), validation, settings(server, repository, name))
     assert first.status == "deployed" and first.version == 1 and first.previous_version is None
     assert first.deployment.endpoint == server.grpc_url and first.deployment.repository == str(repository)
     assert first.deployment.verified["rows"] == 256 and first.deployment.verified["max_abs_diff"] <= 1e-4
@@ -199,7 +196,7 @@ def test_first_deploy_then_another_model_then_the_same_again(server, repository,
     assert served_policy(repository, name) == [1] and not (repository / f"{name}-candidate").exists()
     marker = json.loads((repository / name / "1" / "kfp-mlops.json").read_text())
     assert marker["content_hash"].startswith("sha256:") and marker["verified"] == first.deployment.verified
-    assert_serves(server, name, package, validation)
+    assert_serves(server, name, trained_package, validation)
 
     second = core.deploy(str(other_package), validation, settings(server, repository, name))
     assert (second.status, second.version, second.previous_version) == ("deployed", 2, 1)
@@ -218,23 +215,23 @@ def test_first_deploy_then_another_model_then_the_same_again(server, repository,
         len(loads(server.log, name, 2)) == 1 and loads(server.log, f"{name}-candidate", 3) == []
     )  # no reload, no version
 
-    third = core.deploy(str(package), validation, settings(server, repository, name, keep_versions=2))
+    third = core.deploy(str(trained_package), validation, settings(server, repository, name, keep_versions=2))
     assert (third.status, third.version, third.pruned) == ("deployed", 3, [1])  # an older package: a new version
     assert sorted({path.split("/")[0] for path in files(repository, name)}) == ["2", "3", "config.pbtxt"]
-    assert_serves(server, name, package, validation)
+    assert_serves(server, name, trained_package, validation)
 
 
 def test_a_broken_version_rolls_back_while_clients_are_served(
-    server, repository, package, other_package, noisy_package, validation
+    server, repository, trained_package, other_package, noisy_package, validation
 ):
     """A client sends requests to the served name throughout: the promotion of version 2 and the failed version 3
     (its answers differ from its package's) cost no request, and version 3 never answers."""
     import tritonclient.grpc as grpc
 
     name = "steady"
-    core.deploy(str(package), validation, settings(server, repository, name))
-    inputs = feeds(package, validation, ROWS)
-    reference = {1: Predictor(package).run(inputs)[0], 2: Predictor(other_package).run(inputs)[0]}
+    core.deploy(str(trained_package), validation, settings(server, repository, name))
+    inputs = feeds(trained_package, validation, ROWS)
+    reference = {1: Predictor(trained_package).run(inputs)[0], 2: Predictor(other_package).run(inputs)[0]}
     assert np.abs(reference[1] - reference[2]).max() > 1e-3
     answers: list[object] = []
     stop = threading.Event()
@@ -287,13 +284,15 @@ def test_a_broken_version_rolls_back_while_clients_are_served(
     assert loads(server.log, name, 3) == [] and len(loads(server.log, f"{name}-candidate", 3)) == 1
 
 
-def test_a_version_that_fails_to_load_or_is_not_ready_in_time_rolls_back(server, repository, package, validation):
+def test_a_version_that_fails_to_load_or_is_not_ready_in_time_rolls_back(
+    server, repository, trained_package, validation
+):
     """KIND_GPU instances on a server without GPUs: the candidate fails to load in Triton. Eight instances (eight
     python-backend processes) within a 1 s readiness timeout: the candidate is not ready in time."""
     name = "gpuless"
-    core.deploy(str(package), validation, settings(server, repository, name))
+    core.deploy(str(trained_package), validation, settings(server, repository, name))
     with pytest.raises(core.DeployError, match=r"gpuless-candidate version 2 failed to load .*gpu id 0") as failed:
-        core.deploy(str(package), validation, settings(server, repository, name), gpu=True)
+        core.deploy(str(trained_package), validation, settings(server, repository, name), gpu=True)
     assert failed.value.stage == "load" and failed.value.rolled_back
     assert files(repository, name) == ["1/kfp-mlops.json", "1/model.onnx", "1/model.py", "config.pbtxt"]
     assert served_policy(repository, name) == [1] and ready_versions(server, name) == {"1"}
@@ -301,7 +300,7 @@ def test_a_version_that_fails_to_load_or_is_not_ready_in_time_rolls_back(server,
 
     slow = settings(server, repository, name, instance_count=8, ready_timeout_seconds=1)
     with pytest.raises(core.DeployError, match=r"gpuless-candidate version 2 on .* was not ready within 1s") as late:
-        core.deploy(str(package), validation, slow)
+        core.deploy(str(trained_package), validation, slow)
     assert late.value.stage == "readiness" and late.value.rolled_back
     assert files(repository, name) == ["1/kfp-mlops.json", "1/model.onnx", "1/model.py", "config.pbtxt"]
     assert served_policy(repository, name) == [1] and not (repository / f"{name}-candidate").exists()
@@ -322,27 +321,27 @@ def test_a_model_answering_nan_fails_verification_instead_of_matching_its_own_na
 
 
 def test_a_missed_latency_budget_rolls_back_and_leaves_nothing_on_a_first_deploy(
-    server, repository, package, validation
+    server, repository, trained_package, validation
 ):
     name = "slow"
     budget = settings(server, repository, name, verify={"max_p50_ms": 0.001})
     with pytest.raises(core.DeployError, match=r"misses the latency budget: p50 \d+\.\d+ ms \(max 0\.001\)") as failed:
-        core.deploy(str(package), validation, budget)
+        core.deploy(str(trained_package), validation, budget)
     assert failed.value.stage == "latency" and "nothing was serving, nothing serves" in str(failed.value)
     assert not (repository / name).exists() and not (repository / f"{name}-candidate").exists()
     assert ready_versions(server, name) == set() and ready_versions(server, f"{name}-candidate") == set()
-    assert core.deploy(str(package), validation, settings(server, repository, name)).version == 1
+    assert core.deploy(str(trained_package), validation, settings(server, repository, name)).version == 1
 
 
 def test_a_retry_after_a_crash_between_commit_and_promotion_resumes(
-    server, repository, package, other_package, validation
+    server, repository, trained_package, other_package, validation
 ):
     """The state a crash leaves: version 2 committed (its marker written) but the served config still naming 1,
     plus an uncommitted version directory, a staging directory and the candidate. The retry promotes version 2."""
     import tritonclient.grpc as grpc
 
     name = "resumed"
-    core.deploy(str(package), validation, settings(server, repository, name))
+    core.deploy(str(trained_package), validation, settings(server, repository, name))
     core.deploy(str(other_package), validation, settings(server, repository, name))
     config = repository / name / "config.pbtxt"
     config.write_text(config.read_text().replace("versions: 2", "versions: 1"))
@@ -363,10 +362,10 @@ def test_a_retry_after_a_crash_between_commit_and_promotion_resumes(
     assert_serves(server, name, other_package, validation)
 
 
-def test_sigterm_during_verification_rolls_back(server, repository, package, other_package, validation):
+def test_sigterm_during_verification_rolls_back(server, repository, trained_package, other_package, validation):
     """SIGTERM (a cancelled run) once the candidate is loaded, in a verification that would take minutes."""
     name = "cancelled"
-    core.deploy(str(package), validation, settings(server, repository, name))
+    core.deploy(str(trained_package), validation, settings(server, repository, name))
 
     def cancel_when_the_candidate_is_ready() -> None:
         deadline = time.monotonic() + 60
@@ -393,12 +392,12 @@ def test_replicas_are_resolved_from_the_headless_host_with_the_port_of_triton_ur
     assert core.replica_endpoints(local.model_copy(update={"replicas_host": "::1"})) == ["[::1]:8123"]
 
 
-def test_deploys_through_the_replicas_host(server, repository, package, validation):
+def test_deploys_through_the_replicas_host(server, repository, trained_package, validation):
     """triton_url names the Service (here: localhost), replicas_host the pods (here: the loopback address)."""
     name = "replicated"
     port = server.grpc_url.rsplit(":", 1)[1]
     result = core.deploy(
-        str(package),
+        str(trained_package),
         validation,
         settings(server, repository, name, replicas_host="127.0.0.1").model_copy(
             update={"triton_url": f"localhost:{port}"}
@@ -409,7 +408,7 @@ def test_deploys_through_the_replicas_host(server, repository, package, validati
 
 
 def test_every_pod_is_verified_and_promoted_and_a_pod_found_at_the_end_is_brought_in_line(
-    package, other_package, validation, tmp_path, monkeypatch
+    trained_package, other_package, validation, tmp_path, monkeypatch
 ):
     """Two real Triton "pods" on one gRPC port (127.0.0.1 and 127.0.0.2), the second started as the cluster starts
     them (--load-model=*). Only the headless Service's DNS answer is played here: ``answers`` lists what each
@@ -430,7 +429,7 @@ def test_every_pod_is_verified_and_promoted_and_a_pod_found_at_the_end_is_brough
         pods = settings(first, repository, name, replicas_host="triton-pods.test", verify={"rows": 64, "requests": 10})
         a, b = f"127.0.0.1:{port}", f"127.0.0.2:{port}"
         answers[:] = [["127.0.0.1"]]
-        assert core.deploy(str(package), validation, pods).replicas == [a]
+        assert core.deploy(str(trained_package), validation, pods).replicas == [a]
         with running_pod(repository, address="127.0.0.2", grpc_port=port, state_dir=tmp_path / "b") as second:
             assert second == b and ready_versions(b, name) == {"1"}  # loaded from the repository at start
             answers[:] = [["127.0.0.1", "127.0.0.2"]]
@@ -442,23 +441,25 @@ def test_every_pod_is_verified_and_promoted_and_a_pod_found_at_the_end_is_brough
                 assert_serves(pod, name, other_package, validation)
 
             answers[:] = [["127.0.0.1"], ["127.0.0.1", "127.0.0.2"]]  # b shows up only at the final resolution
-            late = core.deploy(str(package), validation, pods)
+            late = core.deploy(str(trained_package), validation, pods)
             assert late.version == 3 and late.replicas == [a, b]
             assert loads(tmp_path / "b" / "tritonserver.log", f"{name}-candidate", 3) == []
             assert ready_versions(a, name) == {"3"} and ready_versions(b, name) == {"3"}
-            assert_serves(b, name, package, validation)
+            assert_serves(b, name, trained_package, validation)
 
 
-def test_deploys_to_an_s3_model_repository(s3, package, other_package, validation, tmp_path):
+def test_deploys_to_an_s3_model_repository(s3, trained_package, other_package, validation, tmp_path):
     prefix = "deploy/models"
     storage.write_bytes(s3.uri(f"{prefix}/.keep"), b"")  # Triton needs the prefix to exist when it starts
     uri = s3.uri(prefix)
     with running_triton(uri, env=s3.env, state_dir=tmp_path / "state") as server:
-        deployed = core.deploy(str(package), validation, settings(server, uri, "churn"))
+        deployed = core.deploy(str(trained_package), validation, settings(server, uri, "churn"))
         assert deployed.version == 1 and deployed.deployment.repository == uri
         assert files(uri, "churn") == ["1/kfp-mlops.json", "1/model.onnx", "1/model.py", "config.pbtxt"]
-        assert storage.read_bytes(s3.uri(f"{prefix}/churn/1/model.onnx")) == (package / "model.onnx").read_bytes()
-        assert_serves(server, "churn", package, validation)
+        assert (
+            storage.read_bytes(s3.uri(f"{prefix}/churn/1/model.onnx")) == (trained_package / "model.onnx").read_bytes()
+        )
+        assert_serves(server, "churn", trained_package, validation)
         second = core.deploy(str(other_package), validation, settings(server, uri, "churn"))
         assert second.version == 2 and ready_versions(server, "churn") == {"2"}
         assert "versions: 2" in storage.read_bytes(s3.uri(f"{prefix}/churn/config.pbtxt")).decode()
@@ -468,8 +469,8 @@ def test_deploys_to_an_s3_model_repository(s3, package, other_package, validatio
         assert (again.status, again.version) == ("already_serving", 2)
 
 
-def test_an_empty_model_repository_deploys_nothing_and_contacts_nothing(package, validation):
-    result = core.deploy(str(package), validation, DeployConfig(triton_url="127.0.0.1:1"))
+def test_an_empty_model_repository_deploys_nothing_and_contacts_nothing(trained_package, validation):
+    result = core.deploy(str(trained_package), validation, DeployConfig(triton_url="127.0.0.1:1"))
     assert (result.status, result.version, result.deployment) == ("not_deployed", 0, None)
     assert result.describe() == "deploy.model_repository is empty: not deployed"
 
@@ -478,11 +479,11 @@ def _artifact(path: Path, uri: str = "") -> SimpleNamespace:
     return SimpleNamespace(path=str(path), uri=uri or str(path), metadata={})
 
 
-def test_executor_records_the_deployment(server, repository, package, validation, ingested, tmp_path, capsys):
+def test_executor_records_the_deployment(server, repository, trained_package, validation, ingested, tmp_path, capsys):
     config = ingested[0]
     document = yaml.safe_load(config.to_yaml())
     document["deploy"] = json.loads(settings(server, repository, "executed").model_dump_json())
-    model, data = _artifact(package, "s3://bucket/run/model"), _artifact(Path(validation))
+    model, data = _artifact(trained_package, "s3://bucket/run/model"), _artifact(Path(validation))
     deployment = _artifact(tmp_path / "deployment")
 
     assert executor.run(yaml.safe_dump(document), model, data, deployment) == 1
@@ -511,9 +512,9 @@ def test_executor_records_the_deployment(server, repository, package, validation
     assert "[deploy] deploy.model_repository is empty: not deployed" in capsys.readouterr().out
 
 
-def test_model_config_for_the_cluster_uses_onnxruntime_and_gpu_instances(package):
+def test_model_config_for_the_cluster_uses_onnxruntime_and_gpu_instances(trained_package):
     cluster = DeployConfig(model_repository="s3://b/m", instance_count=2, max_queue_delay_microseconds=100)
-    config = core.model_config("churn", package / "model.onnx", cluster, gpu=True, version=3)
+    config = core.model_config("churn", trained_package / "model.onnx", cluster, gpu=True, version=3)
     text = config.to_pbtxt()
     assert 'platform: "onnxruntime_onnx"' in text and "backend" not in text
     assert [(g.kind, g.count, g.gpus) for g in config.instance_group] == [("KIND_GPU", 2, [0])]
@@ -521,7 +522,9 @@ def test_model_config_for_the_cluster_uses_onnxruntime_and_gpu_instances(package
     assert config.dynamic_batching.preferred_batch_size == [8, 32, 64]
     assert config.dynamic_batching.max_queue_delay_microseconds == 100
     assert [t.name for t in config.inputs] == ["numeric", "categorical"] and config.max_batch_size == 64
-    cpu = core.model_config("churn", package / "model.onnx", cluster.model_copy(update={"instance_kind": "cpu"}), True)
+    cpu = core.model_config(
+        "churn", trained_package / "model.onnx", cluster.model_copy(update={"instance_kind": "cpu"}), True
+    )
     assert cpu.instance_group[0].kind == "KIND_CPU" and cpu.version_policy is None
     assert ModelConfig.from_pbtxt(text) == config
 

@@ -27,28 +27,22 @@ def with_quantize(config, **values):
 
 
 @pytest.fixture(scope="module")
-def model_dir(trained_model) -> Path:
-    _, directory = trained_model
-    return directory / "model"
-
-
-@pytest.fixture(scope="module")
-def quantized(model_dir, ingested, tmp_path_factory):
+def quantized(trained_package, ingested, tmp_path_factory):
     """One run over every candidate (fp16 joins through target gpu), fp32 listed, choosing the fastest."""
     config, paths = ingested
     config = with_quantize(config, candidates=["fp32", "int8_dynamic", "int8_static"], target="gpu")
     output = tmp_path_factory.mktemp("quantized") / "model"
-    result = core.quantize(config, str(model_dir), paths.train, paths.validation, str(output))
+    result = core.quantize(config, str(trained_package), paths.train, paths.validation, str(output))
     return result, output
 
 
 @pytest.fixture(scope="module")
-def graphs(model_dir, ingested, tmp_path_factory) -> dict[str, Path]:
+def graphs(trained_package, ingested, tmp_path_factory) -> dict[str, Path]:
     config, paths = ingested
-    model_config = package.read_model_config(model_dir)
+    model_config = package.read_model_config(trained_package)
     calibration = core.calibration_rows(pq.read_table(paths.train), 256, seed=0)
     return core.build_candidates(
-        model_dir / package.ONNX_FILE,
+        trained_package / package.ONNX_FILE,
         list(core.CANDIDATES),
         package.raw_inputs(calibration, model_config.numeric, model_config.categorical),
         tmp_path_factory.mktemp("graphs"),
@@ -66,9 +60,9 @@ def awkward_rows(validation_path: str, model_config: package.ModelConfig) -> dic
     return columns
 
 
-def test_every_candidate_is_close_to_fp32_on_raw_rows_with_missing_and_unseen_values(graphs, model_dir, ingested):
+def test_every_candidate_is_close_to_fp32_on_raw_rows_with_missing_and_unseen_values(graphs, trained_package, ingested):
     _, paths = ingested
-    model_config = package.read_model_config(model_dir)
+    model_config = package.read_model_config(trained_package)
     feeds = package.raw_inputs(awkward_rows(paths.validation, model_config), model_config.numeric,
                                model_config.categorical)  # fmt: skip
     assert np.isnan(feeds[package.NUMERIC_INPUT]).any() and (feeds[package.CATEGORICAL_INPUT] == "").any()
@@ -114,7 +108,9 @@ def test_int8_dynamic_is_smaller_than_fp32_and_every_candidate_is_measured(quant
     assert result.validation_rows == pq.read_metadata(paths.validation).num_rows
 
 
-def test_the_chosen_package_is_the_fastest_within_budget_and_serves_with_its_precision(quantized, model_dir, ingested):
+def test_the_chosen_package_is_the_fastest_within_budget_and_serves_with_its_precision(
+    quantized, trained_package, ingested
+):
     result, output = quantized
     _, paths = ingested
     eligible = [c for c in result.candidates if c.eligible]
@@ -122,29 +118,29 @@ def test_the_chosen_package_is_the_fastest_within_budget_and_serves_with_its_pre
     fastest = min(c.latency_ms for c in eligible)
     assert result.selected.latency_ms <= fastest * (1 + core.LATENCY_TIE)  # the fastest, or within timing noise of it
     assert sorted(p.name for p in output.iterdir()) == sorted(
-        p.name for p in model_dir.iterdir() if p.name != package.WEIGHTS_FILE
+        p.name for p in trained_package.iterdir() if p.name != package.WEIGHTS_FILE
     )
     for name in ("preprocessing.json", package.PIPELINE_CONFIG_FILE):
-        assert (output / name).read_bytes() == (model_dir / name).read_bytes()
+        assert (output / name).read_bytes() == (trained_package / name).read_bytes()
     assert (output / package.ONNX_FILE).stat().st_size == result.selected.onnx_bytes
     predictor = package.Predictor(output)
     assert predictor.config.precision == result.chosen
-    assert predictor.config.model_copy(update={"precision": "fp32"}) == package.read_model_config(model_dir)
+    assert predictor.config.model_copy(update={"precision": "fp32"}) == package.read_model_config(trained_package)
     test = pq.read_table(paths.test)
     probabilities, labels = predictor.predict(test)
-    reference, _ = package.Predictor(model_dir).predict(test)
+    reference, _ = package.Predictor(trained_package).predict(test)
     assert np.abs(probabilities - reference).max() <= result.budget["max_abs_diff"] + 0.02
     assert len(labels) == test.num_rows
     assert list(output.parent.iterdir()) == [output]  # no staging directory left behind
 
 
-def test_a_budget_no_candidate_meets_fails_with_the_table_and_writes_nothing(model_dir, ingested, tmp_path):
+def test_a_budget_no_candidate_meets_fails_with_the_table_and_writes_nothing(trained_package, ingested, tmp_path):
     config, paths = ingested
     strict = with_quantize(config, candidates=["int8_dynamic", "int8_static"], max_abs_diff=1e-9,
                            max_metric_drop={"accuracy": 0.0, "roc_auc": 0.0})  # fmt: skip
     output = tmp_path / "out" / "model"
     with pytest.raises(core.QuantizationBudgetError) as failure:
-        core.quantize(strict, str(model_dir), paths.train, paths.validation, str(output))
+        core.quantize(strict, str(trained_package), paths.train, paths.validation, str(output))
     message = str(failure.value)
     assert not isinstance(failure.value, InputError)
     rows = ("| int8_dynamic |", "| int8_static |", "| fp32 | the baseline", "probabilities differ from fp32")
@@ -152,22 +148,22 @@ def test_a_budget_no_candidate_meets_fails_with_the_table_and_writes_nothing(mod
     assert all(expected in message for expected in rows + advice), message
     assert not output.parent.exists()
     listed = with_quantize(config, candidates=["int8_dynamic", "fp32"], max_abs_diff=1e-9)
-    result = core.quantize(listed, str(model_dir), paths.train, paths.validation, str(output))
+    result = core.quantize(listed, str(trained_package), paths.train, paths.validation, str(output))
     assert result.chosen == "fp32" and "int8_dynamic" in result.rejected
     assert package.read_model_config(output).precision == "fp32"
-    assert (output / package.ONNX_FILE).read_bytes() == (model_dir / package.ONNX_FILE).read_bytes()
-    retry = core.quantize(with_quantize(config, candidates=["int8_dynamic"]), str(model_dir), paths.train,
+    assert (output / package.ONNX_FILE).read_bytes() == (trained_package / package.ONNX_FILE).read_bytes()
+    retry = core.quantize(with_quantize(config, candidates=["int8_dynamic"]), str(trained_package), paths.train,
                           paths.validation, str(output))  # fmt: skip
     assert retry.chosen == "int8_dynamic" and package.read_model_config(output).precision == "int8_dynamic"
     assert (output / package.ONNX_FILE).stat().st_size == retry.selected.onnx_bytes  # replaced whole on a retry
     assert list(output.parent.iterdir()) == [output]
 
 
-def test_choose_smallest_picks_the_smallest_within_budget(model_dir, ingested, tmp_path):
+def test_choose_smallest_picks_the_smallest_within_budget(trained_package, ingested, tmp_path):
     config, paths = ingested
     smallest = with_quantize(config, candidates=["int8_dynamic", "int8_static", "fp16"], choose="smallest",
                              max_metric_drop={"accuracy": 0.02}, max_abs_diff=0.1)  # fmt: skip
-    result = core.quantize(smallest, str(model_dir), paths.train, paths.validation, str(tmp_path / "model"))
+    result = core.quantize(smallest, str(trained_package), paths.train, paths.validation, str(tmp_path / "model"))
     eligible = [c for c in result.candidates if c.eligible]
     assert len(eligible) >= 2 and "fp32" not in {c.name for c in eligible}
     assert result.chosen == min(eligible, key=lambda c: c.onnx_bytes).name
@@ -215,14 +211,16 @@ def test_metrics_and_table_describe_every_candidate(quantized):
     assert f"| {result.chosen} | **chosen** |" in table
 
 
-def test_executor_records_metadata_metrics_and_comparison(model_dir, ingested, tmp_path, capsys):
+def test_executor_records_metadata_metrics_and_comparison(trained_package, ingested, tmp_path, capsys):
     def artifact(path: Path, metadata: dict | None = None) -> SimpleNamespace:
         logged: dict[str, float] = {}
         return SimpleNamespace(path=str(path), uri=f"file://{path}", metadata=dict(metadata or {}), logged=logged,
                                log_metric=logged.__setitem__)  # fmt: skip
 
     config, paths = ingested
-    model = artifact(model_dir, {"content_hash": "sha256:abc", "framework": "pytorch+deepspeed", "precision": "fp32"})
+    model = artifact(
+        trained_package, {"content_hash": "sha256:abc", "framework": "pytorch+deepspeed", "precision": "fp32"}
+    )
     quantized, metrics, comparison = artifact(tmp_path / "q"), artifact(tmp_path / "m"), artifact(tmp_path / "c.md")
     text = with_quantize(config, candidates=["int8_dynamic"]).to_yaml()
     result = executor.run(text, model, artifact(Path(paths.train)), artifact(Path(paths.validation)), quantized,
@@ -258,7 +256,7 @@ def test_component_compiles_on_the_quantize_image_without_installing_anything(tm
 
 
 @pytest.mark.local_run
-def test_the_component_runs_from_its_compiled_yaml_through_kfp_local(model_dir, ingested, tmp_path):
+def test_the_component_runs_from_its_compiled_yaml_through_kfp_local(trained_package, ingested, tmp_path):
     from kfp import compiler, components, dsl, local
     from kfp.dsl import Dataset, Model
 
@@ -269,7 +267,9 @@ def test_the_component_runs_from_its_compiled_yaml_through_kfp_local(model_dir, 
     component = build(ImageConfig(registry="r.example/x", tag="t1"))
 
     def pipeline(config: str):
-        model = dsl.importer(artifact_uri=str(model_dir), artifact_class=Model, metadata={"content_hash": "sha256:x"})
+        model = dsl.importer(
+            artifact_uri=str(trained_package), artifact_class=Model, metadata={"content_hash": "sha256:x"}
+        )
         train = dsl.importer(artifact_uri=paths.train, artifact_class=Dataset)
         validation = dsl.importer(artifact_uri=paths.validation, artifact_class=Dataset)
         component(config=config, model=model.output, train_data=train.output, validation_data=validation.output)
@@ -284,7 +284,9 @@ def test_the_component_runs_from_its_compiled_yaml_through_kfp_local(model_dir, 
     assert "| int8_dynamic |" in comparison.read_text()
 
 
-def test_a_budget_metric_undefined_on_the_validation_split_fails_closed_with_its_reason(model_dir, ingested, tmp_path):
+def test_a_budget_metric_undefined_on_the_validation_split_fails_closed_with_its_reason(
+    trained_package, ingested, tmp_path
+):
     """A validation split of one class: ROC AUC is undefined, so a candidate cannot show it stays within the roc_auc
     budget. Quantized candidates are refused naming metric and reason; fp32, listed, is the one that can serve."""
     import pyarrow.compute as pc
@@ -296,11 +298,11 @@ def test_a_budget_metric_undefined_on_the_validation_split_fails_closed_with_its
     budget = {"max_metric_drop": {"roc_auc": 0.005}, "max_abs_diff": 0.5}
     only_int8 = with_quantize(config, candidates=["int8_dynamic"], **budget)
     with pytest.raises(core.QuantizationBudgetError) as failure:
-        core.quantize(only_int8, str(model_dir), paths.train, str(one_class), str(tmp_path / "q"))
+        core.quantize(only_int8, str(trained_package), paths.train, str(one_class), str(tmp_path / "q"))
     reason = ("roc_auc is undefined on the validation split: only class '0' has rows (class '1' has none); ROC AUC "
               "needs two; quantize.max_metric_drop cannot pass on it")  # fmt: skip
     assert reason in str(failure.value) and "nan" not in str(failure.value).lower()
-    result = core.quantize(with_quantize(config, candidates=["fp32", "int8_dynamic"], **budget), str(model_dir),
+    result = core.quantize(with_quantize(config, candidates=["fp32", "int8_dynamic"], **budget), str(trained_package),
                            paths.train, str(one_class), str(tmp_path / "q"))  # fmt: skip
     assert result.chosen == "fp32" and result.rejected["int8_dynamic"][0].startswith(reason)
     assert all(np.isfinite(v) for v in result.metrics().values()) and "roc_auc" not in result.metrics()

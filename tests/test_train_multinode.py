@@ -22,7 +22,7 @@ from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.errors import ConfigError
 from kfp_mlops.components.train.core import ClusterContext, train
 from kfp_mlops.components.train.trainjob import trainjob_name
-from kfp_mlops.local_services import free_port
+from kfp_mlops.processes import free_port
 
 pytestmark = pytest.mark.servers
 NAMESPACE = "ml-team"

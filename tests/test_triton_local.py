@@ -20,7 +20,7 @@ from support.triton import onnxruntime_outputs, running_triton, sample_inputs, s
 from kfp_mlops import triton_local
 from kfp_mlops.cli import main
 from kfp_mlops.components.shared import storage
-from kfp_mlops.local_services import free_port
+from kfp_mlops.processes import free_port
 
 pytestmark = pytest.mark.servers
 

@@ -1,6 +1,7 @@
-"""Real servers as pytest fixtures, started once per session on free loopback ports (see kfp_mlops.local_services):
-SeaweedFS S3, fake-gcs-server, redis-server and PostgreSQL; and the Kubernetes API test double (no cluster runs
-here). tests/conftest.py imports these fixtures; tests that use a server carry the ``servers`` marker."""
+"""Real servers as pytest fixtures, started once per session on free loopback ports: SeaweedFS S3
+(kfp_mlops.local_services), fake-gcs-server, redis-server and PostgreSQL (tests/support/services.py); and the
+Kubernetes API test double (no cluster runs here). tests/conftest.py registers this module as a plugin; tests that
+use a server carry the ``servers`` marker."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from kfp_mlops import local_services
 from kfp_mlops.components.shared import storage
+from support import services
 from support.kube_api import FakeKubeApiServer
 
 
@@ -22,7 +24,7 @@ def s3_server(tmp_path_factory) -> Iterator[local_services.Service]:
 
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory) -> Iterator[local_services.Service]:
-    with local_services.fake_gcs(tmp_path_factory.mktemp("gcs"), bucket="kfp-mlops-test") as service:
+    with services.fake_gcs(tmp_path_factory.mktemp("gcs"), bucket="kfp-mlops-test") as service:
         yield service
 
 
@@ -63,14 +65,14 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
     """A real redis-server (Debian's package), started for this session."""
-    with local_services.redis_server(tmp_path_factory.mktemp("redis")) as service:
+    with services.redis_server(tmp_path_factory.mktemp("redis")) as service:
         yield RedisServer(service.env["FEAST_REDIS_CONNECTION_STRING"])
 
 
 @pytest.fixture(scope="session")
 def postgres_registry_url(tmp_path_factory) -> Iterator[str]:
     """A real PostgreSQL server (Debian's package) for Feast's SQL registry, started for this session."""
-    with local_services.postgres_server(tmp_path_factory.mktemp("postgres")) as service:
+    with services.postgres_server(tmp_path_factory.mktemp("postgres")) as service:
         yield service.env["FEAST_REGISTRY_URL"]
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kfp_mlops import triton_local
-from kfp_mlops.local_services import free_port
+from kfp_mlops.processes import free_port
 
 
 def signature_model(
