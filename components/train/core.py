@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from kfp_mlops.components.shared import serving_graph, storage
+from kfp_mlops.components.shared.cancellation import on_sigterm
 from kfp_mlops.components.shared.cluster import pod_namespace
 from kfp_mlops.components.shared.config import PipelineConfig, TrainConfig
 from kfp_mlops.components.shared.errors import ConfigError, InputError
@@ -472,16 +472,15 @@ def _launch_workers(spec_path: Path, world_size: int, log_path: str | None) -> N
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env
     )
-    previous = signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGTERM))
     try:
-        with open(log_path or os.devnull, "a", encoding="utf-8") as log:
-            for line in process.stdout:
-                sys.stdout.write(line)
-                log.write(line)
-                tail = (tail + [line.rstrip()])[-40:]
-        code = process.wait()
+        with on_sigterm(process.send_signal, "stop the training workers"):
+            with open(log_path or os.devnull, "a", encoding="utf-8") as log:
+                for line in process.stdout:
+                    sys.stdout.write(line)
+                    log.write(line)
+                    tail = (tail + [line.rstrip()])[-40:]
+            code = process.wait()
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if process.poll() is None:  # interrupted while streaming: never leave workers behind
             process.terminate()
             try:
