@@ -39,7 +39,7 @@ def run(
             "blessed": evaluation.blessed,
             "reasons": evaluation.reasons,
             "baseline": pipeline_config.evaluate.baseline,
-            "baseline_metrics": (evaluation.baseline or {}).get("metrics", {}),
+            "baseline_metrics": evaluation.baseline.metrics if evaluation.baseline else {},
             "undefined_metrics": evaluation.undefined,  # metric -> why it has no value on the test split
             "absent_classes": evaluation.absent,
             "model": model.uri,
