@@ -51,8 +51,8 @@ def run(
         print(f"[evaluate] {name} is undefined on the test split: {reason}")
     print(f"[evaluate] {'BLESSED' if evaluation.blessed else 'NOT BLESSED: ' + '; '.join(evaluation.reasons)}")
     run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
-    outcomes.record(run_dir, "evaluate", {"blessed": evaluation.blessed, "reasons": evaluation.reasons,
-                                          "metrics": evaluation.metrics})  # fmt: skip
+    outcomes.record(run_dir, outcomes.EvaluateOutcome(blessed=evaluation.blessed, reasons=evaluation.reasons,
+                                                      metrics=evaluation.metrics))  # fmt: skip
     return evaluation.blessed
 
 
