@@ -7,6 +7,7 @@ downloads into local paths (``worker.localise``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -30,10 +31,9 @@ class WorkerSpec(BaseModel):
     output_uri: str = ""  # a TrainJob's staged spec: where rank 0 copies ``output_dir``
     process_started: float  # when the task's process started: start-up time is measured from it
 
-    def write(self, path: Any) -> None:
+    def write(self, path: Path) -> None:
         """Write the spec as JSON to a local path."""
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(self.model_dump_json())
+        path.write_text(self.model_dump_json(), encoding="utf-8")
 
     @classmethod
     def read(cls, text: str | bytes) -> WorkerSpec:
