@@ -14,6 +14,7 @@ from kfp_mlops.components.evaluate import core
 from kfp_mlops.components.shared import metrics
 from kfp_mlops.components.shared.config import EvaluateConfig
 from kfp_mlops.components.shared.model_package import read_model_config
+from kfp_mlops.components.shared.records import ServingRecord
 
 
 def with_evaluate(config, **values):
@@ -64,7 +65,7 @@ def test_model_worse_than_the_recorded_baseline_is_not_blessed(trained_model, in
     evaluation = core.evaluate(strict, str(directory / "model"), paths.test)
     assert not evaluation.blessed
     assert any("roc_auc" in r and "regresses more than 0.01 from the baseline" in r for r in evaluation.reasons)
-    assert evaluation.baseline["scored_on"].startswith("its own test split (recorded; re-scoring failed")
+    assert evaluation.baseline.scored_on.startswith("its own test split (recorded; re-scoring failed")
     tolerant = with_evaluate(config, max_regression={"roc_auc": 0.1}, **fallback)
     assert core.evaluate(tolerant, str(directory / "model"), paths.test).blessed
 
@@ -102,7 +103,7 @@ def test_baseline_record_round_trips_through_s3(s3):
     assert core.load_baseline(uri) is None  # first run: nothing recorded
     core.record_baseline(uri, "s3://m/1", {"roc_auc": 0.8}, "sha256:abc", "run-7")
     record = core.load_baseline(uri)
-    assert record["metrics"] == {"roc_auc": 0.8} and record["run_id"] == "run-7"
+    assert record.metrics == {"roc_auc": 0.8} and record.run_id == "run-7"
 
 
 def test_malformed_baseline_is_reported(tmp_path):
@@ -143,9 +144,9 @@ def test_baseline_model_is_rescored_on_this_test_split_not_taken_from_its_record
     core.record_baseline(str(baseline), str(directory / "model"), {"roc_auc": 0.99}, "sha256:x", "run-1")
     settings = {"baseline": str(baseline), "max_regression": {"roc_auc": 0.01}}
     evaluation = core.evaluate(with_evaluate(config, **settings), str(directory / "model"), paths.test)
-    assert evaluation.baseline["scored_on"] == "this run's test split"
-    assert evaluation.baseline["recorded_metrics"] == {"roc_auc": 0.99}
-    assert evaluation.baseline["metrics"]["roc_auc"] == pytest.approx(evaluation.metrics["roc_auc"])
+    assert evaluation.baseline.scored_on == "this run's test split"
+    assert evaluation.baseline.recorded_metrics == {"roc_auc": 0.99}
+    assert evaluation.baseline.metrics["roc_auc"] == pytest.approx(evaluation.metrics["roc_auc"])
     assert evaluation.blessed  # the same model against itself: no regression
 
 
@@ -161,8 +162,8 @@ def test_a_really_worse_model_is_not_blessed_against_the_rescored_baseline_model
     core.record_baseline(str(baseline), str(directory / "model"), {"roc_auc": 0.0}, "sha256:x", "run-1")
     settings = {"baseline": str(baseline), "min_metrics": {}, "max_regression": {"roc_auc": 0.01}}
     evaluation = core.evaluate(with_evaluate(config, **settings), str(tmp_path / "weak"), paths.test)
-    assert evaluation.baseline["scored_on"] == "this run's test split"
-    assert evaluation.metrics["roc_auc"] < evaluation.baseline["metrics"]["roc_auc"] - 0.01
+    assert evaluation.baseline.scored_on == "this run's test split"
+    assert evaluation.metrics["roc_auc"] < evaluation.baseline.metrics["roc_auc"] - 0.01
     assert not evaluation.blessed and "regresses more than 0.01" in evaluation.reasons[0]
 
 
@@ -263,15 +264,19 @@ def test_a_gate_on_an_undefined_metric_fails_closed_naming_the_metric_and_the_re
         json_format.MessageToJson(json_format.ParseDict(artifact.metadata, struct_pb2.Struct()))
 
 
+def scored_baseline(scores: dict[str, float], undefined: dict[str, str] | None = None) -> core.Baseline:
+    return core.Baseline(ServingRecord(model="m", metrics={}), scores, "this run's test split", undefined or {})
+
+
 def test_bless_fails_closed_on_a_missing_or_non_finite_value_and_passes_on_defined_ones():
     settings = EvaluateConfig(min_metrics={"f1": 0.5}, max_metrics={"log_loss": 1.0}, max_regression={"f1": 0.01})
-    assert core.bless({"f1": 0.7, "log_loss": 0.4}, settings, {"metrics": {"f1": 0.69}}) == []
+    assert core.bless({"f1": 0.7, "log_loss": 0.4}, settings, scored_baseline({"f1": 0.69})) == []
     reasons = core.bless({"f1": float("nan"), "log_loss": 0.4}, settings, None)
     assert reasons == [f"f1 is undefined on the test split: its value is nan, not a number a gate can compare; "
                        f"evaluate.min_metrics cannot pass on it ({metrics.GATE_ADVICE})"]  # fmt: skip
-    reasons = core.bless({"f1": 0.7}, settings, {"metrics": {"f1": 0.6}, "undefined": {}})
+    reasons = core.bless({"f1": 0.7}, settings, scored_baseline({"f1": 0.6}))
     assert reasons == [f"log_loss is undefined on the test split: it was not computed for this model; "
                        f"evaluate.max_metrics cannot pass on it ({metrics.GATE_ADVICE})"]  # fmt: skip
-    baseline = {"metrics": {}, "undefined": {"f1": "no row was predicted"}}
+    baseline = scored_baseline({}, {"f1": "no row was predicted"})
     (reason,) = core.bless({"f1": 0.7, "log_loss": 0.4}, settings, baseline)
     assert reason.startswith("f1 is undefined on the test split: no row was predicted; evaluate.max_regression (the")

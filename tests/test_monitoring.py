@@ -14,7 +14,7 @@ from support.configs import config_document
 from support.kfp_api_server import FakeKfpApiServer
 
 from kfp_mlops.components.drift import executor
-from kfp_mlops.components.shared import kfp_api
+from kfp_mlops.components.shared import kfp_api, outcomes
 from kfp_mlops.components.shared.errors import InputError
 
 RUN_ID = "monitoring-run-1"
@@ -99,28 +99,34 @@ def test_the_drift_check_needs_a_model_that_serves_and_says_so(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def drift(drifted: bool, share: float, columns: list[str]) -> dict:
+    return {"drifted": drifted, "share": share, "drifted_columns": columns, "reference": "s3://r",
+            "serving_model": "s3://m", "action": "nested" if drifted else "none"}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("facts", "state", "expected"),
     [
         ({}, "FAILED", ["- Run: FAILED (ingest failed)", "- Retrained: no", "- Deployed: no",
                         "- Drift: not checked (the run stopped before the drift check)"]),
-        ({"drift": {"drifted": False, "share": 0.1, "drifted_columns": ["age"]}}, "SUCCEEDED",
+        ({"drift": drift(False, 0.1, ["age"])}, "SUCCEEDED",
          ["- Drift: no (10% of columns; age)", "- Retrained: no", "- Deployed: no"]),
-        ({"drift": {"drifted": True, "share": 0.6, "drifted_columns": ["age", "plan"]},
-          "evaluate": {"blessed": False, "reasons": ["roc_auc 0.5 is below the threshold 0.6"]}}, "SUCCEEDED",
+        ({"drift": drift(True, 0.6, ["age", "plan"]),
+          "evaluate": {"blessed": False, "reasons": ["roc_auc 0.5 is below the threshold 0.6"], "metrics": {}}},
+         "SUCCEEDED",
          ["- Drift: yes (60% of columns; age, plan)", "- Retrained: yes, in this run",
           "- Blessed: no: roc_auc 0.5 is below the threshold 0.6", "- Deployed: no"]),
-        ({"drift": {"drifted": True, "share": 1.0, "drifted_columns": ["age"]}, "evaluate": {"blessed": True,
-          "reasons": []}, "deploy": {"version": 3, "model_name": "churn", "endpoint": "triton:8001"}}, "SUCCEEDED",
+        ({"drift": drift(True, 1.0, ["age"]), "evaluate": {"blessed": True, "reasons": [], "metrics": {}},
+          "deploy": {"deployed": True, "version": 3, "model_name": "churn", "endpoint": "triton:8001"}}, "SUCCEEDED",
          ["- Retrained: yes, in this run", "- Blessed: yes", "- Deployed: churn version 3 (triton:8001)"]),
-        ({"drift": {"drifted": True, "share": 1.0, "drifted_columns": ["age"]},
-          "retrain": {"run_id": "r-9", "state": "SUCCEEDED"}}, "SUCCEEDED",
+        ({"drift": drift(True, 1.0, ["age"]), "retrain": {"run_id": "r-9", "state": "SUCCEEDED"}}, "SUCCEEDED",
          ["- Retrained: yes, training run r-9 (SUCCEEDED)"]),
     ],
     ids=["stopped before drift", "no drift", "not blessed", "deployed", "retrained through the KFP API"],
 )  # fmt: skip
 def test_the_outcome_report_says_what_the_run_decided(facts, state, expected):
-    text = executor.render_outcome(facts, state, "ingest failed" if state == "FAILED" else "")
+    recorded = outcomes.Outcomes.model_validate(facts)
+    text = executor.render_outcome(recorded, state, "ingest failed" if state == "FAILED" else "")
     lines = text.splitlines()
     assert lines[0] == "# Monitoring outcome"
     assert [line for line in expected if line not in lines] == []

@@ -58,10 +58,14 @@ def test_locally_the_run_directory_is_the_one_kfp_local_made(tmp_path):
 def test_outcomes_written_by_one_task_are_read_by_another(tmp_path):
     root = str(tmp_path)
     written = runs.run_directory(backend_uri(root, "drift-check", "s1", "report", "kfp-mlops-monitoring"), RUN_ID)
-    outcomes.record(written, "drift", {"drifted": True})
+    drift = outcomes.DriftOutcome(drifted=True, share=0.5, drifted_columns=["age"], reference="s3://r",
+                                  serving_model="s3://m", action="nested")  # fmt: skip
+    outcomes.record(written, drift)
     read = runs.run_directory(backend_uri(root, "report-outcome", "s2", "outcome", "kfp-mlops-monitoring"), RUN_ID)
-    assert outcomes.read_all(read) == {"drift": {"drifted": True}}
-    assert outcomes.read_all(runs.run_directory(str(tmp_path / "x-2026-12-02-05-31-19-123456/t/o"), "1")) == {}
+    assert outcomes.read_all(read) == outcomes.Outcomes(drift=drift)
+    assert outcomes.read_all(read).facts() == {"drift": drift.model_dump()}
+    nothing = outcomes.read_all(runs.run_directory(str(tmp_path / "x-2026-12-02-05-31-19-123456/t/o"), "1"))
+    assert nothing == outcomes.Outcomes() and nothing.facts() == {}
 
 
 @pytest.mark.parametrize(

@@ -24,14 +24,9 @@ from kfp_mlops.components.shared.errors import ConfigError, InputError
 from kfp_mlops.components.shared.model_package import Predictor
 from kfp_mlops.components.shared.tabular import Preprocessing
 from kfp_mlops.components.train.checkpoints import FAILURE_MARKER
-from kfp_mlops.components.train.core import (
-    MIN_STEPS_PER_EPOCH,
-    DeterministicTrainingError,
-    effective_batching,
-    prepare,
-    train,
-)
+from kfp_mlops.components.train.core import DeterministicTrainingError, prepare, train
 from kfp_mlops.components.train.deepspeed_config import build_deepspeed_config
+from kfp_mlops.components.train.devices import MIN_STEPS_PER_EPOCH, effective_batching
 
 
 def test_deepspeed_config_carries_batch_optimizer_schedule_clipping_zero_and_precision():

@@ -22,7 +22,7 @@ def run(config: str, model: Any, validation_data: Any, deployment: Any, run_id: 
         result = core.deploy(model.path, validation_data.path, settings, gpu=pipeline_config.quantize.target == "gpu")
     except core.DeployError as exc:
         print(f"[deploy] FAILED at {exc.stage}: {exc}")
-        outcomes.record(run_dir, "deploy", {"deployed": False, "failed": f"{exc.stage}: {exc}"})
+        outcomes.record(run_dir, outcomes.DeployOutcome(deployed=False, failed=f"{exc.stage}: {exc}"))
         raise
     record: dict[str, Any] = {
         "deployed": result.deployment is not None,
@@ -37,6 +37,6 @@ def run(config: str, model: Any, validation_data: Any, deployment: Any, run_id: 
         record["deployment"] = result.deployment.model_dump()  # what the serving record keeps (records.Deployment)
     update_metadata(deployment, record)
     write_text_atomically(deployment.path, json.dumps(record, indent=2))
-    outcomes.record(run_dir, "deploy", record)
+    outcomes.record(run_dir, outcomes.DeployOutcome.model_validate(record))
     print(f"[deploy] {result.describe()}")
     return result.version

@@ -15,6 +15,7 @@ from kfp_mlops.components.shared.cluster import pod_namespace
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.model_package import read_model_config
+from kfp_mlops.components.shared.outcomes import DriftOutcome, Outcomes, RetrainOutcome
 from kfp_mlops.components.shared.records import read_record
 
 NO_ACTION = "none"
@@ -47,10 +48,10 @@ def run(config: str, current: list[Any], run_id: str, report: Any, metrics: Any,
                          model.numeric, model.categorical, report.path, summary.path)  # fmt: skip
     log_metrics(metrics, result.metrics())
     action = pipeline_config.monitoring.retrain if result.drifted else NO_ACTION
-    outcomes.record(runs.run_directory(report.uri, run_id) if run_id else "", "drift", {
-        "drifted": result.drifted, "share": result.share, "drifted_columns": result.drifted_columns,
-        "reference": record.reference_data, "serving_model": record.model, "action": action,
-    })  # fmt: skip
+    outcomes.record(runs.run_directory(report.uri, run_id) if run_id else "", DriftOutcome(
+        drifted=result.drifted, share=result.share, drifted_columns=result.drifted_columns,
+        reference=record.reference_data, serving_model=record.model, action=action,
+    ))  # fmt: skip
     verdict = "drift" if result.drifted else "no drift"
     columns = f": {', '.join(result.drifted_columns)}" if result.drifted_columns else ""
     print(f"[drift] {verdict} ({len(result.drifted_columns)} of {len(result.columns)} columns{columns}); next: "
@@ -75,10 +76,10 @@ def submit_training(config: str, data_source: str, run_id: str, training_run: An
                                         namespace=namespace, service_account=settings.service_account)  # fmt: skip
     print(f"[retrain] started run {submitted.run_id} of {settings.training_pipeline}")
     outcome = kfp_api.wait_for_run(client, submitted.run_id, poll_seconds=settings.poll_seconds)
-    facts = {"run_id": submitted.run_id, "state": outcome.state}
-    update_metadata(training_run, facts)
-    write_text_atomically(training_run.path, json.dumps(facts))
-    outcomes.record(runs.run_directory(training_run.uri, run_id) if run_id else "", "retrain", facts)
+    retrained = RetrainOutcome(run_id=submitted.run_id, state=outcome.state)
+    update_metadata(training_run, retrained.facts())
+    write_text_atomically(training_run.path, json.dumps(retrained.facts()))
+    outcomes.record(runs.run_directory(training_run.uri, run_id) if run_id else "", retrained)
     print(f"[retrain] run {submitted.run_id}: {outcome.state}")
     if outcome.state != "SUCCEEDED":
         raise RuntimeError(f"the training run {submitted.run_id} ended {outcome.state}: {outcome.error}")
@@ -87,31 +88,30 @@ def submit_training(config: str, data_source: str, run_id: str, training_run: An
 
 def report(run_id: str, state: str, error: str, outcome: Any) -> None:
     """The run's outcome as Markdown: the drift verdict, whether it retrained, the blessing, the deployed version."""
-    facts = outcomes.read_all(runs.run_directory(outcome.uri, run_id))
-    text = render_outcome(facts, state, error)
+    recorded = outcomes.read_all(runs.run_directory(outcome.uri, run_id))
+    text = render_outcome(recorded, state, error)
     write_text_atomically(outcome.path, text)
-    update_metadata(outcome, {"state": state, **{f"{step}": facts[step] for step in facts}})
+    update_metadata(outcome, {"state": state, **recorded.facts()})
     print("[outcome] " + " | ".join(line.removeprefix("- ") for line in text.splitlines() if line.startswith("- ")))
 
 
-def render_outcome(facts: dict[str, dict[str, Any]], state: str, error: str) -> str:
-    drift, evaluate, deploy = facts.get("drift"), facts.get("evaluate"), facts.get("deploy")
-    retrain = facts.get("retrain")
+def render_outcome(recorded: Outcomes, state: str, error: str) -> str:
+    drift, evaluate, deploy, retrain = recorded.drift, recorded.evaluate, recorded.deploy, recorded.retrain
     lines = ["# Monitoring outcome", "", f"- Run: {state}{f' ({error})' if error else ''}"]
     if drift is None:
         lines.append("- Drift: not checked (the run stopped before the drift check)")
     else:
-        columns = ", ".join(drift["drifted_columns"]) or "none"
-        lines.append(f"- Drift: {'yes' if drift['drifted'] else 'no'} ({drift['share']:.0%} of columns; {columns})")
+        columns = ", ".join(drift.drifted_columns) or "none"
+        lines.append(f"- Drift: {'yes' if drift.drifted else 'no'} ({drift.share:.0%} of columns; {columns})")
     if evaluate is not None:
         lines.append("- Retrained: yes, in this run")
-        lines.append(f"- Blessed: {'yes' if evaluate['blessed'] else 'no: ' + '; '.join(evaluate['reasons'])}")
+        lines.append(f"- Blessed: {'yes' if evaluate.blessed else 'no: ' + '; '.join(evaluate.reasons)}")
     elif retrain is not None:
-        lines.append(f"- Retrained: yes, training run {retrain['run_id']} ({retrain['state']})")
+        lines.append(f"- Retrained: yes, training run {retrain.run_id} ({retrain.state})")
     else:
         lines.append("- Retrained: no")
-    if deploy is not None and deploy.get("version"):
-        lines.append(f"- Deployed: {deploy['model_name']} version {deploy['version']} ({deploy['endpoint']})")
+    if deploy is not None and deploy.version:
+        lines.append(f"- Deployed: {deploy.model_name} version {deploy.version} ({deploy.endpoint})")
     else:
         lines.append("- Deployed: no")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -21,6 +20,25 @@ from kfp_mlops.components.shared.metrics import ClassScores, class_indices, comp
 from kfp_mlops.components.shared.model_package import ModelConfig, Predictor, read_model_config
 from kfp_mlops.components.shared.records import Deployment, ServingRecord, read_record, write_record
 from kfp_mlops.components.shared.splits import read_split
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The serving record's model as the candidate is compared with it: its metrics on this run's test split, or the
+    recorded ones (when re-scoring failed and ``evaluate.allow_recorded_baseline_metrics`` allows them)."""
+
+    record: ServingRecord
+    metrics: dict[str, float]
+    scored_on: str  # which test split ``metrics`` come from, for the model card
+    undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it has no value on that split
+
+    @property
+    def model(self) -> str:
+        return self.record.model
+
+    @property
+    def recorded_metrics(self) -> dict[str, float]:
+        return self.record.metrics
 
 
 @dataclass
@@ -33,7 +51,7 @@ class Evaluation:
     decision_threshold: float = 0.5
     blessed: bool = False
     reasons: list[str] = field(default_factory=list)
-    baseline: dict[str, Any] | None = None
+    baseline: Baseline | None = None
     undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it has no value on the test split
     averaging: str = ""  # how the metrics are defined (binary, or macro/weighted/one-vs-rest for multiclass)
     per_class: list[ClassScores] = field(default_factory=list)  # multiclass
@@ -48,23 +66,22 @@ def predict_probabilities(model_dir: str, table) -> tuple[np.ndarray, np.ndarray
     return probabilities, class_indices(table, predictor.config, "test")
 
 
-def load_baseline(uri: str) -> dict[str, Any] | None:
-    """The serving record at ``uri`` as a dict (None on the first run, when nothing is recorded yet)."""
-    record = read_record(uri)
-    return None if record is None else record.model_dump()
+def load_baseline(uri: str) -> ServingRecord | None:
+    """The serving record at ``uri`` (None on the first run, when nothing is recorded yet)."""
+    return read_record(uri)
 
 
 class BaselineUnavailableError(RuntimeError):
     """The baseline's model could not be re-scored, and the config does not allow its recorded metrics instead."""
 
 
-def rescore_baseline(record: dict[str, Any], table, settings: EvaluateConfig) -> dict[str, Any]:
+def rescore_baseline(record: ServingRecord, table, settings: EvaluateConfig) -> Baseline:
     """Score the baseline's model on this run's test split, so candidate and baseline are compared on the same rows
     (TFX's way). If its model cannot be read or scored here, the step fails (a credential problem must not quietly
     change the gate), unless ``evaluate.allow_recorded_baseline_metrics`` lets the recorded metrics stand."""
     import tempfile
 
-    model_uri = record.get("model", "")
+    model_uri = record.model
     try:
         with tempfile.TemporaryDirectory(prefix="kfp-mlops-baseline-") as local:
             if not storage.copy_tree(model_uri, local):
@@ -81,15 +98,14 @@ def rescore_baseline(record: dict[str, Any], table, settings: EvaluateConfig) ->
                 f"on this run's test split ({problem}); fix access to it, or set "
                 "evaluate.allow_recorded_baseline_metrics: true to compare with its recorded metrics"
             ) from exc
-        return record | {"scored_on": f"its own test split (recorded; re-scoring failed: {problem})"}
-    return record | {"metrics": scores.metrics, "undefined": scores.undefined, "recorded_metrics": record["metrics"],
-                     "scored_on": "this run's test split"}  # fmt: skip
+        return Baseline(record, record.metrics, f"its own test split (recorded; re-scoring failed: {problem})")
+    return Baseline(record, scores.metrics, "this run's test split", scores.undefined)
 
 
 def bless(
     metrics: dict[str, float],
     settings: EvaluateConfig,
-    baseline: dict[str, Any] | None,
+    baseline: Baseline | None,
     undefined: dict[str, str] | None = None,
 ) -> list[str]:
     """Reasons not to bless: unmet absolute thresholds, regressions beyond the allowed delta, and any gate whose
@@ -110,9 +126,10 @@ def bless(
     if baseline is not None:
         for name, delta in settings.max_regression.items():
             failure = gate_failure(name, scored, "test", "evaluate.max_regression")
-            reference = baseline["metrics"].get(name)
-            if failure is None and name in baseline.get("undefined", {}):
-                failure = gate_failure(name, baseline, "test", "evaluate.max_regression (the baseline's value)")
+            reference = baseline.metrics.get(name)
+            if failure is None and name in baseline.undefined:
+                baseline_scores = {"metrics": baseline.metrics, "undefined": baseline.undefined}
+                failure = gate_failure(name, baseline_scores, "test", "evaluate.max_regression (the baseline's value)")
             if failure:
                 reasons.append(failure)
             elif reference is not None and not metrics[name] >= reference - delta:
@@ -129,9 +146,8 @@ def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluati
     probabilities, y = predict_probabilities(model_dir, table)
     threshold = config.evaluate.decision_threshold or model_config.decision_threshold
     scores = compute_metrics(y, probabilities, config.evaluate, threshold, model_config.classes)
-    baseline = load_baseline(config.evaluate.baseline)
-    if baseline is not None:
-        baseline = rescore_baseline(baseline, table, config.evaluate)
+    record = load_baseline(config.evaluate.baseline)
+    baseline = None if record is None else rescore_baseline(record, table, config.evaluate)
     reasons = bless(scores.metrics, config.evaluate, baseline, scores.undefined)
     return Evaluation(
         metrics=scores.metrics,
@@ -179,7 +195,7 @@ def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: Mod
         "| metric | value | threshold | baseline |",
         "|---|---:|---:|---:|",
     ]
-    baseline_metrics = (evaluation.baseline or {}).get("metrics", {})
+    baseline_metrics = evaluation.baseline.metrics if evaluation.baseline else {}
     for name in [*evaluation.metrics, *evaluation.undefined]:
         threshold = (
             f"≥ {settings.min_metrics[name]}"
@@ -204,7 +220,7 @@ def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: Mod
         if evaluation.absent:
             lines.append(f"No test rows (left out of the averages): {', '.join(evaluation.absent)}.")
     if evaluation.baseline:
-        recorded = f" (model {evaluation.baseline.get('model', '?')}, scored on {evaluation.baseline['scored_on']})"
+        recorded = f" (model {evaluation.baseline.model}, scored on {evaluation.baseline.scored_on})"
     else:
         recorded = " (none recorded yet: thresholds only)"
     lines += ["", f"Baseline: {settings.baseline or 'none configured'}{recorded}"]

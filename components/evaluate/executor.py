@@ -39,7 +39,7 @@ def run(
             "blessed": evaluation.blessed,
             "reasons": evaluation.reasons,
             "baseline": pipeline_config.evaluate.baseline,
-            "baseline_metrics": (evaluation.baseline or {}).get("metrics", {}),
+            "baseline_metrics": evaluation.baseline.metrics if evaluation.baseline else {},
             "undefined_metrics": evaluation.undefined,  # metric -> why it has no value on the test split
             "absent_classes": evaluation.absent,
             "model": model.uri,
@@ -51,8 +51,8 @@ def run(
         print(f"[evaluate] {name} is undefined on the test split: {reason}")
     print(f"[evaluate] {'BLESSED' if evaluation.blessed else 'NOT BLESSED: ' + '; '.join(evaluation.reasons)}")
     run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
-    outcomes.record(run_dir, "evaluate", {"blessed": evaluation.blessed, "reasons": evaluation.reasons,
-                                          "metrics": evaluation.metrics})  # fmt: skip
+    outcomes.record(run_dir, outcomes.EvaluateOutcome(blessed=evaluation.blessed, reasons=evaluation.reasons,
+                                                      metrics=evaluation.metrics))  # fmt: skip
     return evaluation.blessed
 
 

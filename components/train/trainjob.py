@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kfp_mlops.components.shared.cancellation import on_sigterm
 from kfp_mlops.components.shared.model_validation import model_problem
 
 GROUP = "trainer.kubeflow.org"
@@ -206,7 +204,7 @@ def run_trainjob(
     job = _RemoteTrainJob(api_client, spec.namespace, spec.name)
     started = time.monotonic()
     try:
-        with _delete_on_sigterm(job):
+        with on_sigterm(_delete_and_exit(job), "delete the job"):
             created = job.create_unless_exists(manifest, poll_seconds)
             return _wait(job, created, started, poll_seconds, timeout_seconds)
     finally:
@@ -353,16 +351,10 @@ def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, HTTPError | OSError)
 
 
-@contextmanager
-def _delete_on_sigterm(job: _RemoteTrainJob) -> Iterator[None]:
-    """While active, SIGTERM (a cancelled KFP run) deletes the job, then exits 143; the old handler is restored."""
-    if threading.current_thread() is not threading.main_thread():
-        print(f"{job}: not on the main thread, SIGTERM will not delete the job")
-        yield
-        return
+def _delete_and_exit(job: _RemoteTrainJob) -> Callable[[int], None]:
+    """The SIGTERM cleanup (a cancelled KFP run): delete the job, then exit 128 + the signal."""
 
-    def on_sigterm(signum: int, _frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    def cleanup(signum: int) -> None:
         print(f"SIGTERM: deleting {job}")
         try:
             job.delete()
@@ -370,11 +362,7 @@ def _delete_on_sigterm(job: _RemoteTrainJob) -> Iterator[None]:
             print(f"could not delete {job}: {exc}")
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return cleanup
 
 
 def _default_api_client() -> Any:

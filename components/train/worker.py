@@ -1,9 +1,9 @@
 """One DeepSpeed training process, started by ``torch.distributed.run`` (one per GPU, or N CPU processes with gloo).
 
 ``python -m kfp_mlops.components.train.worker SPEC.json`` on the step's own node, or ``torchrun -m
-kfp_mlops.components.train.worker s3://…/spec.json`` on each node of a TrainJob. The spec (written by
-``core.train``) names the preprocessed arrays, the DeepSpeed config and the checkpoint directory. The worker
-resumes from the latest checkpoint when one exists, checkpoints every K optimizer steps and at each epoch end,
+kfp_mlops.components.train.worker s3://…/spec.json`` on each node of a TrainJob. The spec (a ``WorkerSpec`` written
+by ``core.train_prepared``) names the preprocessed arrays, the DeepSpeed config and the checkpoint directory. The
+worker resumes from the latest checkpoint when one exists, checkpoints every K optimizer steps and at each epoch end,
 stops early on validation loss, and (rank 0) writes the best weights and the training metrics.
 """
 
@@ -31,6 +31,7 @@ from kfp_mlops.components.shared.tabular import FILE_NAME as PREPROCESSING_FILE
 from kfp_mlops.components.shared.tabular import Preprocessing
 from kfp_mlops.components.train import checkpoints
 from kfp_mlops.components.train.model import TabularClassifier
+from kfp_mlops.components.train.worker_spec import PREPARED_ARRAYS, WorkerSpec
 
 BEST_WEIGHTS = checkpoints.BEST_WEIGHTS
 
@@ -49,51 +50,52 @@ def _gathered_state_dict(engine) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().float().cpu().clone() for name, tensor in engine.module.state_dict().items()}
 
 
-def localise(spec_uri: str) -> dict[str, Any]:
+def localise(spec_uri: str) -> WorkerSpec:
     """A TrainJob node reads its spec, arrays and preprocessing from object storage into a node-local directory
     (downloaded once per node) and resumes from the remote checkpoints if there are any."""
-    spec = json.loads(storage.read_bytes(spec_uri))
+    spec = WorkerSpec.read(storage.read_bytes(spec_uri))
     node = os.environ.get("GROUP_RANK", "0")  # torchrun's node rank
     work = Path(tempfile.gettempdir()) / f"kfp-mlops-train-{hashlib.sha256(spec_uri.encode()).hexdigest()[:12]}-{node}"
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         shutil.rmtree(work, ignore_errors=True)
         (work / "checkpoints").mkdir(parents=True)
-        storage.download_file(spec["arrays"], work / "arrays.npz")
-        storage.download_file(spec["preprocessing"], work / PREPROCESSING_FILE)
-        checkpoints.download_latest(spec["checkpoint_uri"], work / "checkpoints")
+        storage.download_file(spec.arrays, work / PREPARED_ARRAYS)
+        storage.download_file(spec.preprocessing, work / PREPROCESSING_FILE)
+        checkpoints.download_latest(spec.checkpoint_uri, work / "checkpoints")
     dist.barrier()
-    return {
-        **spec,
-        "arrays": str(work / "arrays.npz"),
-        "preprocessing_dir": str(work),
-        "checkpoint_dir": str(work / "checkpoints"),
-        "output_dir": str(work / "output"),
-    }
+    return spec.model_copy(
+        update={
+            "arrays": str(work / PREPARED_ARRAYS),
+            "preprocessing_dir": str(work),
+            "checkpoint_dir": str(work / "checkpoints"),
+            "output_dir": str(work / "output"),
+        }
+    )
 
 
 class Trainer:
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: WorkerSpec):
         import deepspeed
 
         self.spec = spec
-        self.config = spec["train"]
+        self.config = spec.train
         self.cuda = torch.cuda.is_available()
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.device = torch.device(f"cuda:{self.local_rank}" if self.cuda else "cpu")
-        torch.manual_seed(self.config["seed"])
-        preprocessing = Preprocessing.load(spec["preprocessing_dir"])
+        torch.manual_seed(self.config.seed)
+        preprocessing = Preprocessing.load(spec.preprocessing_dir)
         model = TabularClassifier(
-            preprocessing, self.config["hidden_layers"], self.config["dropout"], self.config["embedding_dim"]
+            preprocessing, self.config.hidden_layers, self.config.dropout, self.config.embedding_dim
         )
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), config=spec["deepspeed"]
+            model=model, model_parameters=model.parameters(), config=spec.deepspeed
         )
-        ds = spec["deepspeed"]
+        ds = spec.deepspeed
         self.dtype = torch.bfloat16 if ds["bf16"]["enabled"] else torch.float16 if ds["fp16"]["enabled"] else None
-        arrays = np.load(spec["arrays"])
+        arrays = np.load(spec.arrays)
         self.data = {key: torch.from_numpy(arrays[key]) for key in arrays.files}
-        self.checkpoints = Path(spec["checkpoint_dir"])
+        self.checkpoints = Path(spec.checkpoint_dir)
         self.micro = ds["train_micro_batch_size_per_gpu"]  # the batching fitted to the data by the launcher
         self.accumulation = ds["gradient_accumulation_steps"]
         accumulation = self.accumulation
@@ -136,7 +138,7 @@ class Trainer:
         self.engine.save_checkpoint(str(self.checkpoints), tag=tag, client_state=dict(self.state))
         log(f"checkpoint {tag} (optimizer step {self.engine.global_steps})")
         dist.barrier()
-        if remote := self.spec.get("checkpoint_uri"):
+        if remote := self.spec.checkpoint_uri:
             if self.local_rank == 0:
                 checkpoints.upload_shards(self.checkpoints, remote, tag)
             dist.barrier()
@@ -169,13 +171,13 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         resumed_from = self.resume()
-        every = self.spec["checkpoint_every_steps"]
+        every = self.config.checkpoint_every_steps
         accumulation = self.accumulation
-        started, startup_seconds = self.spec.get("process_started", time.time()), None
-        seed, n_train = self.config["seed"], len(self.data["train_y"])
+        started, startup_seconds = self.spec.process_started, None
+        seed, n_train = self.config.seed, len(self.data["train_y"])
         samples, seconds = 0, 0.0
-        for epoch in range(self.state["epoch"], self.config["epochs"]):
-            if self.state["bad_epochs"] >= self.config["early_stopping"]["patience"]:
+        for epoch in range(self.state["epoch"], self.config.epochs):
+            if self.state["bad_epochs"] >= self.config.early_stopping.patience:
                 break  # resumed after the early-stopping decision
             order = torch.from_numpy(np.random.default_rng(seed + epoch).permutation(n_train))
             shard = order[: self.batches_per_epoch * self.micro * self.world][self.rank :: self.world]
@@ -203,7 +205,7 @@ class Trainer:
             val_loss = self.validation_loss()
             if not math.isfinite(val_loss):
                 raise FloatingPointError(f"validation loss is {val_loss} after epoch {epoch + 1}: training diverged")
-            improved = val_loss < self.state["best_val_loss"] - self.config["early_stopping"]["min_delta"]
+            improved = val_loss < self.state["best_val_loss"] - self.config.early_stopping.min_delta
             self.state.update(epoch=epoch + 1, batch=0)
             self.state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
             if improved:
@@ -214,11 +216,11 @@ class Trainer:
             else:
                 self.state["bad_epochs"] += 1
             log(
-                f"epoch {epoch + 1}/{self.config['epochs']} train_loss={train_loss:.4f} val_loss={val_loss:.4f} "
+                f"epoch {epoch + 1}/{self.config.epochs} train_loss={train_loss:.4f} val_loss={val_loss:.4f} "
                 f"step={self.engine.global_steps} samples/s={samples / max(seconds, 1e-9):,.0f}"
             )
-            stop = self.state["bad_epochs"] >= self.config["early_stopping"]["patience"]
-            self.state["stopped_early"] = stop and epoch + 1 < self.config["epochs"]
+            stop = self.state["bad_epochs"] >= self.config.early_stopping.patience
+            self.state["stopped_early"] = stop and epoch + 1 < self.config.epochs
             self.save(f"epoch{epoch + 1}", best_changed=improved)
             if stop:
                 log(f"early stopping: no validation improvement for {self.state['bad_epochs']} epoch(s)")
@@ -237,7 +239,7 @@ class Trainer:
             "stopped_early": self.state["stopped_early"],
             "history": history,
             "precision": "bf16" if self.dtype == torch.bfloat16 else "fp16" if self.dtype == torch.float16 else "fp32",
-            "zero_stage": self.spec["deepspeed"]["zero_optimization"]["stage"],
+            "zero_stage": self.spec.deepspeed["zero_optimization"]["stage"],
             "device": self.device.type,
             "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.cuda else 0,
         }
@@ -253,29 +255,29 @@ def main(spec_path: str) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     remote = storage.is_remote(spec_path)
-    spec = localise(spec_path) if remote else json.loads(Path(spec_path).read_text())
+    spec = localise(spec_path) if remote else WorkerSpec.read(Path(spec_path).read_bytes())
     trainer = Trainer(spec)
     try:
         result = trainer.fit()
     except FloatingPointError as exc:  # the same data, seed and settings diverge again: a retry would repeat it
         if dist.get_rank() == 0:
-            output = Path(spec["output_dir"])
+            output = Path(spec.output_dir)
             output.mkdir(parents=True, exist_ok=True)
             (output / checkpoints.FAILURE_MARKER).write_text(json.dumps({"error": str(exc)}))
             if remote:
-                storage.copy_tree(str(output), spec["output_uri"])
+                storage.copy_tree(str(output), spec.output_uri)
         raise
     # Decided from all-reduced state, the same on every rank: a ZeRO-3 gather is collective, all ranks or none.
     have_best = math.isfinite(trainer.state["best_val_loss"])
     final = None if have_best else _gathered_state_dict(trainer.engine)
     if dist.get_rank() == 0:
-        output = Path(spec["output_dir"])
+        output = Path(spec.output_dir)
         output.mkdir(parents=True, exist_ok=True)
         weights = torch.load(trainer.checkpoints / BEST_WEIGHTS, map_location="cpu") if have_best else final
         torch.save(weights, output / "weights.pt")
         (output / "metrics.json").write_text(json.dumps(result, indent=2))
         if remote:
-            storage.copy_tree(str(output), spec["output_uri"])
+            storage.copy_tree(str(output), spec.output_uri)
     dist.barrier()
     dist.destroy_process_group()
 
