@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from kfp_mlops.components.shared import triton_config
 from kfp_mlops.components.shared.errors import ServiceError
 from kfp_mlops.local_services import _wait_until, free_port
 
@@ -446,8 +447,6 @@ def add_onnx_model(
     """Put ``onnx_path`` into a local repository as ``<name>/<version>/model.onnx`` served by the python backend
     (``model.py`` beside it), with ``<name>/config.pbtxt`` derived from the ONNX signature. ``settings`` are
     ModelConfig fields (dynamic_batching, instance_group, version_policy, parameters). Returns the config."""
-    from kfp_mlops.components.deploy import triton_config
-
     config = triton_config.config_for_onnx(name, onnx_path, backend="python", max_batch_size=max_batch_size,
                                            **settings)  # fmt: skip
     model_dir = Path(repository) / name

@@ -38,8 +38,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from kfp_mlops.components.deploy import triton_config
-from kfp_mlops.components.shared import model_package, storage
+from kfp_mlops.components.shared import model_package, storage, triton_config
 from kfp_mlops.components.shared.config import DeployConfig, VerifyConfig
 from kfp_mlops.components.shared.records import Deployment
 from kfp_mlops.components.shared.splits import read_split
