@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kfp_mlops.components.shared import triton_config
+from kfp_mlops.components.shared import layout, triton_config
 from kfp_mlops.components.shared.errors import ServiceError
 from kfp_mlops.local_services import _wait_until, free_port
 
@@ -452,14 +452,7 @@ def add_onnx_model(
     model_dir = Path(repository) / name
     version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_path, version_dir / "model.onnx")
-    shutil.copyfile(python_backend_model(), version_dir / "model.py")
+    for relative, path in layout.version_files(onnx_path, python_backend=True).items():
+        shutil.copyfile(path, version_dir / relative)
     config.write(model_dir)
     return config
-
-
-def python_backend_model() -> Path:
-    """The python-backend ``model.py`` that serves an ONNX file with onnxruntime."""
-    import kfp_mlops.components.deploy as deploy
-
-    return Path(deploy.__file__).parent / "python_backend" / "model.py"

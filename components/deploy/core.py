@@ -36,16 +36,14 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException
 
-from kfp_mlops.components.shared import model_package, storage, triton_config
+from kfp_mlops.components.shared import layout, model_package, storage, triton_config
 from kfp_mlops.components.shared.config import DeployConfig, VerifyConfig
 from kfp_mlops.components.shared.records import Deployment
 from kfp_mlops.components.shared.splits import read_split
 
-MARKER_FILE = "kfp-mlops.json"  # written last into a version directory: the version is committed
 CANDIDATE_SUFFIX = "-candidate"
-PYTHON_MODEL_FILE = "model.py"
 WARMUP_REQUESTS = 5
 _STAGING_PREFIX = ".staging-"  # local commits: a non-numeric directory Triton ignores, renamed to <N>
 _RETRIES = 4
@@ -200,10 +198,7 @@ class _Package:
 
     def files(self) -> dict[str, Path]:
         """A version directory's files besides the marker."""
-        files = {model_package.ONNX_FILE: self.onnx_path}
-        if self.backend == "python":
-            files[PYTHON_MODEL_FILE] = Path(__file__).parent / "python_backend" / PYTHON_MODEL_FILE
-        return files
+        return layout.version_files(self.onnx_path, python_backend=self.backend == "python")
 
     def config_for(self, name: str, version: int) -> triton_config.ModelConfig:
         return self.serving.model_copy(
@@ -240,7 +235,7 @@ class _Reference:
             raise DeployError(
                 "package", f"reference outputs of {package.model_dir} on {validation_path}: {type(exc).__name__}: {exc}"
             ) from None
-        return cls(inputs, probabilities, _plain(labels), package.config.decision_threshold)
+        return cls(inputs, probabilities, layout.decode_labels(labels), package.config.decision_threshold)
 
     @property
     def rows(self) -> int:
@@ -253,14 +248,6 @@ class _Reference:
             return abs(float(p[1]) - self.decision_threshold) <= atol
         top = np.sort(p)[-2:]
         return float(top[1] - top[0]) <= 2 * atol
-
-
-def _plain(labels: np.ndarray) -> list[Any]:
-    """Labels as Python values (BYTES decoded), for comparison."""
-    return [
-        value.decode() if isinstance(value, bytes) else value.item() if hasattr(value, "item") else value
-        for value in np.asarray(labels).ravel()
-    ]
 
 
 # -- the repository ---------------------------------------------------------------------------------------------
@@ -302,7 +289,7 @@ class _Repository:
 
     def marker(self, version: int) -> dict[str, Any] | None:
         """The commit marker of ``<name>/<version>/``; None when absent or unreadable (an uncommitted version)."""
-        text = self.read_text(f"{self.name}/{version}/{MARKER_FILE}")
+        text = self.read_text(layout.version_path(self.name, version, layout.VERSION_METADATA_FILE))
         try:
             marker = json.loads(text) if text else None
         except ValueError:
@@ -337,14 +324,14 @@ class _Repository:
             try:
                 for relative, path in files.items():
                     shutil.copyfile(path, staging / relative)
-                (staging / MARKER_FILE).write_bytes(marker_bytes)
+                (staging / layout.VERSION_METADATA_FILE).write_bytes(marker_bytes)
                 os.rename(staging, self.at(target))  # fails if <version> exists: never overwrite a version
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         else:  # each object appears whole; the marker written last commits the version
             for relative, path in files.items():
                 storage.upload_file(path, self.at(f"{target}/{relative}"))
-            storage.write_bytes(self.at(f"{target}/{MARKER_FILE}"), marker_bytes)
+            storage.write_bytes(self.at(f"{target}/{layout.VERSION_METADATA_FILE}"), marker_bytes)
 
 
 def _served_version(config_text: str | None, versions: dict[int, Any]) -> int | None:
@@ -462,15 +449,7 @@ class _Replica:
             self.load(name, version, timeout)
 
     def infer(self, name: str, version: int, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        tensors = []
-        for input_name, array in inputs.items():
-            tensor = grpcclient.InferInput(input_name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        outputs = [
-            grpcclient.InferRequestedOutput(model_package.PROBABILITIES_OUTPUT),
-            grpcclient.InferRequestedOutput(model_package.LABEL_OUTPUT),
-        ]
+        tensors, outputs = layout.infer_inputs(grpcclient, inputs), layout.requested_outputs(grpcclient)
         result = self.client.infer(name, tensors, model_version=str(version), outputs=outputs)
         return result.as_numpy(model_package.PROBABILITIES_OUTPUT), result.as_numpy(model_package.LABEL_OUTPUT)
 
@@ -506,7 +485,9 @@ def verify(replica: _Replica, name: str, version: int, reference: _Reference, se
                     f"or infinity) from Triton or from the package itself, rows {rows}",
                 )
             worst = max(worst, float(difference.max()))
-            for offset, (got, want) in enumerate(zip(_plain(labels), reference.labels[start:stop], strict=True)):
+            for offset, (got, want) in enumerate(
+                zip(layout.decode_labels(labels), reference.labels[start:stop], strict=True)
+            ):
                 if got != want and not reference.excused(start + offset, check.atol):
                     mismatched.append(start + offset)
         if not worst <= check.atol or mismatched:  # NaN fails too
@@ -608,7 +589,9 @@ class _Deployment:
             }
             progress["committed"] = True
             if resumed:  # committed by an interrupted attempt with this package: refresh its figures
-                self.repository.write_text(f"{self.name}/{version}/{MARKER_FILE}", json.dumps(marker, indent=2))
+                self.repository.write_text(
+                    layout.version_path(self.name, version, layout.VERSION_METADATA_FILE), json.dumps(marker, indent=2)
+                )
             else:
                 self.repository.write_version(self.name, version, self.package.files(), marker)
             progress["config_written"] = True
