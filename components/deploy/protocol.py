@@ -190,7 +190,7 @@ class Rollout:
         resume = max(resumable, default=None)
         for version, marker in state.versions.items():
             if version not in (served, resume) and (marker is None or version > served):
-                self.repository.delete(f"{self.name}/{version}")
+                self.repository.delete(layout.version_path(self.name, version))
         for other in state.other:
             if other.startswith(STAGING_PREFIX):
                 self.repository.delete(f"{self.name}/{other}")
@@ -258,7 +258,8 @@ class Rollout:
                 else:
                     steps.append((f"unloading {self.name} on {endpoint}", functools.partial(self._unload, endpoint)))
             if progress.committed:
-                steps.append((f"removing version {version}", lambda: self.repository.delete(f"{self.name}/{version}")))
+                remove = functools.partial(self.repository.delete, layout.version_path(self.name, version))
+                steps.append((f"removing version {version}", remove))
             for what, step in steps:
                 try:
                     step()
@@ -274,7 +275,7 @@ class Rollout:
         keep = sorted((v for v in state.versions if v <= version), reverse=True)[: self.settings.keep_versions]
         pruned = sorted(v for v in state.versions if v not in keep and v != version)
         for old in pruned:
-            self.repository.delete(f"{self.name}/{old}")
+            self.repository.delete(layout.version_path(self.name, old))
         endpoints = replica_endpoints(self.settings)
         problems = self._drop_candidate(endpoints)
         for endpoint in endpoints:

@@ -82,7 +82,7 @@ class Repository:
 
     def write_version(self, name: str, version: int, files: dict[str, Path], marker: dict[str, Any]) -> None:
         """Write ``<name>/<version>/``: the files, then the marker (the commit)."""
-        target = f"{name}/{version}"
+        target = layout.version_path(name, version)
         marker_bytes = json.dumps(marker, indent=2).encode()
         if self.root.scheme == "file":  # complete under a name Triton ignores, then one rename
             staging = Path(self.at(f"{name}/{STAGING_PREFIX}{secrets.token_hex(4)}"))
