@@ -254,7 +254,7 @@ def main() -> None:
               f"per server and concurrency; bodies: FastAPI JSON {sizes['fastapi']} B, Triton KServe v2 JSON "
               f"{sizes['triton']} B")  # fmt: skip
         config = TRITON_MODEL["dynamic_batching"] | {"instances": 1, "onnxruntime threads": 1}
-        print(f"Triton: python backend, deploy/python_backend/model.py, dynamic batching {config}")
+        print(f"Triton: python backend, shared/python_backend/model.py, dynamic batching {config}")
         print(f"ceiling, bare onnxruntime session in this process (1 thread): batch 1 {one:,.0f} calls/s, "
               f"batch 32 {batched:,.0f} rows/s")  # fmt: skip
         print(f"{'clients':>7} | {'FastAPI req/s':>13} {'p50 ms':>6} {'p99 ms':>6} | {'Triton req/s':>12} "

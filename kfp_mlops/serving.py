@@ -31,9 +31,10 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
-from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared import layout, storage
 from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.errors import InputError, ServiceError
+from kfp_mlops.components.shared.layout import FEATURE_STORE_YAML, VERSION_METADATA_FILE
 from kfp_mlops.components.shared.model_package import (
     LABEL_OUTPUT,
     MODEL_CONFIG_FILE,
@@ -45,8 +46,6 @@ from kfp_mlops.components.shared.model_package import (
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
 
-MODEL_METADATA_FILE = "kfp-mlops.json"  # written by the deploy step into each version directory
-FEATURE_STORE_YAML = "feature_store.yaml"
 DEFAULT_MODEL_NAME: str = DeployConfig.model_fields["model_name"].default
 Protocol = Literal["http", "grpc"]
 EntityId = int | str
@@ -98,7 +97,7 @@ def load_model_config(uri: str) -> ModelConfig:
     """The model config from a JSON file, or from a directory / prefix holding ``kfp-mlops.json`` (a Triton version
     directory) or ``model_config.json`` (a model package). Local, ``s3://`` or ``gs://``."""
     base = uri.rstrip("/")
-    candidates = [uri] if base.endswith(".json") else [f"{base}/{MODEL_METADATA_FILE}", f"{base}/{MODEL_CONFIG_FILE}"]
+    candidates = [uri] if base.endswith(".json") else [f"{base}/{VERSION_METADATA_FILE}", f"{base}/{MODEL_CONFIG_FILE}"]
     for candidate in candidates:
         try:
             data = storage.read_bytes(candidate)
@@ -197,27 +196,15 @@ class TritonModel:
         probabilities, labels = [], []
         with self._explained():
             for start in range(0, rows, step):
-                inputs = []
-                for name, array in feeds.items():
-                    chunk = array[start : start + step]
-                    tensor = self._module.InferInput(
-                        name, list(chunk.shape), "BYTES" if chunk.dtype == object else "FP32"
-                    )
-                    tensor.set_data_from_numpy(chunk)
-                    inputs.append(tensor)
-                outputs = [self._module.InferRequestedOutput(n) for n in (PROBABILITIES_OUTPUT, LABEL_OUTPUT)]
+                chunk = {name: array[start : start + step] for name, array in feeds.items()}
+                inputs = layout.infer_inputs(self._module, chunk)
+                outputs = layout.requested_outputs(self._module)
                 result = self._client.infer(
                     self.model, inputs, model_version=self.version, outputs=outputs, **self._options
                 )
                 probabilities.append(result.as_numpy(PROBABILITIES_OUTPUT))
-                labels += [_label(v) for v in result.as_numpy(LABEL_OUTPUT).reshape(-1)]
+                labels += layout.decode_labels(result.as_numpy(LABEL_OUTPUT))
         return np.concatenate(probabilities).astype(np.float32), labels
-
-
-def _label(value: Any) -> EntityId:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return value.item() if isinstance(value, np.generic) else value
 
 
 # --- Feast -----------------------------------------------------------------------------------------------------
@@ -331,8 +318,8 @@ def predict_entities(
         raise InputError("give the model config (a model package or JSON) or the model repository, exactly one")
     triton = TritonModel(triton_url, model_name, version, protocol, timeout)
     if model_repository is not None:
-        location = f"{model_repository.rstrip('/')}/{model_name}/{triton.version}/{MODEL_METADATA_FILE}"
-        config = load_model_config(location)
+        metadata = layout.version_path(model_name, triton.version, VERSION_METADATA_FILE)
+        config = load_model_config(f"{model_repository.rstrip('/')}/{metadata}")
     else:
         config = model_config if isinstance(model_config, ModelConfig) else load_model_config(str(model_config))
     triton.check_inputs(config)

@@ -34,7 +34,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``predict`` on the ``add_subparsers()`` object of ``kfp_mlops.cli.build_parser``."""
-    from kfp_mlops.serving import DEFAULT_MODEL_NAME, MODEL_METADATA_FILE
+    from kfp_mlops.components.shared.layout import VERSION_METADATA_FILE
+    from kfp_mlops.serving import DEFAULT_MODEL_NAME
 
     predict = subparsers.add_parser(
         "predict", help="predict by entity id: latest features from the Feast online store, sent to Triton"
@@ -64,12 +65,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--model-package",
         metavar="URI",
         help="the model package (directory or s3:// / gs:// prefix holding model_config.json), "
-        f"a version directory holding {MODEL_METADATA_FILE}, or either JSON file",
+        f"a version directory holding {VERSION_METADATA_FILE}, or either JSON file",
     )
     source.add_argument(
         "--model-repository",
         metavar="URI",
-        help=f"Triton's model repository: reads <URI>/<model>/<version>/{MODEL_METADATA_FILE}, "
+        help=f"Triton's model repository: reads <URI>/<model>/<version>/{VERSION_METADATA_FILE}, "
         "written by the deploy step",
     )
     predict.add_argument(

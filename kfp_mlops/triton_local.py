@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from kfp_mlops.components.shared import layout, triton_config
 from kfp_mlops.components.shared.errors import ServiceError
 from kfp_mlops.processes import free_port, wait_until
 
@@ -446,21 +447,12 @@ def add_onnx_model(
     """Put ``onnx_path`` into a local repository as ``<name>/<version>/model.onnx`` served by the python backend
     (``model.py`` beside it), with ``<name>/config.pbtxt`` derived from the ONNX signature. ``settings`` are
     ModelConfig fields (dynamic_batching, instance_group, version_policy, parameters). Returns the config."""
-    from kfp_mlops.components.deploy import triton_config
-
     config = triton_config.config_for_onnx(name, onnx_path, backend="python", max_batch_size=max_batch_size,
                                            **settings)  # fmt: skip
     model_dir = Path(repository) / name
     version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_path, version_dir / "model.onnx")
-    shutil.copyfile(python_backend_model(), version_dir / "model.py")
+    for relative, path in layout.version_files(onnx_path, python_backend=True).items():
+        shutil.copyfile(path, version_dir / relative)
     config.write(model_dir)
     return config
-
-
-def python_backend_model() -> Path:
-    """The python-backend ``model.py`` that serves an ONNX file with onnxruntime."""
-    import kfp_mlops.components.deploy as deploy
-
-    return Path(deploy.__file__).parent / "python_backend" / "model.py"

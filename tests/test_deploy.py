@@ -24,10 +24,10 @@ from onnx import helper, numpy_helper
 from support.triton import running_pod, running_triton
 
 from kfp_mlops.components.deploy import core, executor
-from kfp_mlops.components.deploy.triton_config import ModelConfig
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.model_package import Predictor
+from kfp_mlops.components.shared.triton_config import ModelConfig
 
 pytestmark = pytest.mark.servers
 

@@ -19,7 +19,7 @@ from support.triton import running_triton
 from kfp_mlops import serving, triton_local
 from kfp_mlops.cli import main
 from kfp_mlops.components.features.core import build_feature_sets
-from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared import layout, storage
 from kfp_mlops.components.shared.config import FeaturesConfig
 from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.model_package import ModelConfig, Predictor, read_model_config
@@ -83,7 +83,7 @@ def model_repository(trained_package, tmp_path_factory) -> Path:
         )
         published = config.model_copy(update={"numeric": numeric})
         metadata = {"model_config": published.model_dump(mode="json"), "package": str(trained_package)}
-        (root / MODEL / str(version) / serving.MODEL_METADATA_FILE).write_text(json.dumps(metadata))
+        (root / MODEL / str(version) / layout.VERSION_METADATA_FILE).write_text(json.dumps(metadata))
     return root
 
 
@@ -253,7 +253,9 @@ def test_model_config_reads_a_package_a_version_directory_and_either_json(traine
     config = read_model_config(trained_package)
     version_dir = tmp_path / "models" / MODEL / "3"
     version_dir.mkdir(parents=True)
-    (version_dir / serving.MODEL_METADATA_FILE).write_text(json.dumps({"model_config": config.model_dump(mode="json")}))
+    (version_dir / layout.VERSION_METADATA_FILE).write_text(
+        json.dumps({"model_config": config.model_dump(mode="json")})
+    )
     shutil.copyfile(trained_package / "model_config.json", tmp_path / "bare.json")
     for uri in (
         trained_package,

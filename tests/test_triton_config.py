@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 from support.triton import signature_model
 
-from kfp_mlops.components.deploy.triton_config import (
+from kfp_mlops.components.shared.triton_config import (
     DynamicBatching,
     InstanceGroup,
     ModelConfig,

@@ -19,7 +19,7 @@ from support.triton import onnxruntime_outputs, running_triton, sample_inputs, s
 
 from kfp_mlops import triton_local
 from kfp_mlops.cli import main
-from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared import layout, storage
 from kfp_mlops.processes import free_port
 
 pytestmark = pytest.mark.servers
@@ -177,7 +177,7 @@ def _slow_model_py(seconds: float) -> str:
         f"    import time\n\n    time.sleep({seconds})\n    _initialize(self, args)\n\n\n"
         "TritonPythonModel.initialize = _slow_initialize\n"
     )
-    return triton_local.python_backend_model().read_text() + slow
+    return layout.python_backend_model().read_text() + slow
 
 
 def test_reload_serves_the_old_version_until_the_new_one_is_ready(server, repository, models):
@@ -226,7 +226,7 @@ def test_reload_serves_the_old_version_until_the_new_one_is_ready(server, reposi
         broken = repository / "reloaded" / "3"
         broken.mkdir()
         (broken / "model.onnx").write_bytes(b"not an onnx file")
-        shutil.copyfile(triton_local.python_backend_model(), broken / "model.py")
+        shutil.copyfile(layout.python_backend_model(), broken / "model.py")
         with pytest.raises(InferenceServerException, match="version 3 is at UNAVAILABLE state"):
             control.load_model("reloaded")
         failed = time.monotonic()

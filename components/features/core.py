@@ -35,12 +35,12 @@ from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.artifacts import write_tables_atomically
 from kfp_mlops.components.shared.config import FeaturesConfig, PipelineConfig, SchemaConfig
 from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.components.shared.layout import FEATURE_STORE_YAML
 from kfp_mlops.components.shared.splits import TIMESTAMP_TYPE, SplitPaths, feature_columns, read_split
 
 if TYPE_CHECKING:
     from feast import Entity, FeatureStore, FeatureView, FileSource
 
-FEATURE_STORE_YAML = "feature_store.yaml"
 DEFINITIONS_FILE = "features.py"
 DATA_DIR = "data"
 REGISTRY_FILE = "registry.db"

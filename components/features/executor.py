@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from kfp_mlops.components.features.core import FEATURE_STORE_YAML, FeaturesResult, build_feature_sets
+from kfp_mlops.components.features.core import FeaturesResult, build_feature_sets
 from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, update_metadata
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
+from kfp_mlops.components.shared.layout import FEATURE_STORE_YAML
 from kfp_mlops.components.shared.splits import SplitPaths
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kfp_mlops.components.shared import runs
+from kfp_mlops.components.shared import layout, runs
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata
 from kfp_mlops.components.shared.cluster import PodResources, check_training_pod, train_pod_resources
 from kfp_mlops.components.shared.config import load_config
@@ -81,7 +81,7 @@ def run(
         {
             "framework": "pytorch+deepspeed",
             "format": "onnx",
-            "onnx_file": "model.onnx",
+            "onnx_file": layout.ONNX_FILE,
             "onnx_max_abs_diff": result.onnx_max_abs_diff,
             "content_hash": training_data.metadata.get("content_hash", ""),
             "checkpoint_dir": checkpoint_dir,

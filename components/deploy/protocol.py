@@ -1,0 +1,303 @@
+"""The deployment's protocol (see core.py): stage and verify the candidate, commit, promote, finish; roll back on
+any failure. ``Progress`` records the stage reached: where an unexpected error is reported, and what the rollback
+undoes."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from kfp_mlops.components.deploy.errors import DeployError, Stage
+from kfp_mlops.components.deploy.package import Package, Reference
+from kfp_mlops.components.deploy.replica import SETTLE_SECONDS, Replica, replica_endpoints
+from kfp_mlops.components.deploy.repository import STAGING_PREFIX, Repository, State
+from kfp_mlops.components.deploy.verification import Verification, verify
+from kfp_mlops.components.shared import cancellation, layout, triton_config
+from kfp_mlops.components.shared.config import DeployConfig
+from kfp_mlops.components.shared.records import Deployment
+
+Status = Literal["not_deployed", "deployed", "already_serving"]
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """``deployment`` is None when nothing was deployed (no model repository configured)."""
+
+    status: Status
+    deployment: Deployment | None = None
+    previous_version: int | None = None
+    pruned: list[int] = field(default_factory=list)
+    replicas: list[str] = field(default_factory=list)
+
+    @property
+    def version(self) -> int:
+        return self.deployment.version if self.deployment else 0
+
+    def describe(self) -> str:
+        """One line for the console."""
+        if self.deployment is None:
+            return "deploy.model_repository is empty: not deployed"
+        d = self.deployment
+        where = f"{d.model_name} version {d.version} serves at {d.endpoint} from {d.repository}"
+        if self.status == "already_serving":
+            return f"{where} (already serving this package: nothing changed)"
+        v = d.verified
+        previous = f"previous {self.previous_version}" if self.previous_version else "first version"
+        return (
+            f"{where} ({previous}; verified {v['rows']:.0f} rows, max |diff| {v['max_abs_diff']:.2e}, "
+            f"p50 {v['p50_ms']:.2f} ms, p99 {v['p99_ms']:.2f} ms on {len(self.replicas)} replica(s)"
+            f"{f'; pruned {self.pruned}' if self.pruned else ''})"
+        )
+
+
+@dataclass
+class Progress:
+    """How far a deployment got: VERIFICATION, then COMMIT (``<name>/<N>/`` may exist: a resumed version starts
+    here), then PROMOTION (the served config may name N)."""
+
+    stage: Stage
+
+    @property
+    def committed(self) -> bool:
+        return self.stage in (Stage.COMMIT, Stage.PROMOTION)
+
+    @property
+    def config_written(self) -> bool:
+        return self.stage == Stage.PROMOTION
+
+    def error(self, exc: BaseException) -> DeployError:
+        """``exc`` as a DeployError: itself, a cancellation (an interrupt), or a failure at the stage reached."""
+        if isinstance(exc, DeployError):
+            return exc
+        stage = Stage.CANCELLED if isinstance(exc, KeyboardInterrupt | SystemExit) else self.stage
+        return DeployError(stage, f"{type(exc).__name__}: {exc}")
+
+
+class Rollout:
+    """The rollout of a package into a repository and onto every replica (``run``)."""
+
+    def __init__(self, package: Package, repository: Repository, settings: DeployConfig):
+        self.package = package
+        self.repository = repository
+        self.settings = settings
+        self.name = settings.model_name
+        self.timeout = float(settings.ready_timeout_seconds)
+        self.unload_timeout = max(self.timeout, SETTLE_SECONDS)
+        self.replicas: dict[str, Replica] = {}
+
+    def replica(self, endpoint: str) -> Replica:
+        """The replica at ``endpoint``, once it answers (within ready_timeout_seconds)."""
+        if endpoint not in self.replicas:
+            replica = Replica(endpoint)
+            self.replicas[endpoint] = replica
+            replica.wait_until_live(self.timeout)
+        return self.replicas[endpoint]
+
+    def _converge(self, endpoint: str, version: int) -> None:
+        self.replica(endpoint).converge(self.name, version, self.timeout)
+
+    def _unload(self, endpoint: str) -> None:
+        self.replica(endpoint).unload(self.name, self.unload_timeout)
+
+    def run(self, validation_path: str) -> DeployResult:
+        try:
+            return self._run(validation_path)
+        finally:
+            for replica in self.replicas.values():
+                replica.close()
+
+    def _run(self, validation_path: str) -> DeployResult:
+        state = self.repository.state()
+        served = state.served
+        if served is not None and self._serves_package(state, served):
+            self._clear_leftovers(state)
+            pruned = self._finish(served, self.repository.state())
+            marker = state.versions[served] or {}
+            return self._result("already_serving", served, marker.get("verified", {}), None, pruned)
+        reference = Reference.compute(
+            self.package, validation_path, self.settings.verify.rows, self.settings.max_batch_size
+        )
+        endpoints = replica_endpoints(self.settings)
+        version = self._clear_leftovers(state)
+        resumed = version in state.versions
+        progress = Progress(Stage.COMMIT if resumed else Stage.VERIFICATION)
+        try:
+            verification = self._verify_candidate(version, endpoints, reference)
+            marker = {
+                "content_hash": self.package.content_hash,
+                "model_name": self.name,
+                "version": version,
+                "package": self.package.model_dir,
+                "verified": verification.figures(),
+                "committed_at": datetime.now(UTC).isoformat(),
+                # what a client needs besides the graph (feature columns, classes): `kfp-mlops predict` reads it
+                "model_config": self.package.config.model_dump(mode="json"),
+            }
+            progress.stage = Stage.COMMIT
+            if resumed:  # committed by an interrupted attempt with this package: refresh its figures
+                self.repository.write_text(
+                    layout.version_path(self.name, version, layout.VERSION_METADATA_FILE), json.dumps(marker, indent=2)
+                )
+            else:
+                self.repository.write_version(self.name, version, self.package.files(), marker)
+            progress.stage = Stage.PROMOTION
+            self.repository.write_text(
+                f"{self.name}/{triton_config.CONFIG_FILE}", self.package.config_for(self.name, version).to_pbtxt()
+            )
+            for endpoint in endpoints:
+                try:
+                    self.replica(endpoint).converge(self.name, version, self.timeout)
+                except DeployError as exc:
+                    raise DeployError(Stage.PROMOTION, f"promotion failed: {exc}") from None
+        except BaseException as exc:
+            error = progress.error(exc)
+            problems = self._roll_back(state, version, progress, endpoints)
+            if problems:
+                outcome = f"rollback incomplete: {'; '.join(problems)}"
+            elif served:
+                outcome = f"rolled back: version {served} keeps serving"
+            else:
+                outcome = "rolled back: nothing was serving, nothing serves"
+            raise DeployError(error.stage, f"{error}; {outcome}", rolled_back=not problems) from None
+        pruned = self._finish(version, self.repository.state())
+        return self._result("deployed", version, verification.figures(), served, pruned)
+
+    def _serves_package(self, state: State, served: int) -> bool:
+        """The served version holds this package's content and the served config is the one it would get."""
+        marker = state.versions.get(served)
+        if not marker or marker.get("content_hash") != self.package.content_hash or state.config_text is None:
+            return False
+        try:
+            current = triton_config.ModelConfig.from_pbtxt(state.config_text)
+        except ValueError:
+            return False
+        return current.model_copy(update={"version_policy": None}) == self.package.serving
+
+    def _clear_leftovers(self, state: State) -> int:
+        """Remove what an interrupted deployment left (staging directories, uncommitted versions, versions never
+        promoted, the candidate's directory); return the version to deploy: a committed, never promoted version of
+        this very package (a retried step resumes it), else the one after the served version."""
+        served = state.served or 0
+        resumable = [
+            v
+            for v, marker in state.versions.items()
+            if v > served and marker and marker.get("content_hash") == self.package.content_hash
+        ]
+        resume = max(resumable, default=None)
+        for version, marker in state.versions.items():
+            if version not in (served, resume) and (marker is None or version > served):
+                self.repository.delete(layout.version_path(self.name, version))
+        for other in state.other:
+            if other.startswith(STAGING_PREFIX):
+                self.repository.delete(f"{self.name}/{other}")
+        self.repository.delete(self.repository.candidate)
+        return resume if resume is not None else served + 1
+
+    def _verify_candidate(self, version: int, endpoints: list[str], reference: Reference) -> Verification:
+        """Stage ``<name>-candidate`` version ``version``, load and verify it on every replica, then unload and
+        remove it (before promotion: a GPU then holds two copies of the model at most, not three)."""
+        candidate = self.repository.candidate
+        marker = {"content_hash": self.package.content_hash, "candidate_of": self.name, "version": version}
+        self.repository.write_version(candidate, version, self.package.files(), marker)
+        config = self.package.config_for(candidate, version).to_pbtxt()
+        self.repository.write_text(f"{candidate}/{triton_config.CONFIG_FILE}", config)
+        results = []
+        for endpoint in endpoints:
+            replica = self.replica(endpoint)
+            replica.load(candidate, version, self.timeout)
+            results.append(verify(replica, candidate, version, reference, self.settings))
+        problems = self._drop_candidate(endpoints)
+        if problems:
+            raise DeployError(Stage.VERIFICATION, f"removing the verified candidate failed: {'; '.join(problems)}")
+        return Verification(
+            rows=reference.rows,
+            max_abs_diff=max(r.max_abs_diff for r in results),
+            p50_ms=max(r.p50_ms for r in results),
+            p99_ms=max(r.p99_ms for r in results),
+            requests=self.settings.verify.requests,
+        )
+
+    def _drop_candidate(self, endpoints: list[str]) -> list[str]:
+        """Unload the candidate on every replica (a no-op where it is not loaded), then remove its directory (not
+        while a replica may still be loading from it: the python backend then never finishes); returns what
+        failed."""
+        problems = []
+        for endpoint in endpoints:
+            try:
+                self.replica(endpoint).unload(self.repository.candidate, self.unload_timeout)
+            except Exception as exc:
+                problems.append(f"unloading {self.repository.candidate} on {endpoint}: {exc}")
+        if not problems:
+            try:
+                self.repository.delete(self.repository.candidate)
+            except Exception as exc:
+                problems.append(f"removing {self.repository.candidate} from {self.repository.uri}: {exc}")
+        return problems
+
+    def _roll_back(self, state: State, version: int, progress: Progress, endpoints: list[str]) -> list[str]:
+        """Back to the state before: the candidate gone, the previous config, the previous version (only) ready on
+        every replica, the new version's directory removed. Returns the steps that failed."""
+        with cancellation.sigterm_ignored():
+            problems = self._drop_candidate(endpoints)
+            previous = state.served
+            config_file = f"{self.name}/{triton_config.CONFIG_FILE}"
+            steps: list[tuple[str, Callable[[], None]]] = []
+            if progress.config_written and state.config_text is not None:
+                text = state.config_text
+                steps.append(("restoring config.pbtxt", lambda: self.repository.write_text(config_file, text)))
+            elif progress.config_written:
+                steps.append(("removing config.pbtxt", lambda: self.repository.delete(config_file)))
+            for endpoint in endpoints:
+                if previous is not None:  # reloads only where the new version got loaded
+                    step = functools.partial(self._converge, endpoint, previous)
+                    steps.append((f"serving version {previous} on {endpoint}", step))
+                else:
+                    steps.append((f"unloading {self.name} on {endpoint}", functools.partial(self._unload, endpoint)))
+            if progress.committed:
+                remove = functools.partial(self.repository.delete, layout.version_path(self.name, version))
+                steps.append((f"removing version {version}", remove))
+            for what, step in steps:
+                try:
+                    step()
+                except Exception as exc:
+                    problems.append(f"{what}: {exc}")
+            if previous is None and not problems and not self.repository.state().versions:
+                self.repository.delete(self.name)  # nothing serves: the repository holds nothing of the model
+            return problems
+
+    def _finish(self, version: int, state: State) -> list[int]:
+        """After promotion (or when the package already serves): old versions pruned, and every replica, resolved
+        again (a pod may have started meanwhile), serving ``version`` only, without the candidate."""
+        keep = sorted((v for v in state.versions if v <= version), reverse=True)[: self.settings.keep_versions]
+        pruned = sorted(v for v in state.versions if v not in keep and v != version)
+        for old in pruned:
+            self.repository.delete(layout.version_path(self.name, old))
+        endpoints = replica_endpoints(self.settings)
+        problems = self._drop_candidate(endpoints)
+        for endpoint in endpoints:
+            try:
+                self.replica(endpoint).converge(self.name, version, self.timeout)
+            except DeployError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise DeployError(
+                Stage.PROMOTION,
+                f"version {version} is promoted, but not every replica is in line: {'; '.join(problems)}",
+            )
+        return pruned
+
+    def _result(
+        self, status: Status, version: int, verified: dict[str, float], previous: int | None, pruned: list[int]
+    ) -> DeployResult:
+        deployment = Deployment(
+            endpoint=self.settings.triton_url,
+            model_name=self.name,
+            version=version,
+            repository=self.settings.model_repository,
+            verified=verified,
+        )
+        return DeployResult(status, deployment, previous, pruned, sorted(self.replicas))

@@ -1,0 +1,147 @@
+"""One Triton replica, driven over gRPC (model control over HTTP stalls concurrent HTTP inference), and the
+replicas a deployment must bring in line."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from kfp_mlops.components.deploy.errors import DeployError, Stage
+from kfp_mlops.components.shared import layout, model_package
+from kfp_mlops.components.shared.config import DeployConfig
+
+RETRIES = 4
+SETTLE_SECONDS = 120.0  # at least this long, an unload waits for a load its client gave up on
+_T = TypeVar("_T")
+
+
+def replica_endpoints(settings: DeployConfig) -> list[str]:
+    """The gRPC ``host:port`` of every Triton replica: each address ``replicas_host`` resolves to (with the port of
+    ``triton_url``), or ``triton_url`` alone when no replicas host is set."""
+    if not settings.replicas_host:
+        return [settings.triton_url]
+    port = settings.triton_url.rsplit(":", 1)[-1]
+    for attempt in range(RETRIES):
+        try:
+            infos = socket.getaddrinfo(settings.replicas_host, int(port), type=socket.SOCK_STREAM)
+            break
+        except socket.gaierror as exc:
+            if attempt == RETRIES - 1:
+                raise DeployError(
+                    Stage.REPLICAS, f"deploy.replicas_host {settings.replicas_host!r} does not resolve: {exc}"
+                ) from None
+            time.sleep(0.5 * 2**attempt)
+    addresses = sorted({info[4][0] for info in infos})
+    return [f"[{address}]:{port}" if ":" in address else f"{address}:{port}" for address in addresses]
+
+
+def retry(call: Callable[[], _T]) -> _T:
+    """``call()``, again after a pause while the server is unreachable (gRPC UNAVAILABLE)."""
+    for attempt in range(RETRIES):
+        try:
+            return call()
+        except InferenceServerException as exc:
+            if exc.status() != "StatusCode.UNAVAILABLE" or attempt == RETRIES - 1:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+class Replica:
+    """One Triton server, over gRPC."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self.client = grpcclient.InferenceServerClient(endpoint)
+
+    def wait_until_live(self, timeout: float) -> None:
+        """Wait for the server to answer: a pod that is starting loads the repository before it listens."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.client.is_server_live(client_timeout=5.0):
+                    return
+            except InferenceServerException as exc:
+                if exc.status() not in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"):
+                    raise
+            if time.monotonic() > deadline:
+                raise DeployError(Stage.REPLICAS, f"Triton at {self.endpoint} did not answer within {timeout:.0f}s")
+            time.sleep(1.0)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    def states(self, name: str) -> dict[int, str]:
+        """Triton's state of each version of ``name`` it knows (READY, LOADING, UNLOADING, UNAVAILABLE)."""
+        index = retry(lambda: self.client.get_model_repository_index(as_json=True)).get("models", [])
+        return {
+            int(entry["version"]): entry.get("state", "")
+            for entry in index
+            if entry.get("name") == name and str(entry.get("version")).isdigit()
+        }
+
+    def settled(self, name: str, deadline: float) -> dict[int, str]:
+        """The states once no version of ``name`` is loading (a load whose client gave up goes on in Triton; an
+        unload sent meanwhile would block until it ends)."""
+        while True:
+            states = self.states(name)
+            if "LOADING" not in states.values() or time.monotonic() > deadline:
+                return states
+            time.sleep(0.2)
+
+    def is_ready(self, name: str, version: int | None = None) -> bool:
+        return retry(lambda: self.client.is_model_ready(name, str(version or "")))
+
+    def load(self, name: str, version: int, timeout: float) -> None:
+        """Load (or reload) ``name`` from the repository and wait until ``version`` is ready."""
+        deadline = time.monotonic() + timeout
+        late = f"{name} version {version} on {self.endpoint} was not ready within {timeout:.0f}s"
+        try:
+            retry(lambda: self.client.load_model(name, client_timeout=max(deadline - time.monotonic(), 0.1)))
+        except InferenceServerException as exc:
+            if exc.status() == "StatusCode.DEADLINE_EXCEEDED":
+                raise DeployError(Stage.READINESS, late) from None
+            message = f"{name} version {version} failed to load on {self.endpoint}: {first_line(exc.message())}"
+            raise DeployError(Stage.LOAD, message) from None
+        while not self.is_ready(name, version):
+            if time.monotonic() > deadline:
+                raise DeployError(Stage.READINESS, late)
+            time.sleep(0.2)
+
+    def unload(self, name: str, timeout: float) -> None:
+        """Unload every version of ``name`` and wait until none is loading or ready."""
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.settled(name, deadline)
+            if "READY" in states.values() or not states:
+                retry(lambda: self.client.unload_model(name))  # a no-op for a model Triton does not hold
+                states = self.states(name)
+            if not {"LOADING", "READY"} & set(states.values()):
+                return
+            if time.monotonic() > deadline:
+                raise DeployError(Stage.LOAD, f"{name} on {self.endpoint} is still loaded after {timeout:.0f}s")
+            time.sleep(0.2)
+
+    def converge(self, name: str, version: int, timeout: float) -> None:
+        """Make ``version`` the only ready version of ``name``; load only when it is not so already (a load of a
+        loaded model reloads it)."""
+        states = self.settled(name, time.monotonic() + max(timeout, SETTLE_SECONDS))
+        if {v for v, state in states.items() if state == "READY"} != {version}:
+            self.load(name, version, timeout)
+
+    def infer(self, name: str, version: int, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        tensors, outputs = layout.infer_inputs(grpcclient, inputs), layout.requested_outputs(grpcclient)
+        result = self.client.infer(name, tensors, model_version=str(version), outputs=outputs)
+        return result.as_numpy(model_package.PROBABILITIES_OUTPUT), result.as_numpy(model_package.LABEL_OUTPUT)
+
+
+def first_line(message: str) -> str:
+    return message.strip().splitlines()[0][:500] if message.strip() else "(no message)"

@@ -1,0 +1,116 @@
+"""The Triton model repository (a local path, ``s3://`` or ``gs://``) as the deploy step reads and writes it: the
+versions and their commit markers, the served version, and versions written whole (see ``layout``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kfp_mlops.components.shared import layout, storage, triton_config
+
+CANDIDATE_SUFFIX = "-candidate"
+STAGING_PREFIX = ".staging-"  # local commits: a non-numeric directory Triton ignores, renamed to <N>
+
+
+@dataclass
+class State:
+    """What the repository holds for the model: versions (marker or None when uncommitted), the served version
+    (from config.pbtxt) and the config text."""
+
+    versions: dict[int, dict[str, Any] | None]
+    served: int | None
+    config_text: str | None
+    other: list[str]  # non-version entries under <name>/ besides config.pbtxt (staging leftovers)
+
+
+class Repository:
+    """The model repository at ``uri``, as far as model ``name`` (and its candidate) goes."""
+
+    def __init__(self, uri: str, name: str):
+        self.uri = uri
+        self.root = storage.parse(uri)
+        self.name = name
+        self.candidate = f"{name}{CANDIDATE_SUFFIX}"
+
+    def at(self, relative: str) -> str:
+        return self.root.child(relative).uri
+
+    def _relative_files(self, directory: str) -> list[str]:
+        base = storage.parse(self.at(directory))
+        uris = storage.list_uris(base.uri)
+        if base.scheme == "file":
+            return [os.path.relpath(uri, base.key) for uri in uris]
+        return [storage.parse(uri).key[len(base.key.rstrip("/")) + 1 :] for uri in uris]
+
+    def read_text(self, relative: str) -> str | None:
+        try:
+            return storage.read_bytes(self.at(relative)).decode()
+        except FileNotFoundError:
+            return None
+
+    def marker(self, version: int) -> dict[str, Any] | None:
+        """The commit marker of ``<name>/<version>/``; None when absent or unreadable (an uncommitted version)."""
+        text = self.read_text(layout.version_path(self.name, version, layout.VERSION_METADATA_FILE))
+        try:
+            marker = json.loads(text) if text else None
+        except ValueError:
+            return None
+        return marker if isinstance(marker, dict) else None
+
+    def write_text(self, relative: str, text: str) -> None:
+        storage.write_bytes(self.at(relative), text.encode())
+
+    def delete(self, relative: str) -> None:
+        storage.delete_tree(self.at(relative))
+
+    def state(self) -> State:
+        tops = {path.split("/", 1)[0] for path in self._relative_files(self.name)}
+        if self.root.scheme == "file" and os.path.isdir(self.at(self.name)):
+            tops.update(os.listdir(self.at(self.name)))  # empty directories too (an interrupted local commit)
+        numbered = sorted(int(top) for top in tops if top.isdigit() and int(top) > 0)
+        versions: dict[int, dict[str, Any] | None] = {}
+        for version in numbered:
+            versions[version] = self.marker(version)
+        config_text = self.read_text(f"{self.name}/{triton_config.CONFIG_FILE}")
+        other = sorted(top for top in tops if not (top.isdigit() and int(top) > 0) and top != triton_config.CONFIG_FILE)
+        return State(versions, served_version(config_text, versions), config_text, other)
+
+    def write_version(self, name: str, version: int, files: dict[str, Path], marker: dict[str, Any]) -> None:
+        """Write ``<name>/<version>/``: the files, then the marker (the commit)."""
+        target = layout.version_path(name, version)
+        marker_bytes = json.dumps(marker, indent=2).encode()
+        if self.root.scheme == "file":  # complete under a name Triton ignores, then one rename
+            staging = Path(self.at(f"{name}/{STAGING_PREFIX}{secrets.token_hex(4)}"))
+            staging.mkdir(parents=True)
+            try:
+                for relative, path in files.items():
+                    shutil.copyfile(path, staging / relative)
+                (staging / layout.VERSION_METADATA_FILE).write_bytes(marker_bytes)
+                os.rename(staging, self.at(target))  # fails if <version> exists: never overwrite a version
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        else:  # each object appears whole; the marker written last commits the version
+            for relative, path in files.items():
+                storage.upload_file(path, self.at(f"{target}/{relative}"))
+            storage.write_bytes(self.at(f"{target}/{layout.VERSION_METADATA_FILE}"), marker_bytes)
+
+
+def served_version(config_text: str | None, versions: dict[int, Any]) -> int | None:
+    """The version config.pbtxt serves: its ``specific`` version, else (another policy) the highest version."""
+    if config_text is None:
+        return None
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        config = text_format.Parse(config_text, model_config_pb2.ModelConfig())
+    except text_format.ParseError:
+        return max(versions, default=None)
+    if config.version_policy.WhichOneof("policy_choice") == "specific" and config.version_policy.specific.versions:
+        return max(config.version_policy.specific.versions)
+    return max(versions, default=None)
