@@ -153,7 +153,7 @@ def find_install(venv: str | Path | None = None) -> TritonInstall:
     return install
 
 
-def _backends_dir(install: TritonInstall, state_dir: Path) -> Path:
+def backends_dir(install: TritonInstall, state_dir: Path) -> Path:
     """A backends directory for this server (the venv stays untouched): the wheel's python backend plus the stub
     for the venv's Python."""
     target = state_dir / "backends"
@@ -302,7 +302,7 @@ def up(
     state.mkdir(parents=True, exist_ok=True)
     command = [
         str(install.tritonserver), f"--model-repository={triton_path}",
-        f"--backend-directory={_backends_dir(install, state)}", f"--model-control-mode={model_control_mode}",
+        f"--backend-directory={backends_dir(install, state)}", f"--model-control-mode={model_control_mode}",
         "--http-address=127.0.0.1", f"--http-port={http_port}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
         "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port}", "--allow-gpu-metrics=false",
         "--exit-timeout-secs=5",
@@ -311,7 +311,7 @@ def up(
         command.append(f"--repository-poll-secs={poll_seconds}")
     command += [f"--load-model={name}" for name in load]
     log = state / "tritonserver.log"
-    process = _spawn(command, log, _server_env(install, source))
+    process = spawn(command, log, server_env(install, source))
     server = TritonServer(process.pid, http_port, grpc_port, metrics_port, repository, model_control_mode,
                           str(state), str(log))  # fmt: skip
     (state / "tritonserver.pid").write_text(f"{process.pid}\n")
@@ -320,7 +320,7 @@ def up(
         wait_until(lambda: _http(http_port, "/v2/health/ready", timeout=2), "tritonserver", process, log, timeout)
     except RuntimeError:
         code = process.poll()
-        _stop(process.pid, timeout=10)
+        stop_process(process.pid, timeout=10)
         _forget(state)
         what = f"exited with {code}" if code is not None else f"not ready after {timeout:.0f}s"
         raise TritonError(f"tritonserver {what}; from its log {log}:\n{_log_problems(log)}") from None
@@ -336,7 +336,7 @@ def _log_problems(log: Path, lines: int = 20) -> str:
     return "\n".join(errors[-lines:]) if errors else text[-3000:]
 
 
-def _server_env(install: TritonInstall, source: Mapping[str, str]) -> dict[str, str]:
+def server_env(install: TritonInstall, source: Mapping[str, str]) -> dict[str, str]:
     """This process's environment with the Triton venv's python first on PATH (the stub takes numpy from it),
     the wheel's libraries on LD_LIBRARY_PATH and AWS_* from ``source``."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
@@ -353,13 +353,14 @@ def _server_env(install: TritonInstall, source: Mapping[str, str]) -> dict[str, 
     return env
 
 
-def _spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+def spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start the server in its own session (a stop signals its whole group), its output going to ``log``."""
     with open(log, "wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)  # fmt: skip
 
 
-def _stop(pid: int, timeout: float) -> None:
+def stop_process(pid: int, timeout: float) -> None:
     """SIGTERM (Triton unloads its models and stops its stubs), then SIGKILL to the process group."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
@@ -389,7 +390,7 @@ def down(state_dir: str | Path = DEFAULT_STATE_DIR, timeout: float = 30.0) -> bo
         return False
     was_running = _alive(server.pid)
     if was_running:
-        _stop(server.pid, timeout)
+        stop_process(server.pid, timeout)
     _forget(state)
     return was_running
 

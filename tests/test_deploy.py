@@ -1,6 +1,9 @@
 """The deploy step against a real local Triton (2.51, python backend) and real SeaweedFS: stage → verify → promote →
 roll back, with a trained model package, clients sending requests throughout, and the repository checked after each
-step. Nothing is mocked."""
+step. Nothing is mocked.
+
+Over 500 lines on purpose: every deploy scenario shares one running Triton and one trained package.
+"""
 
 from __future__ import annotations
 

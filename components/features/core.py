@@ -12,6 +12,9 @@ which Feast expands when it loads the file; this step resolves the same variable
 Order of work: read and check the splits; check the view already registered, if any; write the repository and
 apply; point-in-time join of every split and value checks; materialize incrementally; compare online with offline;
 write the three outputs together. A failure writes no output and removes a repository this call created.
+
+Over 500 lines on purpose: the repository it writes, Feast's apply, the point-in-time sets and the
+materialization share one FeatureStore and its config; the next split would be the repository writer.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@ split deterministically, and write train/validation/test Parquet files. No KFP h
 
 Every check runs before anything is written; outputs go to temporary names and are renamed together at the end,
 so bad input leaves no partial output.
+
+Over 500 lines on purpose: reading, each validation rule and the split work on one table in one pass, and
+every rule's message names file, column, row and value; splitting them would pass the table around.
 """
 
 from __future__ import annotations

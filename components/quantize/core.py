@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from kfp_mlops.components.shared import model_package as package
+from kfp_mlops.components.shared import serving_graph
 from kfp_mlops.components.shared.config import PipelineConfig
 from kfp_mlops.components.shared.metrics import WEIGHTED, class_indices, compute_metrics, gate_failure
 from kfp_mlops.components.shared.splits import read_split
@@ -223,8 +224,6 @@ def build_candidates(source: Path, names: list[str], calibration: dict[str, np.n
 def to_fp16(model: Any) -> Any:
     """The serving graph with only its trained core in fp16 (inputs and outputs stay fp32)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    from kfp_mlops.components.shared import serving_graph
 
     core = convert_float_to_float16(serving_graph.core_of(model), keep_io_types=True)
     return serving_graph.with_core(model, core)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kfp_mlops.components.shared import runs, storage
 from kfp_mlops.components.shared.errors import ConfigError
 
 
@@ -304,8 +305,6 @@ def parse_config(document: Any, origin: str = "config") -> PipelineConfig:
 
 def load_config(text_or_uri: str, data_source: str = "") -> PipelineConfig:
     """Load the config from YAML text or from the URI of a YAML file; ``data_source`` overrides data.source."""
-    from kfp_mlops.components.shared import runs, storage
-
     origin = "config"
     runs.reject_placeholder("pipeline parameter data_source", data_source, ConfigError)
     if "\n" not in text_or_uri.strip():

@@ -17,6 +17,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared.tabular import MISSING_CATEGORY, category_values
+
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.pt"
 MODEL_CONFIG_FILE = "model_config.json"
@@ -57,8 +60,6 @@ class ModelConfig(BaseModel):
 
 def read_model_config(model_dir: str | Path) -> ModelConfig:
     """The package's model config; ``model_dir`` is a local directory or a URI (s3://, gs://)."""
-    from kfp_mlops.components.shared import storage
-
     try:
         return ModelConfig.model_validate_json(
             storage.read_bytes(storage.parse(model_dir).child(MODEL_CONFIG_FILE).uri)
@@ -97,8 +98,6 @@ def _floats(values: Any) -> np.ndarray:
 def _strings(values: Any) -> np.ndarray:
     """Categories as the vocabularies hold them (``tabular.category_values``: booleans "true"/"false"), every missing
     spelling (null, None, NaN, "") as "", the serving graph's missing category."""
-    from kfp_mlops.components.shared.tabular import MISSING_CATEGORY, category_values
-
     if not isinstance(values, pa.ChunkedArray | pa.Array):
         values = list(values)
         try:

@@ -135,14 +135,14 @@ def running_pod(
     state.mkdir(parents=True, exist_ok=True)
     command = [
         str(install.tritonserver), f"--model-repository={triton_local.triton_repository(str(repository), os.environ)}",
-        f"--backend-directory={triton_local._backends_dir(install, state)}", "--model-control-mode=explicit",
+        f"--backend-directory={triton_local.backends_dir(install, state)}", "--model-control-mode=explicit",
         "--load-model=*", "--exit-on-error=false", "--strict-readiness=false",
         f"--http-address={address}", f"--http-port={free_port()}", f"--grpc-address={address}",
         f"--grpc-port={grpc_port}", f"--metrics-address={address}", f"--metrics-port={free_port()}",
         "--allow-gpu-metrics=false", "--exit-timeout-secs=5",
     ]  # fmt: skip
     log = state / "tritonserver.log"
-    process = triton_local._spawn(command, log, triton_local._server_env(install, os.environ))
+    process = triton_local.spawn(command, log, triton_local.server_env(install, os.environ))
     endpoint = f"{address}:{grpc_port}"
     try:
         client = grpc.InferenceServerClient(endpoint)
@@ -161,4 +161,4 @@ def running_pod(
         client.close()
         yield endpoint
     finally:
-        triton_local._stop(process.pid, timeout=10)
+        triton_local.stop_process(process.pid, timeout=10)
