@@ -49,3 +49,36 @@ def test_relative_data_source_resolves_against_the_config_folder(tmp_path):
 def test_malformed_param_is_rejected(tmp_path, capsys):
     assert main(["run", "training", "--local", "--param", "novalue", "--pipeline-root", str(tmp_path)]) == 2
     assert "expected key=value" in capsys.readouterr().err
+
+
+def readme_commands() -> list[list[str]]:
+    """Every ``kfp-mlops …`` command in the README's shell blocks (continuations joined, comments dropped, $VARS
+    given a value; the synopsis, with its [options] and a|b, left out), as argument lists."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in re.split(r"\s*&&\s*", line.split("  #")[0].strip()):
+                if part.startswith("kfp-mlops ") and not re.search(r"\[-|\||…", part):  # not the synopsis
+                    expanded = re.sub(r"\$(\w+)", "value", part)
+                    commands.append(shlex.split(expanded)[1:])
+    return commands
+
+
+def test_every_kfp_mlops_command_in_the_readme_parses_with_the_real_command_line(capsys):
+    """Docs never lie: the two operator guides and the command list use flags the command line has."""
+    from kfp_mlops.cli import build_parser
+
+    commands = readme_commands()
+    assert len(commands) >= 10 and {c[0] for c in commands} >= {"compile", "upload", "submit", "schedule"}
+    refused = []
+    for words in commands:
+        try:
+            build_parser().parse_args(words)
+        except SystemExit:
+            refused.append(f"kfp-mlops {' '.join(words)}: {capsys.readouterr().err.strip().splitlines()[-1]}")
+    assert refused == []
