@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 from pathlib import Path
 
@@ -210,6 +211,78 @@ BAD_INPUTS = {
         lambda t: _parquet_bytes(_with_value(t.cast(_float_label(t.schema)), "churned", 5, float("nan"))),
         r"data\.parquet: column 'churned' row 6: label is null or NaN",
     ),
+    "label that looks continuous (parquet)": (
+        "data.parquet",
+        lambda t: _parquet_bytes(_set(t, "churned", [0.444 + i / 1000 for i in range(t.num_rows)])),
+        r"label 'churned' looks continuous: 2,000 distinct values in \S*data\.parquet, such as 0\.444 \(row 1\), "
+        r"not all whole numbers; this pipeline trains a classifier",
+    ),
+    "label that looks continuous (csv)": (
+        "data.csv",
+        lambda t: _csv_bytes(_with_value(t.cast(_float_label(t.schema)), "churned", 4, 0.5)),
+        r"label 'churned' looks continuous: 3 distinct values in \S*data\.csv, such as 0\.5 \(row 5 \(line 6\)\)",
+    ),
+    "label with more classes than schema.max_classes": (
+        "data.parquet",
+        lambda t: _parquet_bytes(_set(t, "churned", [i % 60 for i in range(t.num_rows)])),
+        r"label 'churned' looks continuous: more than schema.max_classes \(50\) distinct values, such as "
+        r"0 \(\S*data\.parquet, row 1\), 1 \(\S*data\.parquet, row 2\), 50 \(\S*data\.parquet, row 51\)",
+    ),
+    "duplicated column name (csv)": (
+        "data.csv",
+        lambda t: _csv_bytes(t.rename_columns([c if c != "region" else "plan" for c in t.column_names])),
+        r"data\.csv: column name\(s\) \['plan'\] appear more than once in the header",
+    ),
+    "duplicated column name (parquet)": (
+        "data.parquet",
+        lambda t: _parquet_bytes(t.rename_columns([c if c != "region" else "plan" for c in t.column_names])),
+        r"data\.parquet: column name\(s\) \['plan'\] appear more than once in the header",
+    ),
+    "list-typed label": (
+        "data.parquet",
+        lambda t: _parquet_bytes(_set(t, "churned", [[v] for v in t["churned"].to_pylist()])),
+        r"data\.parquet: column 'churned' \(the label\) holds nested values \(list<element: int64>\)",
+    ),
+    "list-typed entity": (
+        "data.parquet",
+        lambda t: _parquet_bytes(_set(t, "customer_id", [[v] for v in t["customer_id"].to_pylist()])),
+        r"data\.parquet: column 'customer_id' \(the entity\) holds nested values \(list<element: int64>\)",
+    ),
+    "struct-typed feature": (
+        "data.parquet",
+        lambda t: _parquet_bytes(_set(t, "age", [{"years": v} for v in t["age"].to_pylist()])),
+        r"data\.parquet: column 'age' \(the feature\) holds nested values \(struct<years: double>\)",
+    ),
+    "float entity ids (parquet)": (
+        "data.parquet",
+        lambda t: _parquet_bytes(_set(t, "customer_id", t["customer_id"].cast(pa.float64()).combine_chunks())),
+        r"data\.parquet: column 'customer_id' row 1: entity id \d+\.0 is a float \(double\); entity ids must be "
+        r"integers or strings",
+    ),
+    "float entity ids (csv)": (
+        "data.csv",
+        lambda t: _csv_bytes(_with_value(t.cast(_float_entity(t.schema)), "customer_id", 3, 17.5)),
+        r"data\.csv: column 'customer_id' row 4 \(line 5\): entity id 17\.5 is a float \(double\)",
+    ),
+    "timestamp far in the future (parquet)": (
+        "data.parquet",
+        lambda t: _parquet_bytes(_with_value(t, "event_timestamp", 5, _FUTURE)),
+        r"data\.parquet: column 'event_timestamp' row 6: timestamp 2126-01-01T00:00:00\+00:00 is more than 1 day\(s\) "
+        r"after now \(20\d\d-.*\): check the clock or unit that wrote it, or raise schema.max_future_days",
+    ),
+    "timestamp far in the future (csv)": (
+        "data.csv",
+        lambda t: _csv_bytes(_with_value(_timestamps_as_text(t), "event_timestamp", 9, "2126-01-01T00:00:00Z")),
+        r"data\.csv: column 'event_timestamp' row 10 \(line 11\): timestamp 2126-01-01T00:00:00\+00:00 is more than",
+    ),
+    "contradictory labels for one entity and timestamp": (
+        "data.parquet",
+        lambda t: _parquet_bytes(
+            pa.concat_tables([t, _with_value(t.slice(0, 1), "churned", 0, 1 - t["churned"][0].as_py())])
+        ),
+        r"entity \d+ at 2026-.* has two labels: [01] \(\S*data\.parquet row 1\) and [01] \(\S*data\.parquet row 2001\) "
+        r"in column 'churned'; fix the data, or set schema.conflicting_labels: keep_latest",
+    ),
     "too few rows for the split": (
         "data.parquet",
         lambda t: _parquet_bytes(t.slice(0, 5)),
@@ -230,6 +303,13 @@ def _all_text(schema: pa.Schema) -> pa.Schema:
 
 def _float_label(schema: pa.Schema) -> pa.Schema:
     return pa.schema([f.with_type(pa.float64()) if f.name == "churned" else f for f in schema])
+
+
+def _float_entity(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_type(pa.float64()) if f.name == "customer_id" else f for f in schema])
+
+
+_FUTURE = datetime.datetime(2126, 1, 1, tzinfo=datetime.UTC)
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))

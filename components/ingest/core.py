@@ -1,8 +1,9 @@
 """Ingest: read CSV/Parquet from any supported URI, validate against the config schema, drop exact duplicate rows,
 split deterministically, and write train/validation/test Parquet files. No KFP here: paths and values only.
 
-Every check runs before anything is written; outputs go to temporary names and are renamed together at the end,
-so bad input leaves no partial output.
+The checks of what the data means (duplicated or nested columns, float entity ids, a continuous label, types that
+differ between files, future timestamps, contradictory labels) live in ``checks``. Every check runs before anything
+is written; outputs go to temporary names and are renamed together at the end, so bad input leaves no partial output.
 
 Over 500 lines on purpose: reading, each validation rule and the split work on one table in one pass, and
 every rule's message names file, column, row and value; splitting them would pass the table around.
@@ -20,10 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kfp_mlops.components.ingest import checks
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.artifacts import write_tables_atomically
 from kfp_mlops.components.shared.config import PipelineConfig, SchemaConfig, SplitConfig
-from kfp_mlops.components.shared.datafiles import format_of, parse_table, resolve_files, row_label
+from kfp_mlops.components.shared.datafiles import format_of, resolve_files, row_label
 from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.splits import SPLITS, TIMESTAMP_TYPE, SplitPaths, feature_columns
 from kfp_mlops.components.shared.tabular import category_values
@@ -40,6 +42,7 @@ class IngestResult:
     bytes_read: int
     rows_read: int
     duplicates_dropped: int
+    conflicting_labels_dropped: int  # rows of one entity and timestamp with another label (keep_latest)
     features: list[str]
     categorical: list[str]
     rows: dict[str, int] = field(default_factory=dict)
@@ -54,18 +57,25 @@ def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
     files = resolve_files(config.data.source, config.data.format)
     schema = config.schema_
     digest = hashlib.sha256()
-    tables, bytes_read, features = [], 0, schema.features
+    tables, bytes_read, features, origin = [], 0, schema.features, []
+    types, labels = checks.ColumnTypes(), checks.LabelClasses(schema.label, schema.max_classes)
     for uri in files:
         data = storage.read_bytes(uri)
         bytes_read += len(data)
         digest.update(hashlib.sha256(data).digest())
-        raw = parse_table(uri, data, format_of(uri, config.data.format))
+        raw = checks.read_table(uri, data, format_of(uri, config.data.format))
         if features is None:
             features = feature_columns(None, raw.column_names, schema.entity, schema.timestamp, schema.label)
         tables.append(_validate(uri, raw, schema, features))
+        types.add(uri, raw.schema, tables[-1].schema)
+        labels.add(uri, tables[-1][schema.label])
+        origin.append((uri, raw.num_rows))
     categorical = list(schema.categorical)
     table = pa.concat_tables(tables, promote_options="permissive")
     rows_read = table.num_rows
+    table, conflicts = checks.resolve_conflicting_labels(
+        table, schema.entity, schema.timestamp, schema.label, schema.conflicting_labels, origin
+    )
     table = sort_and_deduplicate(table, schema)
     splits = split(table, schema, config.split)
     check_label_classes(splits, schema.label)
@@ -75,7 +85,8 @@ def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
         content_hash=f"sha256:{digest.hexdigest()}",
         bytes_read=bytes_read,
         rows_read=rows_read,
-        duplicates_dropped=rows_read - table.num_rows,
+        duplicates_dropped=rows_read - conflicts - table.num_rows,
+        conflicting_labels_dropped=conflicts,
         features=list(features or []),
         categorical=categorical,
         rows={name: part.num_rows for name, part in splits.items()},
@@ -101,11 +112,15 @@ def _validate(uri: str, table: pa.Table, schema: SchemaConfig, features: list[st
         raise InputError(
             f"{uri}: unexpected column(s) {extra}; list them in schema.features or set schema.allow_extra_columns"
         )
+    roles = {schema.entity: "entity", schema.timestamp: "timestamp", schema.label: "label"}
+    checks.check_not_nested(uri, table, roles | {name: "feature" for name in features})
     columns = {}
     entity = table[schema.entity]
     _no_nulls(uri, schema.entity, entity, "entity id is null or NaN")
+    checks.check_entity_ids(uri, schema.entity, entity)
     columns[schema.entity] = entity
     columns[schema.timestamp] = _timestamps(uri, schema.timestamp, table[schema.timestamp])
+    checks.check_not_in_future(uri, schema.timestamp, columns[schema.timestamp], schema.max_future_days)
     for name in features:
         if name in schema.categorical:
             columns[name] = category_values(table[name])  # an empty string is a missing category
@@ -446,7 +461,8 @@ def render_summary(result: IngestResult, config: PipelineConfig) -> str:
         "",
         f"- Source: `{config.data.source}` ({len(result.files)} file(s), {result.bytes_read:,} bytes)",
         f"- Content hash: `{result.content_hash}`",
-        f"- Rows read: {result.rows_read:,}; exact duplicates dropped: {result.duplicates_dropped:,}",
+        f"- Rows read: {result.rows_read:,}; exact duplicates dropped: {result.duplicates_dropped:,}"
+        + (f"; conflicting labels dropped: {n:,}" if (n := result.conflicting_labels_dropped) else ""),
         f"- Split: by {config.split.by}{', stratified by label' if config.split.stratify else ''} "
         f"(validation {config.split.validation}, test {config.split.test}, seed {config.split.seed})",
         "",

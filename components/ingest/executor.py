@@ -50,6 +50,7 @@ def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, An
         {
             "rows_read": result.rows_read,
             "duplicates_dropped": result.duplicates_dropped,
+            "conflicting_labels_dropped": result.conflicting_labels_dropped,
             "missing_values": sum(result.missing.values()),
             **{f"rows_{name}": rows for name, rows in result.rows.items()},
         },

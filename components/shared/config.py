@@ -38,6 +38,11 @@ class SchemaConfig(_Strict):
     # impute: a missing feature value (empty, null, NaN, "n/a") becomes the training median (numeric) or the
     # reserved category (categorical), inside the exported model too; error: ingest rejects it naming file/row
     missing_values: Literal["impute", "error"] = "impute"
+    # a label with more distinct values than this (or a float one with a fraction) looks continuous: refused
+    max_classes: int = Field(50, ge=2)
+    # rows of one entity and timestamp with different labels: error, or keep_latest (the last row in file order)
+    conflicting_labels: Literal["error", "keep_latest"] = "error"
+    max_future_days: float = Field(1.0, ge=0)  # a timestamp later than now + this many days is refused
 
     @model_validator(mode="after")
     def _roles_are_distinct(self) -> SchemaConfig:
