@@ -29,6 +29,11 @@ def test_defaults_fill_the_split_section():
     assert config.data.format is None
 
 
+def test_the_data_sanity_settings_are_optional():
+    schema = parse_config(VALID).schema_
+    assert (schema.max_classes, schema.conflicting_labels, schema.max_future_days) == (50, "error", 1.0)
+
+
 @pytest.mark.parametrize(
     ("document", "message"),
     [
@@ -42,6 +47,12 @@ def test_defaults_fill_the_split_section():
         (with_("schema", label="id"), r"entity, timestamp and label must be different columns"),
         ({"schema": VALID["schema"]}, r"data: Field required"),
         (with_("data", format="json"), r"data\.format: Input should be 'parquet' or 'csv'"),
+        (with_("schema", max_classes=1), r"schema\.max_classes: Input should be greater than or equal to 2"),
+        (
+            with_("schema", conflicting_labels="first"),
+            r"schema\.conflicting_labels: Input should be 'error' or 'keep_latest'",
+        ),
+        (with_("schema", max_future_days=-1), r"schema\.max_future_days: Input should be greater than or equal to 0"),
     ],
 )
 def test_invalid_config_names_the_key(document, message):

@@ -42,7 +42,7 @@ class SchemaConfig(_Strict):
     max_classes: int = Field(50, ge=2)
     # rows of one entity and timestamp with different labels: error, or keep_latest (the last row in file order)
     conflicting_labels: Literal["error", "keep_latest"] = "error"
-    max_future_days: float = Field(1.0, ge=0)  # a timestamp later than now + this many days is refused
+    max_future_days: float = Field(1.0, ge=0, le=36_500)  # a timestamp later than now + this many days is refused
 
     @model_validator(mode="after")
     def _roles_are_distinct(self) -> SchemaConfig:
