@@ -86,7 +86,8 @@ class LabelClasses:
                 index = int(pc.index(fractional, True).as_py())
                 self._refuse(
                     f"{len(unique):,} distinct values in {uri}, such as {values[index].as_py()!r} "
-                    f"({row_label(uri, index)}), not all whole numbers"
+                    f"({row_label(uri, index)}), not all whole numbers",
+                    "give class ids (integers or strings) or bin the target into classes",
                 )
         for value in unique.to_pylist():
             if value not in self.first_seen:
@@ -94,22 +95,22 @@ class LabelClasses:
                 if len(self.first_seen) > self.max_classes:
                     self._refuse(
                         f"more than schema.max_classes ({self.max_classes}) distinct values, such as "
-                        + ", ".join(f"{v!r} ({f}, {row_label(f, i)})" for v, (f, i) in self._examples(value))
+                        + ", ".join(f"{v!r} ({f}, {row_label(f, i)})" for v, (f, i) in self._examples(value)),
+                        "bin the target into classes, or raise schema.max_classes if there really are that many",
                     )
 
     def _examples(self, last: object) -> list[tuple[object, tuple[str, int]]]:
         return [*list(self.first_seen.items())[: _EXAMPLES - 1], (last, self.first_seen[last])]
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, why: str, remedy: str) -> None:
         raise InputError(
             f"label {self.column!r} looks continuous: {why}; this pipeline trains a classifier, whose classes are "
-            "a few label values: give class ids (integers or strings), bin the target into classes, or raise "
-            "schema.max_classes if there really are that many"
+            f"a few label values: {remedy}"
         )
 
 
 def _kind(kind: pa.DataType) -> str:
-    """Types that concatenate without loss compare equal: every number, both string widths."""
+    """Types that concatenate into one column compare equal: every number, both string widths."""
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         return "number"
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
