@@ -92,3 +92,16 @@ def test_an_s3_delete_outside_the_model_prefix_is_refused_and_the_rest_survives(
     left = sorted(storage.parse(uri).key for uri in storage.list_uris(s3.uri("paths")))
     assert left == [f"{prefix}/churn/config.pbtxt", f"{prefix}/churnx/1/model.onnx", f"{prefix}/other/1/model.onnx",
                     "paths/outside.txt"]  # fmt: skip
+
+
+def test_a_local_version_is_staged_only_inside_the_model_folders(tmp_path):
+    """The staging directory of a local commit is removed at the end: it must lie inside the model's folders too."""
+    root = _local_repository(tmp_path)
+    package = tmp_path / "model.onnx"
+    package.write_bytes(b"onnx")
+    repository = Repository(str(root), "churn")
+    with pytest.raises(UnsafeDeleteError, match=r"refusing to delete .*/repo/other/\.staging-"):
+        repository.write_version("other", 2, {"model.onnx": package}, {"version": 2})
+    repository.write_version("churn-candidate", 2, {"model.onnx": package}, {"version": 2})
+    assert sorted(p.name for p in (root / "churn-candidate").iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in (root / "other").iterdir()) == ["1", "config.pbtxt"]

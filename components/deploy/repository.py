@@ -114,7 +114,7 @@ class Repository:
         target = layout.version_path(name, version)
         marker_bytes = json.dumps(marker, indent=2).encode()
         if self.root.scheme == "file":  # complete under a name Triton ignores, then one rename
-            staging = Path(self.at(f"{name}/{STAGING_PREFIX}{secrets.token_hex(4)}"))
+            staging = Path(self.scoped(f"{name}/{STAGING_PREFIX}{secrets.token_hex(4)}"))  # removed at the end
             staging.mkdir(parents=True)
             try:
                 for relative, path in files.items():
