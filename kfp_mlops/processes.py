@@ -1,5 +1,5 @@
-"""Process helpers for local servers (runtime, tests and benchmarks): a free loopback port, a child process stopped
-on exit, and a wait for it to answer."""
+"""Process helpers for local servers (runtime, tests and benchmarks): a free loopback port, whether a given port is
+free, a child process stopped on exit, and a wait for it to answer."""
 
 from __future__ import annotations
 
@@ -15,6 +15,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind ``host:port`` now. Probed the way servers bind (SO_REUSEADDR): the connections of
+    a server just stopped sit in TIME_WAIT for about a minute and do not keep it from starting again; a socket
+    listening there does."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_until(ready: Callable[[], object], what: str, process: subprocess.Popen, log: Path, timeout: float) -> None:

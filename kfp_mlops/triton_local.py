@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from typing import Any, Literal
 
 from kfp_mlops.components.shared import layout, triton_config
 from kfp_mlops.components.shared.errors import ServiceError
-from kfp_mlops.processes import free_port, wait_until
+from kfp_mlops.processes import free_port, port_free, wait_until
 
 PYTRITON_VERSION = "0.7.0"  # ships Triton 2.51 with the python backend
 DEFAULT_ONNXRUNTIME = "1.32.0"
@@ -174,15 +173,6 @@ def triton_repository(repository: str, env: Mapping[str, str]) -> str:
     return str(Path(repository).resolve())
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @dataclass(frozen=True)
 class TritonServer:
     """A started server. ``http_url`` and ``grpc_url`` are ``host:port``, the form tritonclient takes."""
@@ -293,7 +283,7 @@ def up(
     if len(set(ports.values())) != 3:
         raise TritonError(f"the http, grpc and metrics ports must differ, got {ports}")
     for name, port in ports.items():
-        if not _port_free(port):
+        if not port_free(port):
             raise TritonError(f"port {port} ({name}) is in use: stop what holds it or pass --{name}-port")
     source = dict(os.environ if env is None else env)
     triton_path = triton_repository(repository, source)

@@ -31,6 +31,7 @@ from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.model_package import Predictor
 from kfp_mlops.components.shared.triton_config import ModelConfig
+from kfp_mlops.processes import free_port
 
 pytestmark = pytest.mark.servers
 
@@ -393,6 +394,60 @@ def test_replicas_are_resolved_from_the_headless_host_with_the_port_of_triton_ur
     assert "127.0.0.1:8123" in core.replica_endpoints(local)
     assert core.replica_endpoints(local.model_copy(update={"replicas_host": ""})) == ["localhost:8123"]
     assert core.replica_endpoints(local.model_copy(update={"replicas_host": "::1"})) == ["[::1]:8123"]
+
+
+def test_an_unresolvable_triton_url_fails_within_seconds_naming_it_and_changes_nothing(
+    trained_package, validation, tmp_path
+):
+    """The default cluster address with a model repository set, run locally: under the reserved ``.invalid`` TLD
+    (RFC 6761) the name never resolves. Once this waited out the readiness budget, then the rollback again."""
+    repository = tmp_path / "models"
+    repository.mkdir()
+    unresolvable = DeployConfig(
+        model_repository=str(repository), triton_url="triton.kfp-mlops-serving.svc.invalid:8001", backend="python"
+    )
+    assert unresolvable.ready_timeout_seconds == 180
+    started = time.monotonic()
+    with pytest.raises(core.DeployError, match=r"deploy\.triton_url 'triton\.kfp-mlops-serving\.svc\.invalid:8001'"
+                       r": the host 'triton\.kfp-mlops-serving\.svc\.invalid' does not resolve") as failed:  # fmt: skip
+        core.deploy(str(trained_package), validation, unresolvable)
+    assert time.monotonic() - started < 10
+    assert failed.value.stage == "replicas" and failed.value.rolled_back
+    assert list(repository.iterdir()) == []  # failed before anything was written: no rollback to wait on
+
+
+def test_an_unresolvable_replica_of_the_replicas_host_is_named(trained_package, validation, tmp_path, monkeypatch):
+    """A replica address that does not resolve (played: real headless Services answer IP addresses) fails at once,
+    naming deploy.replicas_host."""
+    resolve = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host == "pods.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("pod-0.pods.invalid", port))]
+        return resolve(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    pods = DeployConfig(
+        model_repository=str(tmp_path), triton_url="127.0.0.1:8001", replicas_host="pods.test", backend="python"
+    )
+    started = time.monotonic()
+    with pytest.raises(core.DeployError, match=r"a replica of deploy\.replicas_host 'pods\.test' "
+                       r"'pod-0\.pods\.invalid:8001': the host 'pod-0\.pods\.invalid' does not resolve"):  # fmt: skip
+        core.deploy(str(trained_package), validation, pods)
+    assert time.monotonic() - started < 10
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_triton_url_that_resolves_but_refuses_keeps_the_readiness_budget(trained_package, validation, tmp_path):
+    """A pod that is starting refuses connections until it has loaded its repository: that is waited for."""
+    refused = DeployConfig(
+        model_repository=str(tmp_path), triton_url=f"127.0.0.1:{free_port()}", backend="python", ready_timeout_seconds=3
+    )
+    started = time.monotonic()
+    with pytest.raises(core.DeployError, match=r"Triton at 127\.0\.0\.1:\d+ did not answer within 3s") as failed:
+        core.deploy(str(trained_package), validation, refused)
+    assert time.monotonic() - started >= 3
+    assert failed.value.stage == "replicas"
 
 
 def test_deploys_through_the_replicas_host(server, repository, trained_package, validation):

@@ -20,7 +20,7 @@ from support.triton import onnxruntime_outputs, running_triton, sample_inputs, s
 from kfp_mlops import triton_local
 from kfp_mlops.cli import main
 from kfp_mlops.components.shared import layout, storage
-from kfp_mlops.processes import free_port
+from kfp_mlops.processes import free_port, port_free
 
 pytestmark = pytest.mark.servers
 
@@ -359,6 +359,63 @@ def test_up_raise_error_when_a_port_is_in_use(triton_venv, tmp_path):
         with pytest.raises(triton_local.TritonError, match=f"port {port} .grpc. is in use"):
             triton_local.up(tmp_path / "models", http_port=free_port(), grpc_port=port, metrics_port=free_port(),
                             state_dir=tmp_path / "state")  # fmt: skip
+
+
+def _plain_bind_fails(port: int) -> bool:
+    """The old probe: a bind without SO_REUSEADDR, refused while connections of the port sit in TIME_WAIT."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def test_the_port_probe_reports_time_wait_as_free_and_a_listener_as_busy():
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert not port_free(port)
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server side closes first: its end of the connection goes to TIME_WAIT
+        client.recv(1)  # the server's FIN
+        client.close()
+    assert _plain_bind_fails(port)  # the connection sits in TIME_WAIT on the port
+    assert port_free(port)
+
+
+def test_up_again_at_once_after_down_on_the_same_ports(triton_venv, repository, tmp_path):
+    """``local up`` right after ``local down`` (``make demo`` twice): the stopped server's connections sit in
+    TIME_WAIT on its ports, and the new server starts all the same."""
+    import tritonclient.grpc as grpc
+    import tritonclient.http as http
+
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    state, inputs = tmp_path / "state", sample_inputs(rows=4)
+    server = triton_local.up(repository, state_dir=state, load=["churn"], **ports)
+    http_client, grpc_client = http.InferenceServerClient(server.http_url), grpc.InferenceServerClient(server.grpc_url)
+    try:
+        http_client.infer("churn", http_inputs(inputs))
+        grpc_client.infer("churn", grpc_inputs(inputs))
+        assert triton_local.down(state)  # with the clients' connections open: the server closes them first
+    finally:
+        http_client.close()
+        grpc_client.close()
+    assert any(_plain_bind_fails(port) for port in ports.values())  # TIME_WAIT left behind
+    try:
+        again = triton_local.up(repository, state_dir=state, load=["churn"], **ports)
+        assert (again.http_port, again.grpc_port, again.metrics_port) == tuple(ports.values())
+        client = grpc.InferenceServerClient(again.grpc_url)
+        try:
+            assert client.is_model_ready("churn")
+            client.infer("churn", grpc_inputs(inputs))
+        finally:
+            client.close()
+    finally:
+        triton_local.down(state)
 
 
 def test_ensure_venv_is_a_no_op_when_the_venv_is_there(triton_venv):

@@ -13,7 +13,7 @@ from typing import Literal
 
 from kfp_mlops.components.deploy.errors import DeployError, Stage
 from kfp_mlops.components.deploy.package import Package, Reference
-from kfp_mlops.components.deploy.replica import SETTLE_SECONDS, Replica, replica_endpoints
+from kfp_mlops.components.deploy.replica import SETTLE_SECONDS, Replica, check_resolves, replica_endpoints
 from kfp_mlops.components.deploy.repository import STAGING_PREFIX, Repository, State
 from kfp_mlops.components.deploy.verification import Verification, verify
 from kfp_mlops.components.shared import cancellation, layout, triton_config
@@ -88,10 +88,27 @@ class Rollout:
         self.timeout = float(settings.ready_timeout_seconds)
         self.unload_timeout = max(self.timeout, SETTLE_SECONDS)
         self.replicas: dict[str, Replica] = {}
+        self.unresolvable: dict[str, DeployError] = {}
+
+    def resolve(self, endpoint: str) -> None:
+        """DeployError at once when the host of ``endpoint`` does not resolve (remembered: asked again, e.g. by a
+        rollback, it fails again without resolving or waiting)."""
+        if endpoint not in self.unresolvable and endpoint not in self.replicas:
+            if endpoint == self.settings.triton_url:
+                key = "deploy.triton_url"
+            else:
+                key = f"a replica of deploy.replicas_host {self.settings.replicas_host!r}"
+            try:
+                check_resolves(endpoint, key)
+            except DeployError as exc:
+                self.unresolvable[endpoint] = exc
+        if endpoint in self.unresolvable:
+            raise self.unresolvable[endpoint]
 
     def replica(self, endpoint: str) -> Replica:
         """The replica at ``endpoint``, once it answers (within ready_timeout_seconds)."""
         if endpoint not in self.replicas:
+            self.resolve(endpoint)
             replica = Replica(endpoint)
             self.replicas[endpoint] = replica
             replica.wait_until_live(self.timeout)
@@ -111,6 +128,7 @@ class Rollout:
                 replica.close()
 
     def _run(self, validation_path: str) -> DeployResult:
+        self.resolve(self.settings.triton_url)  # before anything is read or written
         state = self.repository.state()
         served = state.served
         if served is not None and self._serves_package(state, served):
@@ -122,6 +140,8 @@ class Rollout:
             self.package, validation_path, self.settings.verify.rows, self.settings.max_batch_size
         )
         endpoints = replica_endpoints(self.settings)
+        for endpoint in endpoints:
+            self.resolve(endpoint)
         version = self._clear_leftovers(state)
         resumed = version in state.versions
         progress = Progress(Stage.COMMIT if resumed else Stage.VERIFICATION)

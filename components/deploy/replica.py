@@ -42,6 +42,29 @@ def replica_endpoints(settings: DeployConfig) -> list[str]:
     return [f"[{address}]:{port}" if ":" in address else f"{address}:{port}" for address in addresses]
 
 
+def check_resolves(endpoint: str, key: str) -> None:
+    """Fail at once (DeployError at REPLICAS, naming ``key``) when the host of the gRPC ``host:port`` ``endpoint``
+    does not resolve: it never will within a readiness wait, while a name that resolves but refuses connections keeps
+    the wait (a pod may be starting). A temporary resolver failure is retried; a target that is not ``host:port``
+    (``dns:///``, ``unix:``) is left to gRPC."""
+    host, _, port = endpoint.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or "/" in endpoint:
+        return
+    for attempt in range(RETRIES):
+        try:
+            socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)  # bounded by the resolver's own timeouts
+            return
+        except socket.gaierror as exc:
+            if exc.errno != socket.EAI_AGAIN or attempt == RETRIES - 1:
+                raise DeployError(
+                    Stage.REPLICAS,
+                    f"{key} {endpoint!r}: the host {host!r} does not resolve ({exc.strerror}); nothing was changed",
+                    rolled_back=True,
+                ) from None
+            time.sleep(0.5 * 2**attempt)
+
+
 def retry(call: Callable[[], _T]) -> _T:
     """``call()``, again after a pause while the server is unreachable (gRPC UNAVAILABLE)."""
     for attempt in range(RETRIES):

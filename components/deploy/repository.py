@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kfp_mlops.components.shared import layout, storage, triton_config
+from kfp_mlops.components.shared.config import check_model_name
 
 CANDIDATE_SUFFIX = "-candidate"
 STAGING_PREFIX = ".staging-"  # local commits: a non-numeric directory Triton ignores, renamed to <N>
@@ -28,14 +29,19 @@ class State:
     other: list[str]  # non-version entries under <name>/ besides config.pbtxt (staging leftovers)
 
 
+class UnsafeDeleteError(ValueError):
+    """A delete that would reach outside the model's folders of the repository."""
+
+
 class Repository:
-    """The model repository at ``uri``, as far as model ``name`` (and its candidate) goes."""
+    """The model repository at ``uri``, as far as model ``name`` (and its candidate) goes: nothing outside
+    ``<repo>/<name>/`` and ``<repo>/<name>-candidate/`` is ever deleted (``delete``)."""
 
     def __init__(self, uri: str, name: str):
         self.uri = uri
         self.root = storage.parse(uri)
-        self.name = name
-        self.candidate = f"{name}{CANDIDATE_SUFFIX}"
+        self.name = check_model_name(name)
+        self.candidate = check_model_name(f"{name}{CANDIDATE_SUFFIX}", "the staging name of deploy.model_name")
 
     def at(self, relative: str) -> str:
         return self.root.child(relative).uri
@@ -66,7 +72,30 @@ class Repository:
         storage.write_bytes(self.at(relative), text.encode())
 
     def delete(self, relative: str) -> None:
-        storage.delete_tree(self.at(relative))
+        """Delete the file or tree ``relative``; UnsafeDeleteError unless it resolves inside (or to) the model's
+        folder or its candidate's: a local path after resolving links and ``..``, a storage key with no ``..``
+        segment and the folder's prefix."""
+        storage.delete_tree(self.scoped(relative))
+
+    def scoped(self, relative: str) -> str:
+        """The URI of ``relative``, if it lies inside (or is) ``<repo>/<name>/`` or ``<repo>/<candidate>/``."""
+        target = self.root.child(relative)
+        scopes = [self.root.child(folder) for folder in (self.name, self.candidate)]
+        if self.root.scheme == "file":
+            path = os.path.realpath(target.key)
+            folders = [os.path.realpath(scope.key) for scope in scopes]
+            inside = any(path == folder or path.startswith(folder + os.sep) for folder in folders)
+        else:
+            key = target.key.rstrip("/")
+            inside = ".." not in key.split("/") and any(
+                key == scope.key or key.startswith(scope.key + "/") for scope in scopes
+            )
+        if not inside:
+            raise UnsafeDeleteError(
+                f"refusing to delete {target.uri}: outside {scopes[0].uri}/ and {scopes[1].uri}/ "
+                f"(deploy.model_name {self.name!r} in {self.uri})"
+            )
+        return target.uri
 
     def state(self) -> State:
         tops = {path.split("/", 1)[0] for path in self._relative_files(self.name)}
@@ -85,7 +114,7 @@ class Repository:
         target = layout.version_path(name, version)
         marker_bytes = json.dumps(marker, indent=2).encode()
         if self.root.scheme == "file":  # complete under a name Triton ignores, then one rename
-            staging = Path(self.at(f"{name}/{STAGING_PREFIX}{secrets.token_hex(4)}"))
+            staging = Path(self.scoped(f"{name}/{STAGING_PREFIX}{secrets.token_hex(4)}"))  # removed at the end
             staging.mkdir(parents=True)
             try:
                 for relative, path in files.items():

@@ -6,13 +6,27 @@ A run receives it as the pipeline parameter ``config``: either the YAML text its
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kfp_mlops.components.shared import runs, storage
 from kfp_mlops.components.shared.errors import ConfigError
+
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_model_name(name: str, key: str = "deploy.model_name") -> str:
+    """``name`` if it is safe as one path segment of the model repository (so never ``.`` or ``..``, nothing a
+    rollback's delete could resolve outside ``<repo>/<name>/``); else ValueError naming ``key`` and the value."""
+    if not MODEL_NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        raise ValueError(
+            f"{key} {name!r} is not a safe model name: use letters, digits, '_', '.', '-', starting with a letter "
+            "or digit (it names a folder of the model repository)"
+        )
+    return name
 
 
 class _Strict(BaseModel):
@@ -217,7 +231,7 @@ class DeployConfig(_Strict):
     model_repository: str = ""  # local path, s3:// or gs://: the same storage Triton reads
     triton_url: str = "triton.kfp-mlops-serving.svc:8001"  # gRPC host:port
     replicas_host: str = ""  # a headless Service resolving to every Triton pod (load on each); empty: triton_url only
-    model_name: str = Field("kfp-mlops", pattern=r"^[A-Za-z0-9_.-]+$")
+    model_name: str = "kfp-mlops"  # one folder of the repository: see check_model_name
     backend: Literal["onnxruntime", "python"] = "onnxruntime"  # python: the local Triton (python backend only)
     instance_kind: Literal["auto", "cpu", "gpu"] = "auto"  # auto: gpu when quantize.target is gpu
     instance_count: int = Field(1, ge=1)
@@ -227,6 +241,11 @@ class DeployConfig(_Strict):
     ready_timeout_seconds: int = Field(180, ge=1)
     keep_versions: int = Field(2, ge=1)  # versions kept in the repository (the served one and its predecessor)
     verify: VerifyConfig = VerifyConfig()
+
+    @field_validator("model_name")
+    @classmethod
+    def _safe_model_name(cls, name: str) -> str:
+        return check_model_name(name)
 
     @model_validator(mode="after")
     def _batch_sizes_fit(self) -> DeployConfig:
