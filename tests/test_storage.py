@@ -74,6 +74,33 @@ def test_copy_tree_to_and_from_a_location_preserves_relative_paths(root, tmp_pat
     assert (back / "nested" / "b.txt").read_text() == "beta"
 
 
+@pytest.mark.parametrize(
+    ("source", "uri"),
+    [("s3://b/ckpt/step25", "s3://b/ckpt/step25/../escaped.txt"),
+     ("gs://b/ckpt/step25/", "gs://b/ckpt/step25/nested/../../escaped.txt"),
+     ("s3://b/ckpt/step25", "s3://b/ckpt/step25//etc/escaped.txt"),
+     ("/data/ckpt/step25", "/data/ckpt/escaped.txt")],
+)  # fmt: skip
+def test_a_key_that_would_land_outside_a_copy_destination_is_refused_naming_it(source, uri):
+    with pytest.raises(storage.UnsafeKeyError, match=f"refusing to copy {re.escape(uri)}: .*outside the destination"):
+        storage.relative_key(uri, source)
+    assert storage.relative_key(f"{source.rstrip('/')}/nested/model.pt", source) == "nested/model.pt"
+
+
+def test_copy_tree_from_s3_writes_nothing_outside_the_destination(s3, tmp_path):
+    """SeaweedFS refuses to store a ``..`` key (AWS S3 stores it: ``relative_key`` above is the guard there) and
+    folds ``//``; whatever the store keeps, a copy of the tree lands inside its destination only."""
+    tree = s3.uri(f"t-{uuid.uuid4().hex[:8]}/ckpt/step25")
+    storage.write_bytes(f"{tree}/model.pt", b"weights")
+    with pytest.raises(Exception, match="InvalidRequest"):
+        storage.write_bytes(f"{tree}/../escaped.txt", b"payload")
+    storage.write_bytes(f"{tree}//etc/escaped.txt", b"payload")
+    destination = tmp_path / "out" / "step25"
+    storage.copy_tree(tree, str(destination))
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["out/step25/etc/escaped.txt", "out/step25/model.pt"]
+
+
 def test_upload_and_download_of_a_file(root, tmp_path):
     local = tmp_path / "in.bin"
     local.write_bytes(b"x" * 10_000)

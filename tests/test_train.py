@@ -4,6 +4,8 @@ resume after a kill, early stopping."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,8 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import TRAIN_SETTINGS
 from support.configs import pipeline_config
 
+from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import TrainConfig
 from kfp_mlops.components.shared.errors import ConfigError, InputError
 from kfp_mlops.components.shared.model_package import Predictor
@@ -197,6 +201,55 @@ def test_training_killed_mid_epoch_resumes_from_its_latest_checkpoint(ingested, 
     assert step < steps_per_epoch  # resumed inside the first epoch
     assert result.metrics["global_steps"] == 2 * steps_per_epoch  # continued, not restarted: no extra steps
     assert (tmp_path / "m2" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+@pytest.mark.parametrize("tag", ["../../etc", "global_step25", "step25/../../../tmp"])
+def test_a_latest_pointer_naming_no_checkpoint_tag_is_refused_and_not_retried(
+    request, ingested, tmp_path, backend, tag
+):
+    config, paths = ingested
+    checkpoint_dir = str(tmp_path / "ckpt") if backend == "local" else request.getfixturevalue("s3").uri(tmp_path.name)
+    storage.write_bytes(storage.parse(checkpoint_dir).child("latest").uri, f"{tag}\n".encode())
+    message = f"checkpoint directory {checkpoint_dir}: latest names {tag!r}, not a checkpoint tag"
+    for attempt in ("first", "retry"):
+        with pytest.raises(DeterministicTrainingError, match=re.escape(message)) as raised:
+            train(config, paths.train, paths.validation, str(tmp_path / "m"), checkpoint_dir)
+        assert ("not retried" in str(raised.value)) == (attempt == "retry")
+    assert not (tmp_path / "m").exists()
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('code ran')",)
+
+
+def test_a_checkpoint_file_that_would_run_code_is_refused_on_resume_and_never_unpickled(
+    trained_model, ingested, tmp_path
+):
+    probe = tmp_path / "probe.pt"
+    torch.save({"module": _RunsCodeWhenUnpickled(tmp_path / "probe-ran")}, probe)
+    torch.load(probe, weights_only=False)
+    assert (tmp_path / "probe-ran").exists(), "the payload must run code when unpickled the old way"
+
+    checkpoints = tmp_path / "ckpt"
+    shutil.copytree(trained_model[1] / "ckpt", checkpoints)
+    tag = (checkpoints / "latest").read_text().strip()
+    states = checkpoints / tag / "mp_rank_00_model_states.pt"
+    marker = tmp_path / "pwned"
+    torch.save({"module": _RunsCodeWhenUnpickled(marker)}, states)
+    config, paths = ingested
+    config = config.model_copy(update={"train": config.train.model_copy(update=TRAIN_SETTINGS)})
+    message = f"checkpoint file {states} holds more than tensors .* refusing to load it"
+    for attempt in ("first", "retry"):
+        with pytest.raises(DeterministicTrainingError, match=message) as raised:
+            train(config, paths.train, paths.validation, str(tmp_path / "m"), str(checkpoints))
+        assert ("not retried" in str(raised.value)) == (attempt == "retry")
+    assert not marker.exists(), "the checkpoint file was unpickled with weights_only=False"
+    assert not (tmp_path / "m").exists()
 
 
 def test_a_small_dataset_trains_with_the_default_settings_and_records_the_adjusted_batching(tmp_path):

@@ -349,19 +349,42 @@ def exists(uri: str) -> bool:
     return bool(list_uris(uri))
 
 
+class UnsafeKeyError(ValueError):
+    """A source key that would land outside a copy's destination (absolute, or with a ``..`` segment)."""
+
+
+def relative_key(uri: str, source: str) -> str:
+    """``uri``'s path below ``source``, refused (``UnsafeKeyError``) when absolute or when any segment is ``..``."""
+    key, src = parse(uri).key, parse(source)
+    if src.scheme == "file":
+        relative = os.path.relpath(key, src.key)
+    else:
+        relative = key[len(src.key) :]
+        if src.key and not src.key.endswith("/"):
+            relative = relative.removeprefix("/")  # the one separator after the prefix
+    if relative in ("", "."):
+        relative = os.path.basename(key)
+    if relative.startswith("/") or os.path.isabs(relative) or ".." in relative.replace("\\", "/").split("/"):
+        raise UnsafeKeyError(
+            f"refusing to copy {uri}: its path below {src.uri} "
+            f"({relative!r}) is absolute or has a '..' segment, so it would land outside the destination"
+        )
+    return relative
+
+
 def copy_tree(source: str, destination: str) -> list[str]:
     """Copy every file under ``source`` to the same relative path under ``destination``; returns the new URIs.
 
-    Works in every direction (local ↔ S3 ↔ GCS); each file is written atomically.
+    Works in every direction (local ↔ S3 ↔ GCS); each file is written atomically. A key whose relative path is
+    absolute or has a ``..`` segment raises ``UnsafeKeyError`` before anything is copied.
     """
     src = parse(source)
     dst = parse(destination)
+    uris = list_uris(source)
+    relatives = [relative_key(uri, source) for uri in uris]
     copied = []
-    for uri in list_uris(source):
+    for uri, relative in zip(uris, relatives, strict=True):
         key = parse(uri).key
-        relative = os.path.relpath(key, src.key) if src.scheme == "file" else key[len(src.key) :].lstrip("/")
-        if relative in ("", "."):
-            relative = os.path.basename(key)
         target = dst.child(relative)
         if src.scheme == "file":
             upload_file(key, target.uri)

@@ -303,7 +303,7 @@ def _export(
     from kfp_mlops.components.train.model import ProbabilityModel, TabularClassifier
 
     classifier = TabularClassifier(preprocessing, settings.hidden_layers, settings.dropout, settings.embedding_dim)
-    classifier.load_state_dict(torch.load(weights, map_location="cpu"))
+    classifier.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model = ProbabilityModel(classifier).eval()
     shutil.copyfile(weights, target / WEIGHTS_FILE)
     numeric = torch.from_numpy(preprocessing.numeric_matrix(sample))

@@ -62,9 +62,14 @@ def run_workers(
     log_path: str | None,
 ) -> None:
     """Run the workers on ``spec`` (local workers, or a TrainJob with ``train.nodes > 1``) until their output is in
-    ``spec.output_dir``; a failure rank 0 recorded is recorded beside the checkpoints and raised as
-    ``DeterministicTrainingError``."""
+    ``spec.output_dir``; a failure rank 0 recorded, or a ``latest`` naming no checkpoint tag, is recorded beside the
+    checkpoints and raised as ``DeterministicTrainingError``."""
     trainjob = spec.train.nodes > 1
+    try:
+        checkpoints.read_tag(checkpoint_dir)  # workers check it again, each node reading the remote pointer
+    except checkpoints.UnsafeCheckpointError as exc:
+        record_failure(checkpoint_dir, json.dumps({"error": str(exc)}).encode())
+        raise DeterministicTrainingError(str(exc)) from None
     try:
         if trainjob:
             _run_as_trainjob(work, spec, checkpoint_dir, cluster, log_path)

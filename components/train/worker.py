@@ -14,6 +14,8 @@ import json
 import logging
 import math
 import os
+import pickle
+import re
 import shutil
 import sys
 import tempfile
@@ -48,6 +50,41 @@ def _gathered_state_dict(engine) -> dict[str, torch.Tensor]:
     params = list(engine.module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         return {name: tensor.detach().float().cpu().clone() for name, tensor in engine.module.state_dict().items()}
+
+
+def _deepspeed_state_types() -> list[type]:
+    """The non-tensor types DeepSpeed 0.19 pickles into its optimizer states (found with
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on ZeRO 0-3 checkpoints, fp32 and bf16): plain data
+    classes and an enum, safe to rebuild."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def load_weights_only(path: str | os.PathLike[str], map_location: Any = None) -> Any:
+    """``torch.load(weights_only=True)``: tensors, containers, numbers and the DeepSpeed state types only. A file
+    holding anything else (a pickle that would run code) raises ``UnsafeCheckpointError`` naming it."""
+    with torch.serialization.safe_globals(_deepspeed_state_types()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"WeightsUnpickler error: ([^.\n]*)", str(exc))
+            reason = found.group(1) if found else str(exc).strip().splitlines()[0]
+            raise checkpoints.UnsafeCheckpointError(
+                f"checkpoint file {path} holds more than tensors and DeepSpeed's plain state, so loading it could run "
+                f"code; refusing to load it (torch.load weights_only=True: {reason})"
+            ) from None
+
+
+def _load_checkpoints_weights_only(engine) -> None:
+    """DeepSpeed's own engine loads with ``weights_only=False``; ours loads every file it reads weights-only."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    if type(engine.checkpoint_engine) is not TorchCheckpointEngine:
+        raise RuntimeError(f"unexpected DeepSpeed checkpoint engine {type(engine.checkpoint_engine).__name__}")
+    engine.checkpoint_engine.load = load_weights_only
 
 
 def localise(spec_uri: str) -> WorkerSpec:
@@ -91,6 +128,7 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=model.parameters(), config=spec.deepspeed
         )
+        _load_checkpoints_weights_only(self.engine)
         ds = spec.deepspeed
         self.dtype = torch.bfloat16 if ds["bf16"]["enabled"] else torch.float16 if ds["fp16"]["enabled"] else None
         arrays = np.load(spec.arrays)
@@ -121,12 +159,12 @@ class Trainer:
             torch.cuda.default_generators[self.device.index].manual_seed(value)
 
     def resume(self) -> int:
-        if not (self.checkpoints / "latest").exists():
+        if (tag := checkpoints.read_tag(str(self.checkpoints))) is None:
             return 0
-        path, client_state = self.engine.load_checkpoint(str(self.checkpoints))
+        path, client_state = self.engine.load_checkpoint(str(self.checkpoints), tag=tag)
         if path is None:
-            raise RuntimeError(f"checkpoint in {self.checkpoints} could not be loaded")
-        self.remote_tags = [(self.checkpoints / "latest").read_text().strip()]
+            raise RuntimeError(f"checkpoint {tag} in {self.checkpoints} could not be loaded")
+        self.remote_tags = [tag]
         self.state.update({key: client_state[key] for key in self.state if key in client_state})
         step = self.engine.global_steps
         log(f"resumed from checkpoint step {step} (epoch {self.state['epoch'] + 1}, batch {self.state['batch']})")
@@ -259,7 +297,7 @@ def main(spec_path: str) -> None:
     trainer = Trainer(spec)
     try:
         result = trainer.fit()
-    except FloatingPointError as exc:  # the same data, seed and settings diverge again: a retry would repeat it
+    except (FloatingPointError, checkpoints.UnsafeCheckpointError) as exc:  # a retry would repeat it
         if dist.get_rank() == 0:
             output = Path(spec.output_dir)
             output.mkdir(parents=True, exist_ok=True)
@@ -273,7 +311,7 @@ def main(spec_path: str) -> None:
     if dist.get_rank() == 0:
         output = Path(spec.output_dir)
         output.mkdir(parents=True, exist_ok=True)
-        weights = torch.load(trainer.checkpoints / BEST_WEIGHTS, map_location="cpu") if have_best else final
+        weights = load_weights_only(trainer.checkpoints / BEST_WEIGHTS, map_location="cpu") if have_best else final
         torch.save(weights, output / "weights.pt")
         (output / "metrics.json").write_text(json.dumps(result, indent=2))
         if remote:
