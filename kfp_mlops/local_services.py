@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kfp_mlops.processes import free_port, running, wait_until
+from kfp_mlops.processes import free_ports, running, wait_until
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def seaweedfs_s3(workdir: Path, bucket: str = "kfp-mlops", timeout: float = 60.0
 
     store = Path(workdir) / "seaweedfs"
     store.mkdir(parents=True, exist_ok=False)
-    ports = {name: free_port() for name in ("s3", "master", "volume", "filer")}
+    ports = dict(zip(("s3", "master", "volume", "filer"), free_ports(4), strict=True))
     env = {
         "AWS_ACCESS_KEY_ID": "kfp-mlops-" + secrets.token_hex(4),
         "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),

@@ -17,6 +17,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: held open together while picked (one ``free_port`` after another
+    can hand out the same port twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether a server could bind ``host:port`` now. Probed the way servers bind (SO_REUSEADDR): the connections of
     a server just stopped sit in TIME_WAIT for about a minute and do not keep it from starting again; a socket

@@ -23,7 +23,7 @@ TIMESTAMP = "event_timestamp"
 LABEL = "churned"
 NUMERIC = ["age", "tenure_months", "monthly_charges", "total_spend", "support_calls", "sessions_last_30d"]
 CATEGORICAL = ["plan", "region", "device"]
-WINDOW_START = datetime(2026, 1, 1, tzinfo=UTC)
+WINDOW_START = datetime(2025, 1, 1, tzinfo=UTC)  # the drifted window (days 180-360) ends in the past too
 WINDOW_DAYS = 180
 SNAPSHOTS_PER_ENTITY = 4
 DUPLICATE_FRACTION = 0.005

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from kfp_mlops.components.shared import layout, triton_config
 from kfp_mlops.components.shared.errors import ServiceError
-from kfp_mlops.processes import free_port, port_free, wait_until
+from kfp_mlops.processes import free_ports, port_free, wait_until
 
 PYTRITON_VERSION = "0.7.0"  # ships Triton 2.51 with the python backend
 DEFAULT_ONNXRUNTIME = "1.32.0"
@@ -419,7 +419,8 @@ def serve(
     with contextlib.ExitStack() as stack:
         if state_dir is None:
             state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="kfp-mlops-triton-"))
-        server = up(model_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        http_port, grpc_port, metrics_port = free_ports(3)
+        server = up(model_repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                     state_dir=state_dir, model_control_mode=model_control_mode, poll_seconds=poll_seconds, load=load,
                     env=env, venv=venv, timeout=timeout)  # fmt: skip
         stack.callback(down, state_dir)

@@ -20,7 +20,7 @@ from support.triton import onnxruntime_outputs, running_triton, sample_inputs, s
 from kfp_mlops import triton_local
 from kfp_mlops.cli import main
 from kfp_mlops.components.shared import layout, storage
-from kfp_mlops.processes import free_port, port_free
+from kfp_mlops.processes import free_port, free_ports, port_free
 
 pytestmark = pytest.mark.servers
 
@@ -283,7 +283,7 @@ def test_up_status_down_through_the_command_line(triton_venv, repository, tmp_pa
     import tritonclient.grpc as grpc
 
     state = str(tmp_path / "state")
-    ports = [str(free_port()) for _ in range(3)]
+    ports = [str(port) for port in free_ports(3)]
     flags = ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2], "--state-dir", state]
     assert cli("local", "status", "--state-dir", state) == 1
     assert "Triton: not running" in capsys.readouterr().out
@@ -393,7 +393,7 @@ def test_up_again_at_once_after_down_on_the_same_ports(triton_venv, repository, 
     import tritonclient.grpc as grpc
     import tritonclient.http as http
 
-    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    ports = dict(zip(("http_port", "grpc_port", "metrics_port"), free_ports(3), strict=True))
     state, inputs = tmp_path / "state", sample_inputs(rows=4)
     server = triton_local.up(repository, state_dir=state, load=["churn"], **ports)
     http_client, grpc_client = http.InferenceServerClient(server.http_url), grpc.InferenceServerClient(server.grpc_url)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kfp_mlops import triton_local
-from kfp_mlops.processes import free_port
+from kfp_mlops.processes import free_ports
 
 
 def signature_model(
@@ -131,14 +131,15 @@ def running_pod(
     from tritonclient.utils import InferenceServerException
 
     install = triton_local.ensure_venv()
+    http_port, metrics_port = [port for port in free_ports(3) if port != grpc_port][:2]
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True)
     command = [
         str(install.tritonserver), f"--model-repository={triton_local.triton_repository(str(repository), os.environ)}",
         f"--backend-directory={triton_local.backends_dir(install, state)}", "--model-control-mode=explicit",
         "--load-model=*", "--exit-on-error=false", "--strict-readiness=false",
-        f"--http-address={address}", f"--http-port={free_port()}", f"--grpc-address={address}",
-        f"--grpc-port={grpc_port}", f"--metrics-address={address}", f"--metrics-port={free_port()}",
+        f"--http-address={address}", f"--http-port={http_port}", f"--grpc-address={address}",
+        f"--grpc-port={grpc_port}", f"--metrics-address={address}", f"--metrics-port={metrics_port}",
         "--allow-gpu-metrics=false", "--exit-timeout-secs=5",
     ]  # fmt: skip
     log = state / "tritonserver.log"
