@@ -280,8 +280,9 @@ BAD_INPUTS = {
         lambda t: _parquet_bytes(
             pa.concat_tables([t, _with_value(t.slice(0, 1), "churned", 0, 1 - t["churned"][0].as_py())])
         ),
-        r"entity \d+ at 20\d\d-.* has two labels: [01] \(\S*data\.parquet row 1\) and [01] \(\S*data\.parquet row 2001\) "
-        r"in column 'churned'; fix the data, or set schema.conflicting_labels: keep_latest",
+        r"entity \d+ at 20\d\d-.* has two labels: [01] \(\S*data\.parquet row 1\) and [01] "
+        r"\(\S*data\.parquet row 2001\) in column 'churned'; fix the data, or set "
+        r"schema.conflicting_labels: keep_latest",
     ),
     "too few rows for the split": (
         "data.parquet",
