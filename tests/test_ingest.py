@@ -12,35 +12,18 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from support import weather
+from support.ingest_data import make_config, outputs, write_parquet
 
 from kfp_mlops.components.ingest.core import entity_buckets, ingest, render_summary
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import parse_config
 from kfp_mlops.components.shared.errors import InputError
-from kfp_mlops.components.shared.splits import SplitPaths
-from kfp_mlops.sample_data import CATEGORICAL, NUMERIC, make_sample_table, sample_config
-
-
-def make_config(source, **overrides):
-    document = sample_config(str(source), split={"by": "time", "validation": 0.15, "test": 0.15, "seed": 0})
-    for section, values in overrides.items():
-        document[section] = {**document[section], **values}
-    return parse_config(document)
-
-
-def outputs(directory: Path) -> SplitPaths:
-    return SplitPaths(*(str(directory / "out" / name) for name in ("train", "validation", "test")))
+from kfp_mlops.sample_data import CATEGORICAL, NUMERIC, make_sample_table
 
 
 @pytest.fixture(scope="module")
 def table() -> pa.Table:
     return make_sample_table(rows=2_000, seed=1)
-
-
-def write_parquet(path: Path, table: pa.Table) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
-    return path
 
 
 def test_time_split_sends_the_latest_rows_to_test_and_records_statistics(tmp_path, table):
