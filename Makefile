@@ -17,7 +17,7 @@ TAG ?= $(shell $(BIN)/python -c "import kfp_mlops; print(kfp_mlops.__version__)"
 STEPS := $(notdir $(patsubst %/,%,$(dir $(wildcard images/*/Dockerfile))))
 
 .PHONY: install system-deps checkov triton-venv demo test lint golden constraints image-locks images \
-	bench-ingest bench-materialize bench-train bench-quantize bench-serve bench-drift clean
+	bench-ingest bench-materialize bench-train bench-quantize bench-serve bench-drift bench-lease clean
 
 # DeepSpeed is built here with its CPU shared-memory op compiled in (as the train image does), so no training process
 # compiles anything at start; it needs torch in the virtualenv first (--no-build-isolation).
@@ -109,6 +109,9 @@ bench-serve: triton-venv  ## Triton against a hand-written FastAPI server, drive
 
 bench-drift: install
 	$(BIN)/python benchmarks/drift.py
+
+bench-lease: install  ## the deploy lease and the record's compare-and-swap against plain writes (local, SeaweedFS)
+	$(BIN)/python benchmarks/lease.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 from pydantic import ValidationError
 
-from kfp_mlops.components.shared import layout, storage
+from kfp_mlops.components.shared import layout, storage, triton_access
 from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.errors import InputError, ServiceError
 from kfp_mlops.components.shared.layout import FEATURE_STORE_YAML, VERSION_METADATA_FILE
@@ -157,12 +157,12 @@ class TritonModel:
         except (InferenceServerException, OSError) as exc:
             raise ServingError(f"Triton at {self.url} ({self.protocol}), model {self.model!r}: {exc}") from None
 
-    def _json(self, method: str, *args: Any) -> dict[str, Any]:
+    def _json(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         extra = {"as_json": True} if self.protocol == "grpc" else {}
-        return getattr(self._client, method)(*args, **extra, **self._options)
+        return getattr(self._client, method)(*args, **extra, **self._options, **kwargs)
 
     def _not_ready(self, version: str) -> str:
-        index = self._json("get_model_repository_index")
+        index = self._json("get_model_repository_index", headers=triton_access.control_headers(self.protocol))
         models = index.get("models", []) if isinstance(index, dict) else index
         served = ", ".join(f"{m['name']} v{m.get('version', '-')} {m.get('state', 'UNAVAILABLE')}" for m in models)
         which = f"model {self.model!r}" + (f" version {version}" if version else "")

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kfp_mlops.components.shared import layout, triton_config
+from kfp_mlops.components.shared import layout, triton_access, triton_config
 from kfp_mlops.components.shared.errors import ServiceError
 from kfp_mlops.processes import free_ports, port_free, wait_until
 
@@ -185,6 +185,7 @@ class TritonServer:
     model_control_mode: str
     state_dir: str
     log: str
+    control_restricted: bool = False  # model control needs the key header (triton_access)
 
     @property
     def http_url(self) -> str:
@@ -203,6 +204,7 @@ class TritonStatus:
     server: TritonServer | None = None
     ready: bool = False
     models: list[dict[str, Any]] = field(default_factory=list)  # the repository index: name, version, state
+    refused: str = ""  # why Triton refused the repository index (model control restricted to a key)
 
     def describe(self) -> str:
         if not self.running or self.server is None:
@@ -211,20 +213,27 @@ class TritonStatus:
         lines = [
             f"Triton: running (pid {server.pid}){'' if self.ready else ', not ready'}",
             f"  http {server.http_url}  grpc {server.grpc_url}  metrics 127.0.0.1:{server.metrics_port}",
-            f"  repository {server.repository} ({server.model_control_mode})",
+            f"  repository {server.repository} ({server.model_control_mode}"
+            + (f"; model control needs the key of {triton_access.CONTROL_ENV})" if server.control_restricted else ")"),
             f"  log {server.log}",
         ]
         for model in self.models:
             reason = f" ({model['reason'].strip().splitlines()[0][:160]})" if model.get("reason") else ""
             lines.append(f"  model {model['name']} version {model.get('version', '-')}: "
                          f"{model.get('state', 'UNAVAILABLE')}{reason}")  # fmt: skip
-        if not self.models:
+        if self.refused:
+            lines.append(f"  repository index refused: {self.refused}")
+        elif not self.models:
             lines.append("  no models in the repository index")
         return "\n".join(lines)
 
 
-def _http(port: int, path: str, body: bytes | None = None, timeout: float = 5.0) -> bytes:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST" if body else "GET")
+def _http(
+    port: int, path: str, body: bytes | None = None, timeout: float = 5.0, headers: Mapping[str, str] | None = None
+) -> bytes:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, method="POST" if body else "GET", headers=dict(headers or {})
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return response.read()
 
@@ -262,7 +271,9 @@ def up(
 ) -> TritonServer:
     """Start tritonserver in the background and wait until ``/v2/health/ready``; pid, settings and log go to
     ``state_dir``. ``env`` (default: this process's) supplies AWS_* for an s3:// repository. ``load`` names
-    models to load at start in explicit mode. A server already running from ``state_dir`` is returned as it is."""
+    models to load at start in explicit mode. A server already running from ``state_dir`` is returned as it is.
+    With ``KFP_MLOPS_TRITON_CONTROL_KEY`` in ``env``, model control is restricted to requests carrying that key, as
+    the cluster's Triton is (``triton_access``); inference stays open."""
     state = Path(state_dir).resolve()
     repository = str(model_repository)
     if "://" not in repository:
@@ -300,10 +311,13 @@ def up(
     if model_control_mode == "poll":
         command.append(f"--repository-poll-secs={poll_seconds}")
     command += [f"--load-model={name}" for name in load]
+    control_key = source.get(triton_access.CONTROL_ENV, "")
+    if control_key:
+        command += triton_access.restriction_args(control_key)
     log = state / "tritonserver.log"
     process = spawn(command, log, server_env(install, source))
     server = TritonServer(process.pid, http_port, grpc_port, metrics_port, repository, model_control_mode,
-                          str(state), str(log))  # fmt: skip
+                          str(state), str(log), bool(control_key))  # fmt: skip
     (state / "tritonserver.pid").write_text(f"{process.pid}\n")
     (state / _STATE).write_text(json.dumps(asdict(server), indent=2))
     try:
@@ -398,7 +412,13 @@ def status(state_dir: str | Path = DEFAULT_STATE_DIR) -> TritonStatus:
     except (OSError, urllib.error.URLError):
         pass
     with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
-        result.models = json.loads(_http(server.http_port, "/v2/repository/index", body=b"{}"))
+        control = triton_access.control_headers("http")
+        try:
+            result.models = json.loads(_http(server.http_port, "/v2/repository/index", body=b"{}", headers=control))
+        except urllib.error.HTTPError as exc:
+            if exc.code != 403:
+                raise
+            result.refused = triton_access.refusal_hint()
     return result
 
 

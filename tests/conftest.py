@@ -14,6 +14,7 @@ import yaml
 from support.configs import pipeline_config
 from support.kfp_api_server import FakeKfpApiServer
 from support.kfp_cli import GOLDEN
+from support.packages import edited_package, halve_weights
 
 pytest_plugins = ["support.servers"]
 
@@ -103,6 +104,12 @@ def changed_package(tmp_path) -> Path:
 def trained_package(trained_model) -> Path:
     """The trained model's package directory (model.onnx, its config, weights)."""
     return trained_model[1] / "model"
+
+
+@pytest.fixture(scope="session")
+def other_package(trained_package, tmp_path_factory) -> Path:
+    """Another model: the trained package with its weight matrices halved."""
+    return edited_package(trained_package, tmp_path_factory.mktemp("other") / "model", halve_weights)
 
 
 @pytest.fixture(scope="session")

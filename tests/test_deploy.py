@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -19,44 +20,24 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import onnx
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from onnx import helper, numpy_helper
+from support.packages import edited_package
 from support.triton import running_pod, running_triton
 
 from kfp_mlops.components.deploy import core, executor
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.model_package import Predictor
+from kfp_mlops.components.shared.triton_access import CONTROL_ENV
 from kfp_mlops.components.shared.triton_config import ModelConfig
 from kfp_mlops.processes import free_port
 
 pytestmark = pytest.mark.servers
 
 ROWS = 8  # rows per client request
-
-
-def _edited_package(source: Path, target: Path, edit) -> Path:
-    shutil.copytree(source, target)
-    model = onnx.load(str(target / "model.onnx"))
-    edit(model.graph)
-    onnx.save(model, str(target / "model.onnx"))
-    return target
-
-
-@pytest.fixture(scope="module")
-def other_package(trained_package, tmp_path_factory) -> Path:
-    """Another model: the trained package with its weight matrices halved."""
-
-    def halve(graph) -> None:
-        for index, tensor in enumerate(graph.initializer):
-            array = numpy_helper.to_array(tensor)
-            if array.ndim == 2 and array.dtype == np.float32:
-                graph.initializer[index].CopyFrom(numpy_helper.from_array(array * 0.5, tensor.name))
-
-    return _edited_package(trained_package, tmp_path_factory.mktemp("other") / "model", halve)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +56,7 @@ def noisy_package(trained_package, tmp_path_factory) -> Path:
             ]
         )
 
-    return _edited_package(trained_package, tmp_path_factory.mktemp("noisy") / "model", add_noise)
+    return edited_package(trained_package, tmp_path_factory.mktemp("noisy") / "model", add_noise)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +70,7 @@ def nan_package(trained_package, tmp_path_factory) -> Path:
         graph.initializer.append(numpy_helper.from_array(np.array([np.nan, 1.0], np.float32), "poison"))
         graph.node.append(helper.make_node("Mul", ["raw_probabilities", "poison"], ["probabilities"]))
 
-    return _edited_package(trained_package, tmp_path_factory.mktemp("nan") / "model", poison)
+    return edited_package(trained_package, tmp_path_factory.mktemp("nan") / "model", poison)
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +146,24 @@ def served_policy(repository: Path, name: str) -> list[int] | None:
     return policy.specific if policy else None
 
 
+def candidate(name: str) -> str:
+    """The pattern of ``name``'s staging names (one per deployment): for ``states``, ``loads`` and messages."""
+    return rf"{re.escape(name)}-candidate-[0-9a-f]{{8}}"
+
+
+def staged(repository: Path | str, name: str) -> list[str]:
+    """The staging folders of ``name`` left in the repository."""
+    if storage.is_remote(str(repository)):
+        root = storage.parse(str(repository)).key.rstrip("/")
+        keys = [storage.parse(uri).key for uri in storage.list_key_prefix(f"{repository}/{name}-candidate-")]
+        entries = {(key[len(root) + 1 :] if root else key).split("/")[0] for key in keys}
+    else:
+        entries = set(os.listdir(repository))
+    return sorted(entry for entry in entries if re.fullmatch(candidate(name), entry))
+
+
 def states(server, name: str) -> dict[str, str]:
-    """Triton's state of each version of ``name`` in its repository index."""
+    """Triton's state of each version of the models whose name matches ``name`` (a pattern) in its index."""
     import tritonclient.grpc as grpc
 
     client = grpc.InferenceServerClient(_url(server))
@@ -174,7 +171,7 @@ def states(server, name: str) -> dict[str, str]:
         index = client.get_model_repository_index(as_json=True).get("models", [])
     finally:
         client.close()
-    return {m["version"]: m.get("state", "") for m in index if m["name"] == name and "version" in m}
+    return {m["version"]: m.get("state", "") for m in index if re.fullmatch(name, m["name"]) and "version" in m}
 
 
 def ready_versions(server, name: str) -> set[str]:
@@ -182,9 +179,9 @@ def ready_versions(server, name: str) -> set[str]:
 
 
 def loads(log: str | Path, name: str, version: int) -> list[int]:
-    """Offsets in a server log where a load of ``name`` version ``version`` starts."""
+    """Offsets in a server log where a load of ``name`` (a pattern) version ``version`` starts."""
     log = Path(log).read_text()
-    return [m.start() for m in re.finditer(rf'"loading: {re.escape(name)}:{version}"', log)]
+    return [m.start() for m in re.finditer(rf'"loading: {name}:{version}"', log)]
 
 
 def test_first_deploy_then_another_model_then_the_same_again(
@@ -197,7 +194,7 @@ def test_first_deploy_then_another_model_then_the_same_again(
     assert first.deployment.verified["rows"] == 256 and first.deployment.verified["max_abs_diff"] <= 1e-4
     assert 0 < first.deployment.verified["p50_ms"] <= first.deployment.verified["p99_ms"]
     assert files(repository, name) == ["1/kfp-mlops.json", "1/model.onnx", "1/model.py", "config.pbtxt"]
-    assert served_policy(repository, name) == [1] and not (repository / f"{name}-candidate").exists()
+    assert served_policy(repository, name) == [1] and not staged(repository, name)
     marker = json.loads((repository / name / "1" / "kfp-mlops.json").read_text())
     assert marker["content_hash"].startswith("sha256:") and marker["verified"] == first.deployment.verified
     assert_serves(server, name, trained_package, validation)
@@ -206,18 +203,16 @@ def test_first_deploy_then_another_model_then_the_same_again(
     assert (second.status, second.version, second.previous_version) == ("deployed", 2, 1)
     assert served_policy(repository, name) == [2] and ready_versions(server, name) == {"2"}
     assert_serves(server, name, other_package, validation)
-    candidate, promoted = loads(server.log, f"{name}-candidate", 2), loads(server.log, name, 2)
-    assert len(candidate) == 1 and len(promoted) == 1 and candidate[0] < promoted[0]  # verified before promoted
-    assert files(repository, f"{name}-candidate") == []
+    verified, promoted = loads(server.log, candidate(name), 2), loads(server.log, name, 2)
+    assert len(verified) == 1 and len(promoted) == 1 and verified[0] < promoted[0]  # verified before promoted
+    assert staged(repository, name) == []
 
     before = {path: (repository / name / path).stat().st_mtime_ns for path in files(repository, name)}
     again = core.deploy(str(other_package), validation, settings(server, repository, name))
     assert (again.status, again.version) == ("already_serving", 2)
     assert again.deployment.verified == second.deployment.verified
     assert {path: (repository / name / path).stat().st_mtime_ns for path in files(repository, name)} == before
-    assert (
-        len(loads(server.log, name, 2)) == 1 and loads(server.log, f"{name}-candidate", 3) == []
-    )  # no reload, no version
+    assert len(loads(server.log, name, 2)) == 1 and loads(server.log, candidate(name), 3) == []  # no reload, no version
 
     third = core.deploy(str(trained_package), validation, settings(server, repository, name, keep_versions=2))
     assert (third.status, third.version, third.pruned) == ("deployed", 3, [1])  # an older package: a new version
@@ -268,7 +263,7 @@ def test_a_broken_version_rolls_back_while_clients_are_served(
     assert promoted.version == 2
     assert failed.value.stage == "verification" and failed.value.rolled_back
     assert re.search(
-        r"steady-candidate version 3 .* answers differently from the package: max \|probability "
+        r"steady-candidate-[0-9a-f]{8} version 3 .* answers differently from the package: max \|probability "
         r"difference\| 0\.0\d+ over 256 rows \(allowed 0\.0001\); rolled back: version 2 keeps serving$",
         str(failed.value),
     ), str(failed.value)
@@ -284,8 +279,8 @@ def test_a_broken_version_rolls_back_while_clients_are_served(
         "config.pbtxt",
     ]
     assert served_policy(repository, name) == [2] and ready_versions(server, name) == {"2"}
-    assert files(repository, f"{name}-candidate") == [] and ready_versions(server, f"{name}-candidate") == set()
-    assert loads(server.log, name, 3) == [] and len(loads(server.log, f"{name}-candidate", 3)) == 1
+    assert staged(repository, name) == [] and ready_versions(server, candidate(name)) == set()
+    assert loads(server.log, name, 3) == [] and len(loads(server.log, candidate(name), 3)) == 1
 
 
 def test_a_version_that_fails_to_load_or_is_not_ready_in_time_rolls_back(
@@ -295,23 +290,27 @@ def test_a_version_that_fails_to_load_or_is_not_ready_in_time_rolls_back(
     python-backend processes) within a 1 s readiness timeout: the candidate is not ready in time."""
     name = "gpuless"
     core.deploy(str(trained_package), validation, settings(server, repository, name))
-    with pytest.raises(core.DeployError, match=r"gpuless-candidate version 2 failed to load .*gpu id 0") as failed:
+    with pytest.raises(
+        core.DeployError, match=r"gpuless-candidate-[0-9a-f]{8} version 2 failed to load .*gpu id 0"
+    ) as failed:
         core.deploy(str(trained_package), validation, settings(server, repository, name), gpu=True)
     assert failed.value.stage == "load" and failed.value.rolled_back
     assert files(repository, name) == ["1/kfp-mlops.json", "1/model.onnx", "1/model.py", "config.pbtxt"]
     assert served_policy(repository, name) == [1] and ready_versions(server, name) == {"1"}
-    assert not (repository / f"{name}-candidate").exists()
+    assert not staged(repository, name)
 
     slow = settings(server, repository, name, instance_count=8, ready_timeout_seconds=1)
-    with pytest.raises(core.DeployError, match=r"gpuless-candidate version 2 on .* was not ready within 1s") as late:
+    with pytest.raises(
+        core.DeployError, match=r"gpuless-candidate-[0-9a-f]{8} version 2 on .* was not ready within 1s"
+    ) as late:
         core.deploy(str(trained_package), validation, slow)
     assert late.value.stage == "readiness" and late.value.rolled_back
     assert files(repository, name) == ["1/kfp-mlops.json", "1/model.onnx", "1/model.py", "config.pbtxt"]
-    assert served_policy(repository, name) == [1] and not (repository / f"{name}-candidate").exists()
+    assert served_policy(repository, name) == [1] and not staged(repository, name)
     # the rollback waited for the load it gave up on and unloaded it (an unload sent while loading is lost)
-    assert not {"LOADING", "READY"} & set(states(server, f"{name}-candidate").values())
+    assert not {"LOADING", "READY"} & set(states(server, candidate(name)).values())
     time.sleep(3)
-    assert not {"LOADING", "READY"} & set(states(server, f"{name}-candidate").values())
+    assert not {"LOADING", "READY"} & set(states(server, candidate(name)).values())
     assert ready_versions(server, name) == {"1"}
 
 
@@ -332,8 +331,8 @@ def test_a_missed_latency_budget_rolls_back_and_leaves_nothing_on_a_first_deploy
     with pytest.raises(core.DeployError, match=r"misses the latency budget: p50 \d+\.\d+ ms \(max 0\.001\)") as failed:
         core.deploy(str(trained_package), validation, budget)
     assert failed.value.stage == "latency" and "nothing was serving, nothing serves" in str(failed.value)
-    assert not (repository / name).exists() and not (repository / f"{name}-candidate").exists()
-    assert ready_versions(server, name) == set() and ready_versions(server, f"{name}-candidate") == set()
+    assert not (repository / name).exists() and not staged(repository, name)
+    assert ready_versions(server, name) == set() and ready_versions(server, candidate(name)) == set()
     assert core.deploy(str(trained_package), validation, settings(server, repository, name)).version == 1
 
 
@@ -356,12 +355,12 @@ def test_a_retry_after_a_crash_between_commit_and_promotion_resumes(
     (repository / name / "3").mkdir()
     (repository / name / "3" / "model.onnx").write_bytes(b"half")
     (repository / name / ".staging-dead").mkdir()
-    shutil.copytree(repository / name / "2", repository / f"{name}-candidate" / "2")
+    shutil.copytree(repository / name / "2", repository / f"{name}-candidate-deadbeef" / "2")
 
     resumed = core.deploy(str(other_package), validation, settings(server, repository, name))
     assert (resumed.status, resumed.version, resumed.previous_version) == ("deployed", 2, 1)
     assert sorted({path.split("/")[0] for path in files(repository, name)}) == ["1", "2", "config.pbtxt"]
-    assert not (repository / name / ".staging-dead").exists() and not (repository / f"{name}-candidate").exists()
+    assert not (repository / name / ".staging-dead").exists() and not staged(repository, name)
     assert served_policy(repository, name) == [2] and ready_versions(server, name) == {"2"}
     assert_serves(server, name, other_package, validation)
 
@@ -373,7 +372,7 @@ def test_sigterm_during_verification_rolls_back(server, repository, trained_pack
 
     def cancel_when_the_candidate_is_ready() -> None:
         deadline = time.monotonic() + 60
-        while ready_versions(server, f"{name}-candidate") != {"2"} and time.monotonic() < deadline:
+        while ready_versions(server, candidate(name)) != {"2"} and time.monotonic() < deadline:
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -386,7 +385,97 @@ def test_sigterm_during_verification_rolls_back(server, repository, trained_pack
     assert failed.value.stage == "cancelled" and time.monotonic() - started < 30
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is restored
     assert sorted({path.split("/")[0] for path in files(repository, name)}) == ["1", "config.pbtxt"]
-    assert ready_versions(server, name) == {"1"} and ready_versions(server, f"{name}-candidate") == set()
+    assert ready_versions(server, name) == {"1"} and ready_versions(server, candidate(name)) == set()
+
+
+def test_a_cancelled_rollback_fits_the_grace_period_even_with_a_replica_that_froze(
+    trained_package, other_package, validation, tmp_path, monkeypatch
+):
+    """Two real Triton "pods" on one port; SIGTERM once the candidate is ready on the first, the second frozen
+    (SIGSTOP: its node hangs; connections open, no answer). The rollback must end within Kubernetes' 30 s grace
+    period (unbounded, its waits on the frozen pod alone would take minutes), name what it could not finish, and
+    leave the first pod serving version 1; once the pod thaws, the next deployment clears the leftover candidate."""
+    resolve = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != "frozen-pods.test":
+            return resolve(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in ("127.0.0.1", "127.0.0.2")]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    repository, name = tmp_path / "models", "frozen"
+    with running_triton(repository, state_dir=tmp_path / "a") as first:
+        port = first.grpc_port
+        pods = settings(first, repository, name, replicas_host="frozen-pods.test", verify={"rows": 64, "requests": 10})
+        pods = pods.model_copy(update={"ready_timeout_seconds": 120, "lease_seconds": 600})
+        with running_pod(repository, address="127.0.0.2", grpc_port=port, state_dir=tmp_path / "b"):
+            assert core.deploy(str(trained_package), validation, pods).version == 1
+            pod_pid = int((tmp_path / "b" / "tritonserver.pid").read_text())
+            cancelled: list[float] = []
+
+            def freeze_and_cancel_when_the_candidate_is_ready() -> None:
+                deadline = time.monotonic() + 60
+                while ready_versions(first, candidate(name)) != {"2"} and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                os.kill(pod_pid, signal.SIGSTOP)
+                cancelled.append(time.monotonic())
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            canceller = threading.Thread(target=freeze_and_cancel_when_the_candidate_is_ready)
+            canceller.start()
+            try:
+                with pytest.raises(core.DeployError, match=r"cancelled \(signal 15\); rollback incomplete: ") as failed:
+                    core.deploy(str(other_package), validation, pods)
+                ended = time.monotonic()
+            finally:
+                canceller.join()
+                os.kill(pod_pid, signal.SIGCONT)
+            assert failed.value.stage == "cancelled" and not failed.value.rolled_back
+            assert f"127.0.0.2:{port}" in str(failed.value)
+            assert ended - cancelled[0] < 30, f"the rollback took {ended - cancelled[0]:.1f}s"
+            assert ready_versions(first, name) == {"1"} and served_policy(repository, name) == [1]
+            assert core.deploy(str(other_package), validation, pods).version == 2
+            assert staged(repository, name) == []
+            for pod in (first.grpc_url, f"127.0.0.2:{port}"):
+                assert ready_versions(pod, name) == {"2"} and ready_versions(pod, candidate(name)) == set()
+
+
+def test_model_control_restricted_to_a_key_deploys_with_it_and_fails_clearly_without(
+    trained_package, validation, tmp_path, monkeypatch
+):
+    """Triton started as the cluster's is locked down (triton_access): without the key, or with a wrong one, the
+    deploy fails before writing anything, saying which variable and Secret to provide; with it, it deploys, and
+    inference needs no key."""
+    import tritonclient.grpc as grpc
+    from tritonclient.utils import InferenceServerException
+
+    key = f"key-{secrets.token_hex(8)}"
+    repository = tmp_path / "repo"
+    with running_triton(repository, env={**os.environ, CONTROL_ENV: key}, state_dir=tmp_path / "state") as server:
+        monkeypatch.delenv(CONTROL_ENV, raising=False)
+        with pytest.raises(core.DeployError, match=rf"refused model control: .*{CONTROL_ENV} is not set") as refused:
+            core.deploy(str(trained_package), validation, settings(server, repository, "locked"))
+        assert (
+            refused.value.stage == "replicas"
+            and refused.value.rolled_back
+            and "nothing was changed" in str(refused.value)
+        )
+        assert not (repository / "locked").exists() and staged(repository, "locked") == []
+        monkeypatch.setenv(CONTROL_ENV, "not-the-key")
+        wrong = r"is not the one Triton was started with .*kfp-mlops-triton-control"
+        with pytest.raises(core.DeployError, match=wrong):
+            core.deploy(str(trained_package), validation, settings(server, repository, "locked"))
+
+        monkeypatch.setenv(CONTROL_ENV, key)
+        assert core.deploy(str(trained_package), validation, settings(server, repository, "locked")).version == 1
+        assert_serves(server, "locked", trained_package, validation)  # inference: no key
+        client = grpc.InferenceServerClient(server.grpc_url)
+        try:
+            with pytest.raises(InferenceServerException, match="This protocol is restricted"):
+                client.unload_model("locked")  # anyone else: no model control
+        finally:
+            client.close()
+        assert key not in Path(server.log).read_text()
 
 
 def test_replicas_are_resolved_from_the_headless_host_with_the_port_of_triton_url():
@@ -493,15 +582,15 @@ def test_every_pod_is_verified_and_promoted_and_a_pod_found_at_the_end_is_brough
             answers[:] = [["127.0.0.1", "127.0.0.2"]]
             both = core.deploy(str(other_package), validation, pods)
             assert both.version == 2 and both.replicas == [a, b]
-            assert len(loads(tmp_path / "b" / "tritonserver.log", f"{name}-candidate", 2)) == 1  # verified on b too
+            assert len(loads(tmp_path / "b" / "tritonserver.log", candidate(name), 2)) == 1  # verified on b too
             for pod in (a, b):
-                assert ready_versions(pod, name) == {"2"} and ready_versions(pod, f"{name}-candidate") == set()
+                assert ready_versions(pod, name) == {"2"} and ready_versions(pod, candidate(name)) == set()
                 assert_serves(pod, name, other_package, validation)
 
             answers[:] = [["127.0.0.1"], ["127.0.0.1", "127.0.0.2"]]  # b shows up only at the final resolution
             late = core.deploy(str(trained_package), validation, pods)
             assert late.version == 3 and late.replicas == [a, b]
-            assert loads(tmp_path / "b" / "tritonserver.log", f"{name}-candidate", 3) == []
+            assert loads(tmp_path / "b" / "tritonserver.log", candidate(name), 3) == []
             assert ready_versions(a, name) == {"3"} and ready_versions(b, name) == {"3"}
             assert_serves(b, name, trained_package, validation)
 
@@ -521,7 +610,7 @@ def test_deploys_to_an_s3_model_repository(s3, trained_package, other_package, v
         second = core.deploy(str(other_package), validation, settings(server, uri, "churn"))
         assert second.version == 2 and ready_versions(server, "churn") == {"2"}
         assert "versions: 2" in storage.read_bytes(s3.uri(f"{prefix}/churn/config.pbtxt")).decode()
-        assert files(uri, "churn-candidate") == []
+        assert staged(uri, "churn") == []
         assert_serves(server, "churn", other_package, validation)
         again = core.deploy(str(other_package), validation, settings(server, uri, "churn"))
         assert (again.status, again.version) == ("already_serving", 2)
@@ -558,7 +647,8 @@ def test_executor_records_the_deployment(server, repository, trained_package, va
     document["quantize"] = {**document.get("quantize", {}), "target": "gpu"}  # auto instance kind: KIND_GPU
     with pytest.raises(core.DeployError, match="gpu id 0"):
         executor.run(yaml.safe_dump(document), model, data, _artifact(tmp_path / "failed"))
-    assert "[deploy] FAILED at load: executed-candidate version 2 failed to load" in capsys.readouterr().out
+    assert re.search(r"\[deploy\] FAILED at load: executed-candidate-[0-9a-f]{8} version 2 failed to load",
+                     capsys.readouterr().out)  # fmt: skip
     assert not (tmp_path / "failed").exists()
 
     document["deploy"] = {"model_repository": ""}

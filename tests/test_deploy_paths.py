@@ -1,6 +1,7 @@
 """Path safety of the deploy step (issue 15): model names are one safe folder name, checked at config time, and
-every delete the deploy step does stays inside ``<repo>/<name>/`` or ``<repo>/<name>-candidate/``, on a local
-repository and on S3 (real SeaweedFS). No Triton: the deletes are the repository's."""
+every delete the deploy step does stays inside ``<repo>/<name>/`` or a staging folder
+``<repo>/<name>-candidate-<8 hex>/``, on a local repository and on S3 (real SeaweedFS). No Triton: the deletes are
+the repository's."""
 
 from __future__ import annotations
 
@@ -26,7 +27,23 @@ def test_an_unsafe_model_name_is_refused_at_config_time_naming_the_key_and_value
         parse_config({**VALID, "deploy": {"model_name": name}})
 
 
-@pytest.mark.parametrize("name", ["churn", "churn.v2", "Churn_2-a", "7"])
+def test_a_model_name_that_looks_like_a_staging_name_is_refused():
+    """Deploying ``churn`` removes leftover ``churn-candidate-<8 hex>`` folders: no model may be named so."""
+    with pytest.raises(ConfigError, match=r"'churn-candidate-0123abcd' ends like a deployment's staging name"):
+        parse_config({**VALID, "deploy": {"model_name": "churn-candidate-0123abcd"}})
+
+
+def test_each_deployment_stages_under_its_own_name_and_finds_the_others(tmp_path):
+    root = _local_repository(tmp_path)
+    first, second = Repository(str(root), "churn"), Repository(str(root), "churn")
+    assert first.candidate != second.candidate
+    assert re.fullmatch(r"churn-candidate-[0-9a-f]{8}", first.candidate)
+    (root / first.candidate / "1").mkdir(parents=True)
+    (root / "churn-candidate").mkdir()  # not a staging name: left alone
+    assert second.staged() == sorted(["churn-candidate-0123abcd", first.candidate])
+
+
+@pytest.mark.parametrize("name", ["churn", "churn.v2", "Churn_2-a", "7", "churn-candidate"])
 def test_safe_model_names_pass(name):
     assert DeployConfig(model_name=name).model_name == name
 
@@ -39,7 +56,7 @@ def test_a_repository_refuses_an_unsafe_name_even_without_the_config(tmp_path, n
 
 def _local_repository(tmp_path):
     root = tmp_path / "repo"
-    for relative in ("churn/1/model.onnx", "churn/config.pbtxt", "churn-candidate/1/model.onnx",
+    for relative in ("churn/1/model.onnx", "churn/config.pbtxt", "churn-candidate-0123abcd/1/model.onnx",
                      "other/1/model.onnx", "other/config.pbtxt", "churnx/1/model.onnx"):  # fmt: skip
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_text(relative)
@@ -49,8 +66,8 @@ def _local_repository(tmp_path):
 
 @pytest.mark.parametrize(
     "relative",
-    [".", "", "..", "other", "churn/../other", "churn/../../outside.txt", "churnx", "churn-candidate/../other",
-     "/etc", "link"],
+    [".", "", "..", "other", "churn/../other", "churn/../../outside.txt", "churnx", "churn-candidate-0123abcd/../other",
+     "churn-candidate", "churn-candidate-0123ABCD", "churn-candidate-0123abcd0", "/etc", "link"],
 )  # fmt: skip
 def test_a_local_delete_outside_the_model_folder_is_refused_and_the_rest_survives(tmp_path, relative):
     root = _local_repository(tmp_path)
@@ -58,7 +75,9 @@ def test_a_local_delete_outside_the_model_folder_is_refused_and_the_rest_survive
     if relative == "link":
         relative = "churn/link/1"  # inside <name>/ by its text, in other/ once resolved
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
-    with pytest.raises(UnsafeDeleteError, match=r"refusing to delete .*outside .*churn/ and .*churn-candidate/"):
+    with pytest.raises(
+        UnsafeDeleteError, match=r"refusing to delete .*outside .*churn/ and the staging folders churn-candidate-\*/"
+    ):
         Repository(str(root), "churn").delete(relative)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
 
@@ -67,7 +86,7 @@ def test_a_local_delete_inside_the_model_folders_deletes_only_that(tmp_path):
     root = _local_repository(tmp_path)
     repository = Repository(str(root), "churn")
     repository.delete("churn/1")
-    repository.delete("churn-candidate")
+    repository.delete("churn-candidate-0123abcd")
     repository.delete("churn")
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
         "churnx/1/model.onnx", "other/1/model.onnx", "other/config.pbtxt"
@@ -77,7 +96,7 @@ def test_a_local_delete_inside_the_model_folders_deletes_only_that(tmp_path):
 
 def test_an_s3_delete_outside_the_model_prefix_is_refused_and_the_rest_survives(s3):
     prefix = "paths/models"
-    keys = ["churn/1/model.onnx", "churn/config.pbtxt", "churn-candidate/1/model.onnx", "other/1/model.onnx",
+    keys = ["churn/1/model.onnx", "churn/config.pbtxt", "churn-candidate-0123abcd/1/model.onnx", "other/1/model.onnx",
             "churnx/1/model.onnx"]  # fmt: skip
     for key in keys:
         storage.write_bytes(s3.uri(f"{prefix}/{key}"), key.encode())
@@ -88,7 +107,7 @@ def test_an_s3_delete_outside_the_model_prefix_is_refused_and_the_rest_survives(
             repository.delete(relative)
     assert len(storage.list_uris(s3.uri("paths"))) == len(keys) + 1
     repository.delete("churn/1")
-    repository.delete("churn-candidate")
+    repository.delete("churn-candidate-0123abcd")
     left = sorted(storage.parse(uri).key for uri in storage.list_uris(s3.uri("paths")))
     assert left == [f"{prefix}/churn/config.pbtxt", f"{prefix}/churnx/1/model.onnx", f"{prefix}/other/1/model.onnx",
                     "paths/outside.txt"]  # fmt: skip
@@ -102,6 +121,6 @@ def test_a_local_version_is_staged_only_inside_the_model_folders(tmp_path):
     repository = Repository(str(root), "churn")
     with pytest.raises(UnsafeDeleteError, match=r"refusing to delete .*/repo/other/\.staging-"):
         repository.write_version("other", 2, {"model.onnx": package}, {"version": 2})
-    repository.write_version("churn-candidate", 2, {"model.onnx": package}, {"version": 2})
-    assert sorted(p.name for p in (root / "churn-candidate").iterdir()) == ["1", "2"]
+    repository.write_version("churn-candidate-0123abcd", 2, {"model.onnx": package}, {"version": 2})
+    assert sorted(p.name for p in (root / "churn-candidate-0123abcd").iterdir()) == ["1", "2"]
     assert sorted(p.name for p in (root / "other").iterdir()) == ["1", "config.pbtxt"]

@@ -9,6 +9,7 @@ class Stage(enum.StrEnum):
     """A deployment's stages, in order (``DeployError.stage``; the deploy outcome's ``failed`` starts with it)."""
 
     PACKAGE = "package"  # the package cannot be read, served or run on the validation rows
+    LEASE = "lease"  # another deployment of the model name holds the lease (or took it over)
     REPLICAS = "replicas"  # a replica does not resolve or answer
     LOAD = "load"  # Triton refuses to load (or unload) the model
     READINESS = "readiness"  # a loaded version is not ready in time

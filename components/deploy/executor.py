@@ -19,7 +19,9 @@ def run(config: str, model: Any, validation_data: Any, deployment: Any, run_id: 
     settings = pipeline_config.deploy
     run_dir = runs.run_directory(deployment.uri, run_id) if run_id else ""
     try:
-        result = core.deploy(model.path, validation_data.path, settings, gpu=pipeline_config.quantize.target == "gpu")
+        result = core.deploy(
+            model.path, validation_data.path, settings, gpu=pipeline_config.quantize.target == "gpu", holder=run_id
+        )
     except core.DeployError as exc:
         print(f"[deploy] FAILED at {exc.stage}: {exc}")
         outcomes.record(run_dir, outcomes.DeployOutcome(deployed=False, failed=f"{exc.stage}: {exc}"))

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
 from kfp_mlops.components.deploy.errors import DeployError, Stage
+from kfp_mlops.components.deploy.lease import Lease
 from kfp_mlops.components.deploy.package import Package, Reference
 from kfp_mlops.components.deploy.replica import SETTLE_SECONDS, Replica, check_resolves, replica_endpoints
 from kfp_mlops.components.deploy.repository import STAGING_PREFIX, Repository, State
@@ -21,6 +23,9 @@ from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.records import Deployment
 
 Status = Literal["not_deployed", "deployed", "already_serving"]
+# A cancelled deployment's rollback fits in Kubernetes' default terminationGracePeriodSeconds (30 s; SIGKILL after):
+# each of its waits is cut to what remains of this budget; what it cannot finish, the next deployment clears.
+CANCELLED_ROLLBACK_SECONDS = 25.0
 
 
 @dataclass(frozen=True)
@@ -80,15 +85,27 @@ class Progress:
 class Rollout:
     """The rollout of a package into a repository and onto every replica (``run``)."""
 
-    def __init__(self, package: Package, repository: Repository, settings: DeployConfig):
+    def __init__(self, package: Package, repository: Repository, settings: DeployConfig, lease: Lease):
         self.package = package
         self.repository = repository
         self.settings = settings
+        self.lease = lease
         self.name = settings.model_name
-        self.timeout = float(settings.ready_timeout_seconds)
-        self.unload_timeout = max(self.timeout, SETTLE_SECONDS)
         self.replicas: dict[str, Replica] = {}
         self.unresolvable: dict[str, DeployError] = {}
+        self.deadline: float | None = None  # set by a cancelled deployment's rollback: every wait ends by then
+
+    @property
+    def timeout(self) -> float:
+        """A readiness wait: ready_timeout_seconds, or what remains of a cancelled rollback's budget."""
+        return self._bounded(float(self.settings.ready_timeout_seconds))
+
+    @property
+    def unload_timeout(self) -> float:
+        return self._bounded(max(float(self.settings.ready_timeout_seconds), SETTLE_SECONDS))
+
+    def _bounded(self, seconds: float) -> float:
+        return seconds if self.deadline is None else max(min(seconds, self.deadline - time.monotonic()), 0.1)
 
     def resolve(self, endpoint: str) -> None:
         """DeployError at once when the host of ``endpoint`` does not resolve (remembered: asked again, e.g. by a
@@ -110,12 +127,13 @@ class Rollout:
         if endpoint not in self.replicas:
             self.resolve(endpoint)
             replica = Replica(endpoint)
+            replica.deadline = self.deadline
             self.replicas[endpoint] = replica
             replica.wait_until_live(self.timeout)
         return self.replicas[endpoint]
 
     def _converge(self, endpoint: str, version: int) -> None:
-        self.replica(endpoint).converge(self.name, version, self.timeout)
+        self.replica(endpoint).converge(self.name, version, self.timeout, settle=self.unload_timeout)
 
     def _unload(self, endpoint: str) -> None:
         self.replica(endpoint).unload(self.name, self.unload_timeout)
@@ -129,20 +147,29 @@ class Rollout:
 
     def _run(self, validation_path: str) -> DeployResult:
         self.resolve(self.settings.triton_url)  # before anything is read or written
+        endpoints = replica_endpoints(self.settings)
+        for endpoint in endpoints:
+            self.resolve(endpoint)
+        self.lease.acquire(self.settings.lease_wait_seconds)
+        try:
+            return self._deploy(validation_path, endpoints)
+        finally:
+            self.lease.release()
+
+    def _deploy(self, validation_path: str, endpoints: list[str]) -> DeployResult:
+        """The deployment onto the replicas at ``endpoints``, while this one holds the lease."""
+        self._check_control(endpoints)
         state = self.repository.state()
         served = state.served
         if served is not None and self._serves_package(state, served):
-            self._clear_leftovers(state)
+            self._clear_leftovers(state, endpoints)
             pruned = self._finish(served, self.repository.state())
             marker = state.versions[served] or {}
             return self._result("already_serving", served, marker.get("verified", {}), None, pruned)
         reference = Reference.compute(
             self.package, validation_path, self.settings.verify.rows, self.settings.max_batch_size
         )
-        endpoints = replica_endpoints(self.settings)
-        for endpoint in endpoints:
-            self.resolve(endpoint)
-        version = self._clear_leftovers(state)
+        version = self._clear_leftovers(state, endpoints)
         resumed = version in state.versions
         progress = Progress(Stage.COMMIT if resumed else Stage.VERIFICATION)
         try:
@@ -152,11 +179,13 @@ class Rollout:
                 "model_name": self.name,
                 "version": version,
                 "package": self.package.model_dir,
+                "deployed_by": self.lease.holder,
                 "verified": verification.figures(),
                 "committed_at": datetime.now(UTC).isoformat(),
                 # what a client needs besides the graph (feature columns, classes): `kfp-mlops predict` reads it
                 "model_config": self.package.config.model_dump(mode="json"),
             }
+            self.lease.renew()  # still ours: nobody else writes <name>/ until the next renewal is due
             progress.stage = Stage.COMMIT
             if resumed:  # committed by an interrupted attempt with this package: refresh its figures
                 self.repository.write_text(
@@ -164,17 +193,26 @@ class Rollout:
                 )
             else:
                 self.repository.write_version(self.name, version, self.package.files(), marker)
+            self.lease.renew()
             progress.stage = Stage.PROMOTION
             self.repository.write_text(
                 f"{self.name}/{triton_config.CONFIG_FILE}", self.package.config_for(self.name, version).to_pbtxt()
             )
             for endpoint in endpoints:
                 try:
-                    self.replica(endpoint).converge(self.name, version, self.timeout)
+                    self._converge(endpoint, version)
                 except DeployError as exc:
                     raise DeployError(Stage.PROMOTION, f"promotion failed: {exc}") from None
         except BaseException as exc:
             error = progress.error(exc)
+            if error.stage == Stage.LEASE:  # another deployment owns <name>/ now: only our staging folder is ours
+                problems = self._drop_candidate(endpoints)
+                outcome = "stopped without changing what serves" + (f" ({'; '.join(problems)})" if problems else "")
+                raise DeployError(Stage.LEASE, f"{error}; {outcome}") from None
+            if error.stage == Stage.CANCELLED:
+                self.deadline = time.monotonic() + CANCELLED_ROLLBACK_SECONDS
+                for replica in self.replicas.values():
+                    replica.deadline = self.deadline
             problems = self._roll_back(state, version, progress, endpoints)
             if problems:
                 outcome = f"rollback incomplete: {'; '.join(problems)}"
@@ -183,8 +221,18 @@ class Rollout:
             else:
                 outcome = "rolled back: nothing was serving, nothing serves"
             raise DeployError(error.stage, f"{error}; {outcome}", rolled_back=not problems) from None
+        self.lease.renew()
         pruned = self._finish(version, self.repository.state())
         return self._result("deployed", version, verification.figures(), served, pruned)
+
+    def _check_control(self, endpoints: list[str]) -> None:
+        """Every replica answers model control (one repository index each) before anything is written: a Triton
+        that restricts it to a key this deployment lacks fails here, with nothing changed."""
+        for endpoint in endpoints:
+            try:
+                self.replica(endpoint).states(self.name)
+            except DeployError as exc:
+                raise DeployError(exc.stage, f"{exc}; nothing was changed", rolled_back=True) from None
 
     def _serves_package(self, state: State, served: int) -> bool:
         """The served version holds this package's content and the served config is the one it would get."""
@@ -197,10 +245,11 @@ class Rollout:
             return False
         return current.model_copy(update={"version_policy": None}) == self.package.serving
 
-    def _clear_leftovers(self, state: State) -> int:
-        """Remove what an interrupted deployment left (staging directories, uncommitted versions, versions never
-        promoted, the candidate's directory); return the version to deploy: a committed, never promoted version of
-        this very package (a retried step resumes it), else the one after the served version."""
+    def _clear_leftovers(self, state: State, endpoints: list[str]) -> int:
+        """Remove what interrupted deployments left (staging folders, uncommitted versions, versions never
+        promoted, other deployments' candidates: with the lease held, none of them is in use); return the version
+        to deploy: a committed, never promoted version of this very package (a retried step resumes it), else the
+        one after the served version."""
         served = state.served or 0
         resumable = [
             v
@@ -214,12 +263,16 @@ class Rollout:
         for other in state.other:
             if other.startswith(STAGING_PREFIX):
                 self.repository.delete(f"{self.name}/{other}")
-        self.repository.delete(self.repository.candidate)
+        for staged in self.repository.staged():
+            for endpoint in endpoints:  # a deployment killed while verifying left its candidate loaded
+                self.replica(endpoint).unload(staged, self.unload_timeout)
+            self.repository.delete(staged)
         return resume if resume is not None else served + 1
 
     def _verify_candidate(self, version: int, endpoints: list[str], reference: Reference) -> Verification:
-        """Stage ``<name>-candidate`` version ``version``, load and verify it on every replica, then unload and
-        remove it (before promotion: a GPU then holds two copies of the model at most, not three)."""
+        """Stage this deployment's candidate (``<name>-candidate-<8 hex>``) as version ``version``, load and verify
+        it on every replica, then unload and remove it (before promotion: a GPU then holds two copies of the model at
+        most, not three)."""
         candidate = self.repository.candidate
         marker = {"content_hash": self.package.content_hash, "candidate_of": self.name, "version": version}
         self.repository.write_version(candidate, version, self.package.files(), marker)
@@ -230,6 +283,7 @@ class Rollout:
             replica = self.replica(endpoint)
             replica.load(candidate, version, self.timeout)
             results.append(verify(replica, candidate, version, reference, self.settings))
+            self.lease.renew()
         problems = self._drop_candidate(endpoints)
         if problems:
             raise DeployError(Stage.VERIFICATION, f"removing the verified candidate failed: {'; '.join(problems)}")
@@ -300,7 +354,7 @@ class Rollout:
         problems = self._drop_candidate(endpoints)
         for endpoint in endpoints:
             try:
-                self.replica(endpoint).converge(self.name, version, self.timeout)
+                self._converge(endpoint, version)
             except DeployError as exc:
                 problems.append(str(exc))
         if problems:

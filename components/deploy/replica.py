@@ -14,11 +14,12 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from kfp_mlops.components.deploy.errors import DeployError, Stage
-from kfp_mlops.components.shared import layout, model_package
+from kfp_mlops.components.shared import layout, model_package, triton_access
 from kfp_mlops.components.shared.config import DeployConfig
 
 RETRIES = 4
 SETTLE_SECONDS = 120.0  # at least this long, an unload waits for a load its client gave up on
+CALL_SECONDS = 30.0  # the bound of one gRPC call (a load's is what remains of its readiness budget)
 _T = TypeVar("_T")
 
 
@@ -65,12 +66,16 @@ def check_resolves(endpoint: str, key: str) -> None:
             time.sleep(0.5 * 2**attempt)
 
 
-def retry(call: Callable[[], _T]) -> _T:
-    """``call()``, again after a pause while the server is unreachable (gRPC UNAVAILABLE)."""
+def retry(call: Callable[[], _T], endpoint: str = "") -> _T:
+    """``call()``, again after a pause while the server is unreachable (gRPC UNAVAILABLE); DeployError at once when
+    Triton refuses model control for want of its key (also UNAVAILABLE: never retried)."""
     for attempt in range(RETRIES):
         try:
             return call()
         except InferenceServerException as exc:
+            if triton_access.REFUSED_MESSAGE in (exc.message() or ""):
+                hint = triton_access.refusal_hint()
+                raise DeployError(Stage.REPLICAS, f"Triton at {endpoint} refused model control: {hint}") from None
             if exc.status() != "StatusCode.UNAVAILABLE" or attempt == RETRIES - 1:
                 raise
             time.sleep(0.5 * 2**attempt)
@@ -78,18 +83,28 @@ def retry(call: Callable[[], _T]) -> _T:
 
 
 class Replica:
-    """One Triton server, over gRPC."""
+    """One Triton server, over gRPC. Every call has a client timeout; model control (index, load, unload) carries
+    the control key header where one is configured (``triton_access``)."""
 
     def __init__(self, endpoint: str):
         self.endpoint = endpoint
         self.client = grpcclient.InferenceServerClient(endpoint)
+        self.control = triton_access.control_headers()
+        self.deadline: float | None = None  # a cancelled deployment's rollback: no call lasts beyond it
+
+    @property
+    def call_seconds(self) -> float:
+        """The client timeout of one call: CALL_SECONDS, or what remains before ``deadline``."""
+        if self.deadline is None:
+            return CALL_SECONDS
+        return max(min(CALL_SECONDS, self.deadline - time.monotonic()), 0.1)
 
     def wait_until_live(self, timeout: float) -> None:
         """Wait for the server to answer: a pod that is starting loads the repository before it listens."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self.client.is_server_live(client_timeout=5.0):
+                if self.client.is_server_live(client_timeout=min(5.0, self.call_seconds)):
                     return
             except InferenceServerException as exc:
                 if exc.status() not in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"):
@@ -102,9 +117,16 @@ class Replica:
         with contextlib.suppress(Exception):
             self.client.close()
 
+    def _retry(self, call: Callable[[], _T]) -> _T:
+        return retry(call, self.endpoint)
+
     def states(self, name: str) -> dict[int, str]:
         """Triton's state of each version of ``name`` it knows (READY, LOADING, UNLOADING, UNAVAILABLE)."""
-        index = retry(lambda: self.client.get_model_repository_index(as_json=True)).get("models", [])
+        index = self._retry(
+            lambda: self.client.get_model_repository_index(
+                headers=self.control, as_json=True, client_timeout=self.call_seconds
+            )
+        ).get("models", [])
         return {
             int(entry["version"]): entry.get("state", "")
             for entry in index
@@ -121,14 +143,19 @@ class Replica:
             time.sleep(0.2)
 
     def is_ready(self, name: str, version: int | None = None) -> bool:
-        return retry(lambda: self.client.is_model_ready(name, str(version or "")))
+        version_text = str(version or "")
+        return self._retry(lambda: self.client.is_model_ready(name, version_text, client_timeout=self.call_seconds))
 
     def load(self, name: str, version: int, timeout: float) -> None:
         """Load (or reload) ``name`` from the repository and wait until ``version`` is ready."""
         deadline = time.monotonic() + timeout
         late = f"{name} version {version} on {self.endpoint} was not ready within {timeout:.0f}s"
         try:
-            retry(lambda: self.client.load_model(name, client_timeout=max(deadline - time.monotonic(), 0.1)))
+            self._retry(
+                lambda: self.client.load_model(
+                    name, headers=self.control, client_timeout=max(deadline - time.monotonic(), 0.1)
+                )
+            )
         except InferenceServerException as exc:
             if exc.status() == "StatusCode.DEADLINE_EXCEEDED":
                 raise DeployError(Stage.READINESS, late) from None
@@ -145,7 +172,9 @@ class Replica:
         while True:
             states = self.settled(name, deadline)
             if "READY" in states.values() or not states:
-                retry(lambda: self.client.unload_model(name))  # a no-op for a model Triton does not hold
+                self._retry(  # a no-op for a model Triton does not hold
+                    lambda: self.client.unload_model(name, headers=self.control, client_timeout=self.call_seconds)
+                )
                 states = self.states(name)
             if not {"LOADING", "READY"} & set(states.values()):
                 return
@@ -153,16 +182,18 @@ class Replica:
                 raise DeployError(Stage.LOAD, f"{name} on {self.endpoint} is still loaded after {timeout:.0f}s")
             time.sleep(0.2)
 
-    def converge(self, name: str, version: int, timeout: float) -> None:
+    def converge(self, name: str, version: int, timeout: float, settle: float = SETTLE_SECONDS) -> None:
         """Make ``version`` the only ready version of ``name``; load only when it is not so already (a load of a
-        loaded model reloads it)."""
-        states = self.settled(name, time.monotonic() + max(timeout, SETTLE_SECONDS))
+        loaded model reloads it). A load in progress is waited for up to ``settle`` seconds first."""
+        states = self.settled(name, time.monotonic() + settle)
         if {v for v, state in states.items() if state == "READY"} != {version}:
             self.load(name, version, timeout)
 
     def infer(self, name: str, version: int, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         tensors, outputs = layout.infer_inputs(grpcclient, inputs), layout.requested_outputs(grpcclient)
-        result = self.client.infer(name, tensors, model_version=str(version), outputs=outputs)
+        result = self.client.infer(
+            name, tensors, model_version=str(version), outputs=outputs, client_timeout=self.call_seconds
+        )
         return result.as_numpy(model_package.PROBABILITIES_OUTPUT), result.as_numpy(model_package.LABEL_OUTPUT)
 
 

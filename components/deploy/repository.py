@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 from kfp_mlops.components.shared import layout, storage, triton_config
 from kfp_mlops.components.shared.config import check_model_name
 
-CANDIDATE_SUFFIX = "-candidate"
+CANDIDATE_INFIX = "-candidate-"  # <name>-candidate-<8 hex digits>: one per deployment attempt
 STAGING_PREFIX = ".staging-"  # local commits: a non-numeric directory Triton ignores, renamed to <N>
 
 
@@ -33,15 +34,22 @@ class UnsafeDeleteError(ValueError):
     """A delete that would reach outside the model's folders of the repository."""
 
 
+def candidate_pattern(name: str) -> re.Pattern[str]:
+    """The staging names of ``name``'s deployments: ``<name>-candidate-<8 hex digits>``."""
+    return re.compile(rf"{re.escape(name)}{CANDIDATE_INFIX}[0-9a-f]{{8}}")
+
+
 class Repository:
-    """The model repository at ``uri``, as far as model ``name`` (and its candidate) goes: nothing outside
-    ``<repo>/<name>/`` and ``<repo>/<name>-candidate/`` is ever deleted (``delete``)."""
+    """The model repository at ``uri``, as far as model ``name`` goes: nothing outside ``<repo>/<name>/`` and its
+    deployments' staging folders ``<repo>/<name>-candidate-<8 hex>/`` is ever deleted (``delete``). ``candidate``
+    is this deployment's own staging name (random: two deployments never share one)."""
 
     def __init__(self, uri: str, name: str):
         self.uri = uri
         self.root = storage.parse(uri)
         self.name = check_model_name(name)
-        self.candidate = check_model_name(f"{name}{CANDIDATE_SUFFIX}", "the staging name of deploy.model_name")
+        self.candidate = f"{self.name}{CANDIDATE_INFIX}{secrets.token_hex(4)}"
+        self._candidates = candidate_pattern(name)
 
     def at(self, relative: str) -> str:
         return self.root.child(relative).uri
@@ -78,9 +86,11 @@ class Repository:
         storage.delete_tree(self.scoped(relative))
 
     def scoped(self, relative: str) -> str:
-        """The URI of ``relative``, if it lies inside (or is) ``<repo>/<name>/`` or ``<repo>/<candidate>/``."""
+        """The URI of ``relative``, if it lies inside (or is) ``<repo>/<name>/`` or a staging folder of ``name``."""
         target = self.root.child(relative)
-        scopes = [self.root.child(folder) for folder in (self.name, self.candidate)]
+        top = relative.replace("\\", "/").split("/", 1)[0]
+        staging = top if self._candidates.fullmatch(top) else self.candidate
+        scopes = [self.root.child(folder) for folder in (self.name, staging)]
         if self.root.scheme == "file":
             path = os.path.realpath(target.key)
             folders = [os.path.realpath(scope.key) for scope in scopes]
@@ -92,10 +102,21 @@ class Repository:
             )
         if not inside:
             raise UnsafeDeleteError(
-                f"refusing to delete {target.uri}: outside {scopes[0].uri}/ and {scopes[1].uri}/ "
-                f"(deploy.model_name {self.name!r} in {self.uri})"
+                f"refusing to delete {target.uri}: outside {scopes[0].uri}/ and the staging folders "
+                f"{self.name}{CANDIDATE_INFIX}*/ (deploy.model_name {self.name!r} in {self.uri})"
             )
         return target.uri
+
+    def staged(self) -> list[str]:
+        """The staging folders of ``name``'s deployments in the repository (this one's included)."""
+        prefix = f"{self.name}{CANDIDATE_INFIX}"
+        if self.root.scheme == "file":
+            entries = os.listdir(self.root.key) if os.path.isdir(self.root.key) else []
+        else:
+            base = self.root.key.rstrip("/")
+            keys = [storage.parse(uri).key for uri in storage.list_key_prefix(self.at(prefix))]
+            entries = [(key[len(base) + 1 :] if base else key).split("/", 1)[0] for key in keys]
+        return sorted({entry for entry in entries if self._candidates.fullmatch(entry)})
 
     def state(self) -> State:
         tops = {path.split("/", 1)[0] for path in self._relative_files(self.name)}

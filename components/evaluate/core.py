@@ -241,8 +241,8 @@ def record_baseline(
     deployment: Deployment | None = None,
 ) -> ServingRecord:
     """Record a blessed (and, when configured, deployed) model as the one the next candidate is compared with and
-    the next drift check's reference comes from (atomic write)."""
+    the next drift check's reference comes from (compare-and-swap); returns the record that stands: another run's
+    when it names a later version of the same deployment (``records.write_record``)."""
     record = ServingRecord(model=model_uri, metrics=metrics, content_hash=data_hash, run_id=run_id,
                            reference_data=reference_data, deployment=deployment)  # fmt: skip
-    write_record(uri, record)
-    return record
+    return write_record(uri, record)

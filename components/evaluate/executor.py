@@ -72,5 +72,10 @@ def record(config: str, model: Any, metrics: Any, reference_data: Any, deploymen
         uri, model.uri, values, model.metadata.get("content_hash", ""), run_id, reference_data.uri,
         Deployment.model_validate(served) if served else None,
     )  # fmt: skip
+    if record_.run_id != run_id or record_.model != model.uri:
+        later = record_.deployment
+        print(f"[record] serving record {uri} kept: it names {later.model_name} version {later.version} (run "
+              f"{record_.run_id}), deployed after this run's version {int(served['version'])}")  # fmt: skip
+        return
     where = f", serving as {served['model_name']} version {int(served['version'])}" if served else ""
     print(f"[record] serving record {uri} now points at {record_.model}{where}")

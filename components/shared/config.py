@@ -16,6 +16,7 @@ from kfp_mlops.components.shared import runs, storage
 from kfp_mlops.components.shared.errors import ConfigError
 
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+STAGING_NAME_PATTERN = re.compile(r"-candidate-[0-9a-f]{8}$")  # deploy's staging names (deploy/repository.py)
 
 
 def check_model_name(name: str, key: str = "deploy.model_name") -> str:
@@ -25,6 +26,11 @@ def check_model_name(name: str, key: str = "deploy.model_name") -> str:
         raise ValueError(
             f"{key} {name!r} is not a safe model name: use letters, digits, '_', '.', '-', starting with a letter "
             "or digit (it names a folder of the model repository)"
+        )
+    if STAGING_NAME_PATTERN.search(name):
+        raise ValueError(
+            f"{key} {name!r} ends like a deployment's staging name (-candidate-<8 hex digits>), which the deploy "
+            "of the model it starts with would remove as a leftover: choose another name"
         )
     return name
 
@@ -240,6 +246,10 @@ class DeployConfig(_Strict):
     max_queue_delay_microseconds: int = Field(0, ge=0)  # 0: dispatch at once (best latency at low load)
     ready_timeout_seconds: int = Field(180, ge=1)
     keep_versions: int = Field(2, ge=1)  # versions kept in the repository (the served one and its predecessor)
+    # One deployment of a model name at a time (components/deploy/lease.py): another one waits this long, at most;
+    # a lease not renewed (each stage renews it) expires after lease_seconds, so a killed deployment blocks nobody.
+    lease_wait_seconds: int = Field(600, ge=0)
+    lease_seconds: int = Field(900, ge=60)
     verify: VerifyConfig = VerifyConfig()
 
     @field_validator("model_name")
@@ -252,6 +262,11 @@ class DeployConfig(_Strict):
         too_big = [size for size in self.preferred_batch_sizes if size > self.max_batch_size or size < 1]
         if too_big:
             raise ValueError(f"deploy.preferred_batch_sizes {too_big} must lie in 1..max_batch_size")
+        if self.lease_seconds < 2 * self.ready_timeout_seconds + 60:  # one stage loads and unloads at most
+            raise ValueError(
+                f"deploy.lease_seconds {self.lease_seconds} must be at least 2 × ready_timeout_seconds + 60 "
+                f"({2 * self.ready_timeout_seconds + 60}): a stage between two renewals may take that long"
+            )
         return self
 
 

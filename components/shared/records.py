@@ -3,10 +3,16 @@
 
 Evaluate re-scores the record's model as the baseline of the next candidate; drift compares new data with the
 record's ``reference_data`` (the train split that model learned from); deploy writes ``deployment``.
+
+Runs write it concurrently (a manual training run, a scheduled retrain): each write is a compare-and-swap on the
+version read, and a record of a deployment never replaces one of a later version of the same model in the same
+repository (versions only grow: the later one is what serves).
 """
 
 from __future__ import annotations
 
+import random
+import time
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -47,6 +53,10 @@ def read_record(uri: str) -> ServingRecord | None:
         text = storage.read_bytes(uri)
     except FileNotFoundError:
         return None
+    return _parse(uri, text)
+
+
+def _parse(uri: str, text: bytes) -> ServingRecord:
     try:
         return ServingRecord.model_validate_json(text)
     except ValidationError as exc:
@@ -54,7 +64,32 @@ def read_record(uri: str) -> ServingRecord | None:
         raise InputError(f"serving record {uri} is malformed: {problems}") from None
 
 
-def write_record(uri: str, record: ServingRecord) -> None:
-    """Write the record atomically, stamped with the time."""
-    stamped = record.model_copy(update={"recorded_at": datetime.now(UTC).isoformat()})
-    storage.write_bytes(uri, stamped.model_dump_json(indent=2).encode())
+WRITE_ATTEMPTS = 20
+
+
+def write_record(uri: str, record: ServingRecord) -> ServingRecord:
+    """Write the record, stamped with the time, unless the record there names a later version of the same
+    deployment (see the module docstring); returns the record that stands. Compare-and-swap, retried on conflict."""
+    for _attempt in range(WRITE_ATTEMPTS):
+        current = storage.read_versioned(uri)
+        standing = _parse(uri, current.data) if current else None
+        if standing is not None and supersedes(standing, record):
+            return standing
+        stamped = record.model_copy(update={"recorded_at": datetime.now(UTC).isoformat()})
+        try:
+            storage.write_if(uri, stamped.model_dump_json(indent=2).encode(), current.version if current else None)
+            return stamped
+        except storage.ConflictError:
+            time.sleep(random.uniform(0.01, 0.2))  # another run wrote it meanwhile: read it again
+    raise storage.ConflictError(f"serving record {uri}: {WRITE_ATTEMPTS} concurrent writes in a row won over ours")
+
+
+def supersedes(standing: ServingRecord, record: ServingRecord) -> bool:
+    """``standing`` records a later version of the deployment ``record`` is of (same model name and repository)."""
+    old, new = standing.deployment, record.deployment
+    return (
+        old is not None
+        and new is not None
+        and (old.model_name, old.repository) == (new.model_name, new.repository)
+        and old.version > new.version
+    )

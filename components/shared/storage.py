@@ -12,13 +12,19 @@ S3 uses those keys and, unless ``AWS_ENDPOINT_URL`` says otherwise, KFP's object
 
 Writes are atomic: a local file is written to a temporary name in the same directory and renamed; an S3 or GCS
 object becomes visible only when its upload completes, so a failed write never leaves a partial object.
+
+Compare-and-swap (``read_versioned``, ``write_if``) for state that concurrent runs share (a deploy lease, the serving
+record): S3's conditional writes (``If-None-Match: *``, ``If-Match: <ETag>``), GCS's generation preconditions
+(``ifGenerationMatch``), and locally an exclusive ``flock`` around read-compare-replace (hard link for create-only).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import fnmatch
 import functools
+import hashlib
 import os
 import secrets
 import shutil
@@ -315,6 +321,16 @@ def list_uris(uri: str) -> list[str]:
     return exact_or_under
 
 
+@_explained_access
+def list_key_prefix(uri: str) -> list[str]:
+    """The objects whose key starts with ``uri``'s key (not only whole segments: ``s3://b/m-`` lists
+    ``s3://b/m-1/x``), sorted; S3 and GCS only."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        raise ValueError(f"list_key_prefix needs object storage, not the local path {uri}")
+    return _list_prefix(loc)
+
+
 def _glob_matches(key: str, pattern: str) -> bool:
     """Shell-style match segment by segment: ``*`` never crosses a ``/`` (``raw/*.parquet`` skips ``raw/old/x``)."""
     key_parts, pattern_parts = key.strip("/").split("/"), pattern.strip("/").split("/")
@@ -347,6 +363,88 @@ def delete_tree(uri: str) -> int:
 
 def exists(uri: str) -> bool:
     return bool(list_uris(uri))
+
+
+class ConflictError(RuntimeError):
+    """A conditional write found the object changed (or present, or absent) since it was read."""
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """An object's bytes and the version they were read at: S3's ETag, GCS's generation, a local file's SHA-256."""
+
+    data: bytes
+    version: str
+
+
+@_explained_access
+def read_versioned(uri: str) -> Versioned | None:
+    """The object and its version (for ``write_if``), None when it does not exist."""
+    loc = parse(uri)
+    try:
+        if loc.scheme == "file":
+            data = Path(loc.key).read_bytes()
+            return Versioned(data, hashlib.sha256(data).hexdigest())
+        if loc.scheme == "s3":
+            response = _s3_client().get_object(Bucket=loc.bucket, Key=loc.key)
+            return Versioned(response["Body"].read(), response["ETag"])
+        for _attempt in range(3):  # the bytes of the generation read (a writer may replace it in between)
+            blob = _gcs_client().bucket(loc.bucket).get_blob(loc.key)
+            if blob is None:
+                return None
+            try:
+                return Versioned(blob.download_as_bytes(if_generation_match=blob.generation), str(blob.generation))
+            except Exception as exc:
+                if not _is_precondition_failure(exc):
+                    raise
+        raise ConflictError(f"{uri} keeps changing while it is read")
+    except FileNotFoundError:
+        return None
+    except Exception as exc:
+        if _is_missing(exc):
+            return None
+        raise
+
+
+@_explained_access
+def write_if(uri: str, data: bytes, version: str | None) -> str:
+    """Write ``data`` only if the object is still at ``version`` (None: only if it does not exist); returns the new
+    version. ConflictError when another writer came first: nothing is written then."""
+    loc = parse(uri)
+    if loc.scheme == "file":
+        return _write_if_local(Path(loc.key), data, version)
+    condition = f"{uri} changed since it was read" if version else f"{uri} exists already"
+    try:
+        if loc.scheme == "s3":
+            precondition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
+            return _s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data, **precondition)["ETag"]
+        blob = _gcs_client().bucket(loc.bucket).blob(loc.key)
+        blob.upload_from_string(data, if_generation_match=int(version) if version else 0)
+        return str(blob.generation)
+    except Exception as exc:
+        if _is_precondition_failure(exc) or (version and _is_missing(exc)):
+            raise ConflictError(condition) from None
+        raise
+
+
+def _is_precondition_failure(exc: Exception) -> bool:
+    response = getattr(exc, "response", None)  # botocore ClientError; 409: a concurrent conditional write on S3
+    if isinstance(response, dict):
+        return response.get("Error", {}).get("Code") in {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+    return type(exc).__name__ == "PreconditionFailed"  # google.api_core.exceptions.PreconditionFailed
+
+
+def _write_if_local(target: Path, data: bytes, version: str | None) -> str:
+    """Read-compare-replace under an exclusive lock on ``.<name>.lock`` beside ``target`` (every writer through
+    ``write_if`` takes it), so that two writers cannot both see the old version."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{target.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        current = read_versioned(str(target))
+        if (current.version if current else None) != version:
+            raise ConflictError(f"{target} changed since it was read" if version else f"{target} exists already")
+        _atomic_local_write(target, lambda handle: handle.write(data))
+    return hashlib.sha256(data).hexdigest()
 
 
 class UnsafeKeyError(ValueError):

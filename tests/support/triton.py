@@ -8,6 +8,7 @@ The signature: ``numeric`` FP32 [N, n_numeric] (NaN = missing) and ``categorical
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -123,7 +124,8 @@ def running_pod(
     """A Triton started as the cluster's pods are (explicit model control, ``--load-model=*``,
     ``--exit-on-error=false``, ``--strict-readiness=false``), bound to another loopback ``address`` (e.g.
     127.0.0.2) so that it can take the same gRPC port as a first server: two "pods" behind one port. Yields its
-    gRPC ``host:port``; stopped on exit. (``triton_local.up`` binds 127.0.0.1 only, hence its internals here.)"""
+    gRPC ``host:port``; stopped on exit; its pid is in ``<state_dir>/tritonserver.pid``. (``triton_local.up`` binds
+    127.0.0.1 only, hence its internals here.)"""
     import os
     import time
 
@@ -144,6 +146,7 @@ def running_pod(
     ]  # fmt: skip
     log = state / "tritonserver.log"
     process = triton_local.spawn(command, log, triton_local.server_env(install, os.environ))
+    (state / "tritonserver.pid").write_text(f"{process.pid}\n")
     endpoint = f"{address}:{grpc_port}"
     try:
         client = grpc.InferenceServerClient(endpoint)
@@ -162,4 +165,6 @@ def running_pod(
         client.close()
         yield endpoint
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGCONT)  # a test may have frozen it
         triton_local.stop_process(process.pid, timeout=10)
