@@ -567,9 +567,13 @@ def s3_policy_problems(policy: dict[str, Any]) -> list[str]:
                 problems.append(f"{statement.get('Sid')}: allows {sorted(set(actions) - S3_READ_ACTIONS)}")
             for resource in resources:
                 bucket, _, key = resource.removeprefix("arn:aws:s3:::").partition("/")
-                prefixes = statement.get("Condition", {}).get("StringLike", {}).get("s3:prefix", [])
-                scoped = key.startswith("kfp-mlops-models/") if key else prefixes and all(
-                    p.startswith("kfp-mlops-models") for p in prefixes)  # fmt: skip
+                condition = statement.get("Condition", {})
+                prefixes = condition.get("StringLike", {}).get("s3:prefix", [])
+                # on the bucket: listing under the prefix, or HeadBucket (no prefix at all), which Triton's S3
+                # client sends when it starts (tests/test_triton_lockdown.py)
+                scoped = key.startswith("kfp-mlops-models/") if key else (prefixes and all(
+                    p.startswith("kfp-mlops-models") for p in prefixes)) or condition == {
+                    "Null": {"s3:prefix": "true"}}  # fmt: skip
                 if not scoped:
                     problems.append(f"{statement.get('Sid')}: {resource} reaches beyond kfp-mlops-models/")
     denied = {a for s in policy["Statement"] if s["Effect"] == "Deny" for a in s["Action"]}
@@ -594,8 +598,9 @@ def test_triton_read_only_s3_policies_grant_reads_of_the_model_repository_only()
         (lambda p: p["Statement"][0].update(Action="s3:*"), r"allows \['s3:\*'\]"),
         (lambda p: p["Statement"][0].update(Resource=["arn:aws:s3:::mlpipeline/*"]), r"reaches beyond"),
         (lambda p: p["Statement"][1].pop("Condition"), r"arn:aws:s3:::mlpipeline reaches beyond"),
+        (lambda p: p["Statement"][2]["Condition"]["Null"].update({"s3:prefix": "false"}), r"reaches beyond"),
     ],
-    ids=["put", "wildcard", "whole-bucket", "list-unscoped"],
+    ids=["put", "wildcard", "whole-bucket", "list-unscoped", "list-any-prefix"],
 )
 def test_a_triton_s3_policy_that_could_write_or_reach_further_is_reported(mutate, problem):
     policy = json.loads((MANIFESTS / "examples" / "triton-read-only-s3-iam-policy.json").read_text())
