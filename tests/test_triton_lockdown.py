@@ -207,3 +207,47 @@ def test_without_the_secret_the_key_is_the_unexpanded_reference_which_is_why_it_
 def test_the_identity_triton_runs_with_cannot_write_its_repository(seaweedfs, locked_triton):
     client = s3_client(seaweedfs, locked_triton["reader"])
     assert not allowed(lambda: client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/churn/2/model.onnx", Body=b"x"))
+
+
+# KFP 2.17.0's ListBucket isolation bucket policy, as the profile controller sets it on bucket mlpipeline
+# (kubeflow/pipelines manifests/kustomize/base/installs/multi-user/pipelines-profile-controller/sync.py,
+# ensure_bucket_list_policy), copied here.
+KFP_217_BUCKET_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Sid": "AllowOwnDeepList", "Effect": "Allow", "Principal": "*", "Action": "s3:ListBucket",
+         "Resource": f"arn:aws:s3:::{BUCKET}",
+         "Condition": {"StringLike": {"s3:prefix": [
+             "private-artifacts/${aws:username}/*", "private/${aws:username}/*", "artifacts/*", "shared/*"]}}},
+        {"Sid": "AllowHeadBucket", "Effect": "Allow", "Principal": "*", "Action": "s3:ListBucket",
+         "Resource": f"arn:aws:s3:::{BUCKET}", "Condition": {"StringEquals": {"s3:RequestMethod": "HEAD"}}},
+        {"Sid": "AllowTopLevelDelimitedBrowse", "Effect": "Allow", "Principal": "*", "Action": "s3:ListBucket",
+         "Resource": f"arn:aws:s3:::{BUCKET}",
+         "Condition": {"Null": {"s3:prefix": "true"}, "StringEquals": {"s3:delimiter": "/"}}},
+        {"Sid": "DenyOtherDeepList", "Effect": "Deny", "Principal": "*", "Action": "s3:ListBucket",
+         "Resource": f"arn:aws:s3:::{BUCKET}",
+         "Condition": {"StringLike": {"s3:prefix": ["private-artifacts/*", "private/*"]},
+                       "StringNotLike": {"s3:prefix": ["private-artifacts/${aws:username}/*",
+                                                       "private/${aws:username}/*"]}}},
+    ],
+}  # fmt: skip
+
+
+def test_on_a_kfp_217_profile_bucket_only_the_profiles_own_identity_lists_its_private_prefix(tmp_path):
+    """Why manifests/README.md gives Triton the profile's key with profiles on KFP 2.17: with the controller's bucket
+    policy, a read-only identity of Triton's own (the example policy on private/<ns>/kfp-mlops-models) may read the
+    repository's files but not list them, which Triton must; the identity named after the namespace may."""
+    namespace, repository = "team-ml", f"private/team-ml/{PREFIX}"
+    with local_services.seaweedfs_s3(tmp_path, bucket=BUCKET, iam_writable=True) as service:
+        admin = s3_client(service, service.env)
+        admin.put_object(Bucket=BUCKET, Key=f"{repository}/churn/config.pbtxt", Body=b"x")
+        admin.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(KFP_217_BUCKET_POLICY))
+        policy = POLICY.read_text().replace(f":::{BUCKET}/{PREFIX}", f":::{BUCKET}/{repository}").replace(
+            f'"{PREFIX}', f'"{repository}')  # fmt: skip
+        assert repository in policy
+        listing = {}
+        for user in ("kfp-mlops-triton", namespace):
+            client = s3_client(service, identity(service, user, policy))
+            assert allowed(lambda c=client: c.get_object(Bucket=BUCKET, Key=f"{repository}/churn/config.pbtxt"))
+            listing[user] = allowed(lambda c=client: c.list_objects_v2(Bucket=BUCKET, Prefix=f"{repository}/"))
+    assert listing == {"kfp-mlops-triton": False, namespace: True}
