@@ -513,6 +513,9 @@ def _triton_ingress(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
          r"reads the pipelines' read-write Secret kfp-mlops-storage"),
         (lambda docs: triton_container(docs).update(envFrom=[{"secretRef": {"name": STORAGE_SECRET}}]),
          r"reads the pipelines' read-write Secret kfp-mlops-storage"),
+        (lambda docs: one(docs, "Deployment", "triton")["spec"]["template"]["spec"]["volumes"].append(
+            {"name": "aws", "secret": {"secretName": STORAGE_SECRET}}),
+         r"reads the pipelines' read-write Secret kfp-mlops-storage"),
         (lambda docs: _triton_ingress(docs)[0].update({"from": [{"namespaceSelector": {}}]}),
          r"NetworkPolicy admits a pod of another namespace on 8001"),
         (lambda docs: _triton_ingress(docs).pop(0),
@@ -528,7 +531,8 @@ def _triton_ingress(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
          r"no NetworkPolicy selects Triton's pods"),
     ],
     ids=["no-http-restriction", "literal-key", "other-restriction", "optional-key", "key-other-secret",
-         "key-not-from-secret", "read-write-secret-env", "read-write-secret-envfrom", "network-any-namespace",
+         "key-not-from-secret", "read-write-secret-env", "read-write-secret-envfrom", "read-write-secret-volume",
+         "network-any-namespace",
          "network-no-runs-rule", "network-other-runs-namespace", "network-clients-metrics", "network-metrics-any-port",
          "network-selects-nothing"],
 )  # fmt: skip
