@@ -42,7 +42,11 @@ def add_commands(subparsers: Any) -> None:
     _add_run_settings(submit)
     submit.add_argument("--run-name", default="", help="default: <pipeline> <UTC time>")
     submit.add_argument("--wait", action="store_true", help="follow the run: exit 0 if it SUCCEEDED, else 1")
-    submit.add_argument("--timeout", type=float, help="with --wait: stop waiting after this many seconds (exit 1)")
+    submit.add_argument(
+        "--timeout",
+        type=float,
+        help="with --wait: stop waiting after this many seconds (exit 1; default 24 h); the run goes on on the server",
+    )
     submit.add_argument("--poll-interval", type=float, default=10.0, help="with --wait: seconds between polls")
     _add_connection_flags(submit)
     submit.set_defaults(func=cmd_submit)
@@ -105,6 +109,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         timeout_seconds=args.timeout,
         poll_seconds=args.poll_interval,
         on_state=lambda state: print(f"run {submitted.run_id}: {state or 'pending'}", flush=True),
+        cancel_on_give_up=False,  # the command stops waiting; the run is the user's to keep or cancel
     )
     if outcome.succeeded:
         print(f"run {outcome.run_id} SUCCEEDED after {outcome.seconds:.0f} s")

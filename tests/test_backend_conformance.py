@@ -7,11 +7,16 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from kubernetes.utils import parse_quantity
 from support.kfp_backend import CompiledPipeline
 
-from kfp_mlops.pipelines import PIPELINES
+from kfp_mlops.components.shared import triton_access
+from kfp_mlops.components.shared.config import MonitoringConfig
+from kfp_mlops.components.shared.images import ImageConfig
+from kfp_mlops.pipelines import PIPELINES, compile_pipeline
+from kfp_mlops.pipelines.train_and_deploy import TIMEOUTS, TIMEOUTS_ENV, task_timeouts
 
 ROOT = Path(__file__).resolve().parents[1]
 POOLS = ROOT / "manifests" / "examples" / "allocatable.yaml"
@@ -110,9 +115,87 @@ def test_a_task_without_requests_is_reported(compiled_documents):
     assert problems == [f"exec-report-outcome: no {field}" for field in fields]
 
 
+def test_a_task_without_a_deadline_is_reported(compiled_documents):
+    documents = mutated(compiled_documents["training"])
+    executors = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    del executors["exec-deploy-model"]["activeDeadlineSeconds"]
+    executors["exec-ingest"]["activeDeadlineSeconds"] = "0"  # the driver skips 0 (k8s.go: timeout > 0)
+    problems = CompiledPipeline(documents).tasks_without_deadline()
+    assert [p.split(":")[0] for p in problems] == ["exec-deploy-model", "exec-ingest"]
+    assert all("k8s.go" in p for p in problems)
+
+
+def test_every_task_has_its_configured_deadline(compiled_documents):
+    """Each executor's activeDeadlineSeconds is its task's TIMEOUTS entry: the long one for training, bounded ones
+    for deploy and drift."""
+    for documents in compiled_documents.values():
+        pipeline = CompiledPipeline(documents)
+        for executor, config in pipeline.kubernetes["executors"].items():
+            task = executor.removeprefix("exec-")
+            assert int(config["activeDeadlineSeconds"]) == TIMEOUTS[task], executor
+    assert TIMEOUTS["train-model"] >= 12 * 3600
+    assert TIMEOUTS["deploy-model"] <= 3600 and TIMEOUTS["drift-check"] <= 3600
+    assert TIMEOUTS["submit-training"] > MonitoringConfig().wait_timeout_seconds  # the step gives up first
+
+
+def control_key_problems(executors: dict[str, Any]) -> list[str]:
+    """Triton's model-control key (CONTROL_ENV from the Secret CONTROL_SECRET) goes to deploy-model only, optional
+    (k8s.go extendPodSpecPatch copies secretAsEnv.optional onto the secretKeyRef since 2.15.0: a missing Secret then
+    leaves the variable unset instead of failing the pod)."""
+    problems = []
+    for executor, config in executors.items():
+        sources = [
+            (entry["secretNameParameter"]["runtimeValue"]["constant"], bool(entry.get("optional")))
+            for entry in config.get("secretAsEnv", [])
+            if any(item["envVar"] == triton_access.CONTROL_ENV for item in entry["keyToEnv"])
+        ]
+        if executor != "exec-deploy-model":
+            problems += [f"{executor} gets Triton's control key: only deploy-model may"] if sources else []
+        elif sources != [(triton_access.CONTROL_SECRET, True)]:
+            problems.append(f"{executor}: the control key comes from {sources}, not optionally from "
+                            f"{triton_access.CONTROL_SECRET}")  # fmt: skip
+    return problems
+
+
+def test_only_the_deploy_task_gets_tritons_control_key_and_optionally(compiled_documents):
+    for name, documents in compiled_documents.items():
+        assert control_key_problems(CompiledPipeline(documents).kubernetes["executors"]) == [], name
+
+
+def test_a_control_key_elsewhere_required_or_missing_is_reported(compiled_documents):
+    executors = mutated(compiled_documents["training"])[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    (entry,) = [
+        e for e in executors["exec-deploy-model"]["secretAsEnv"] if e.get("secretName") == "kfp-mlops-triton-control"
+    ]
+    executors["exec-evaluate-model"]["secretAsEnv"].append(copy.deepcopy(entry))
+    entry["optional"] = False
+    assert control_key_problems(executors) == [
+        "exec-deploy-model: the control key comes from [('kfp-mlops-triton-control', False)], not optionally from "
+        "kfp-mlops-triton-control",
+        "exec-evaluate-model gets Triton's control key: only deploy-model may",
+    ]
+    executors["exec-deploy-model"]["secretAsEnv"].remove(entry)
+    assert control_key_problems(executors)[0].startswith("exec-deploy-model: the control key comes from []")
+
+
+def test_task_timeouts_are_overridden_at_compile_time_and_bad_overrides_refused(monkeypatch, tmp_path):
+    assert task_timeouts("train-model=172800, deploy-model=900")["train-model"] == 172800
+    assert task_timeouts("") == TIMEOUTS
+    for bad, message in (("train=1", "unknown task 'train'"), ("deploy-model=0", "deploy-model=<whole seconds"),
+                         ("deploy-model=1h", "deploy-model=<whole seconds")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            task_timeouts(bad)
+    monkeypatch.setenv(TIMEOUTS_ENV, "deploy-model=900")
+    path = compile_pipeline("training", tmp_path / "training.yaml", ImageConfig(tag="test"))
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    executors = CompiledPipeline(documents).kubernetes["executors"]
+    assert executors["exec-deploy-model"]["activeDeadlineSeconds"] == "900"
+    assert executors["exec-train-model"]["activeDeadlineSeconds"] == str(TIMEOUTS["train-model"])
+
+
 def test_the_sdk_writes_a_pipeline_root_placeholder_that_the_model_catches(tmp_path):
     """The rule is about what the SDK really compiles: dsl.PIPELINE_ROOT_PLACEHOLDER as an argument."""
-    from kfp import compiler, dsl
+    from kfp import compiler, dsl, kubernetes
 
     @dsl.component(base_image="python:3.11-slim")
     def step(root: str) -> str:
@@ -120,9 +203,8 @@ def test_the_sdk_writes_a_pipeline_root_placeholder_that_the_model_catches(tmp_p
 
     @dsl.pipeline(name="probe")
     def probe():
-        step(root=dsl.PIPELINE_ROOT_PLACEHOLDER).set_cpu_request("1").set_cpu_limit("1").set_memory_request(
-            "1Gi"
-        ).set_memory_limit("1Gi")
+        task = step(root=dsl.PIPELINE_ROOT_PLACEHOLDER).set_cpu_request("1").set_cpu_limit("1")
+        kubernetes.set_timeout(task.set_memory_request("1Gi").set_memory_limit("1Gi"), 60)
 
     path = tmp_path / "probe.yaml"
     compiler.Compiler().compile(probe, str(path))

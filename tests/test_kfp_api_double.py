@@ -88,3 +88,20 @@ def test_double_refuses_a_duplicate_pipeline_name_with_409(kfp_server, golden_pa
         client.upload_pipeline(str(golden_package))
     assert info.value.status == 409
     assert len(kfp_server.pipelines) == 1
+
+
+def test_double_terminates_like_the_api_server_and_injects_failures(kfp_server, golden_package):
+    """TerminateRun (backend/src/apiserver/storage/run_store.go): a pending, running or paused run becomes
+    CANCELING; any other is refused with 400 "Row not found"; an unknown id is 404. Injected failures answer the next
+    requests to one path only, then the double answers as usual."""
+    client = kfp_api.connect(kfp_api.Connection(host=kfp_server.url))
+    run_id = kfp_api.submit_run(client, golden_package, {}).run_id
+    kfp_server.inject_failures("POST", f"/runs/{run_id}:terminate", [503])
+    assert http(kfp_server, "POST", f"/runs/{run_id}:terminate")[0] == 503
+    assert http(kfp_server, "GET", f"/runs/{run_id}")[1]["state"] == "PENDING"
+    assert http(kfp_server, "POST", f"/runs/{run_id}:terminate") == (200, {})
+    assert kfp_server.runs[run_id]["state"] == "CANCELING"
+    kfp_server.set_run_state(run_id, "CANCELED")
+    status, body = http(kfp_server, "POST", f"/runs/{run_id}:terminate")
+    assert (status, body["message"]) == (400, f"Failed to terminate a run {run_id}. Row not found")
+    assert http(kfp_server, "POST", "/runs/no-such-run:terminate")[0] == 404

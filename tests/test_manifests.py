@@ -12,6 +12,7 @@ Over 500 lines on purpose: one rendering of every kustomization, shared by the c
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shlex
@@ -42,8 +43,9 @@ from support.manifests import (
     validate_document,
 )
 
+from kfp_mlops.components.shared import triton_access
 from kfp_mlops.components.shared.config import DeployConfig, TrainConfig
-from kfp_mlops.components.shared.storage import CREDENTIAL_SECRET_KEYS
+from kfp_mlops.components.shared.storage import CREDENTIAL_SECRET_KEYS, STORAGE_SECRET
 from kfp_mlops.components.train import trainjob
 from kfp_mlops.pipelines.train_and_deploy import FEAST_SECRET_KEYS, GPU_TOLERATION
 
@@ -60,6 +62,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 TRITON_S3_ENDPOINT_PATH = re.compile(
     r"s3://(http://|https://|)([0-9a-zA-Z\-.]+):([0-9]+)/([0-9a-z.\-]+)(((/[0-9a-zA-Z.\-_]+)*)?)"
 )
+TRITON_STORAGE_SECRET = "kfp-mlops-triton-storage"  # Triton's read-only credentials (never STORAGE_SECRET)
+TRITON_CLIENT_LABEL = {"kfp-mlops.io/triton-client": "true"}  # namespaces the operator admits to inference
+TRITON_METRICS_LABEL = {"kfp-mlops.io/triton-metrics": "true"}  # namespaces admitted to the metrics port
 ACCEPTED = yaml.safe_load((MANIFESTS / "checkov-accepted.yaml").read_text())
 README = (MANIFESTS / "README.md").read_text()
 
@@ -221,6 +226,7 @@ def test_pipeline_namespace_is_changed_in_one_place_and_bindings_follow(tmp_path
     for binding in (d for d in docs if d["kind"] == "RoleBinding"):
         assert binding["metadata"]["namespace"] == "team-a"
         assert {s["namespace"] for s in binding["subjects"]} == {"team-a"}
+    assert triton_lockdown_problems(docs, "team-a") == []  # Triton admits model control from there
 
 
 # --- no literal credentials ---------------------------------------------------------------------------------------
@@ -285,7 +291,10 @@ def _template_keys(path: Path) -> dict[str, str]:
 
 def test_secret_templates_document_every_key_the_manifests_and_pipeline_read_and_hold_no_value(rendered):
     templates = {p.name.removesuffix(".env.example"): _template_keys(p) for p in (MANIFESTS / "secrets").iterdir()}
-    assert set(templates) == {"kfp-mlops-storage", "kfp-mlops-feast", "kfp-mlops-feast-stores"}
+    assert set(templates) == {
+        "kfp-mlops-storage", "kfp-mlops-feast", "kfp-mlops-feast-stores", TRITON_STORAGE_SECRET,
+        triton_access.CONTROL_SECRET,
+    }  # fmt: skip
     for name, keys in templates.items():
         assert keys and not any(keys.values()), f"{name}: a template holds a value"
         assert re.search(rf"create secret generic {name} ", README), f"README does not show how to create {name}"
@@ -295,6 +304,8 @@ def test_secret_templates_document_every_key_the_manifests_and_pipeline_read_and
         assert keys <= set(templates[name]), f"{name}: manifests read {keys - set(templates[name])} not in template"
     assert set(CREDENTIAL_SECRET_KEYS) | {"AWS_DEFAULT_REGION"} == set(templates["kfp-mlops-storage"])
     assert set(FEAST_SECRET_KEYS.values()) == set(templates["kfp-mlops-feast"])
+    assert set(templates[triton_access.CONTROL_SECRET]) == {triton_access.CONTROL_SECRET_KEY}
+    assert set(templates[TRITON_STORAGE_SECRET]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 
 
 # --- Triton -------------------------------------------------------------------------------------------------------
@@ -325,11 +336,13 @@ def test_triton_runs_explicit_model_control_from_the_configured_repository_with_
         "livenessProbe": ("/v2/health/live", 8000),
         "readinessProbe": ("/v2/health/ready", 8000),
     }
-    storage = {
+    secrets = {
         e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})
     }
-    assert {ref["name"] for ref in storage.values()} == {"kfp-mlops-storage"}
+    storage = {name: ref for name, ref in secrets.items() if name.startswith("AWS_")}
+    assert {ref["name"] for ref in storage.values()} == {TRITON_STORAGE_SECRET}
     assert set(storage) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+    assert set(secrets) - set(storage) == {triton_access.CONTROL_ENV}
 
 
 @pytest.mark.parametrize("overlay", ["triton/gpu", "triton/cpu"])
@@ -373,6 +386,241 @@ def test_triton_services_and_autoscaler(rendered, overlay):
     assert "--load-model=*" in triton_container(docs)["args"], "scaling out relies on new pods loading the repository"
     policy = one(docs, "NetworkPolicy", "triton")
     assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {8000, 8001, 8002}
+
+
+# --- Triton locked down: model control needs the key, the network admits the runs' namespace, storage read-only ---
+
+TRITON_OVERLAYS = {  # kustomization -> the namespace of the runs it admits to model control
+    Path("triton/gpu"): PIPELINES_NAMESPACE,
+    Path("triton/cpu"): PIPELINES_NAMESPACE,
+    Path("."): PIPELINES_NAMESPACE,
+    Path("overlays/cpu"): PIPELINES_NAMESPACE,
+    PROFILE: PROFILE_NAMESPACE,
+}
+TRITON_HTTP_PORT, TRITON_METRICS_PORT = 8000, 8002
+
+
+def _secret_names(node: Any) -> set[str]:
+    """Every Secret a pod spec reads: secretKeyRef, envFrom secretRef, secret volumes and projected secrets."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key in ("secretKeyRef", "secretRef"):
+            if isinstance(node.get(key), dict):
+                found.add(node[key].get("name"))
+        if isinstance(node.get("secret"), dict):
+            found.add(node["secret"].get("secretName") or node["secret"].get("name"))
+        for value in node.values():
+            found |= _secret_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _secret_names(value)
+    return found
+
+
+def triton_lockdown_problems(docs: list[dict[str, Any]], runs_namespace: str) -> list[str]:
+    """What breaks the lock-down: Triton's model control restricted to the key (as restriction_args writes it, with
+    the key expanded by Kubernetes from the required Secret CONTROL_SECRET), its storage credentials its own (never
+    the pipelines' read-write Secret), and a NetworkPolicy that admits 8000/8001 only from the runs' namespace and
+    the namespaces the operator labels, and 8002 only from those labelled for metrics."""
+    problems = []
+    container = triton_container(docs)
+    args = container.get("args", [])
+    expected = triton_access.restriction_args(f"$({triton_access.CONTROL_ENV})")
+    for arg in expected:
+        if arg not in args:
+            problems.append(f"lockdown: Triton's args lack {arg}")
+    restricted = [a for a in args if a.startswith(("--grpc-restricted-protocol", "--http-restricted-api"))]
+    if extra := sorted(set(restricted) - set(expected)):
+        problems.append(f"lockdown: Triton's args restrict other than restriction_args would: {extra}")
+    env = {e["name"]: e for e in container.get("env", [])}
+    control = (env.get(triton_access.CONTROL_ENV) or {}).get("valueFrom", {}).get("secretKeyRef")
+    if control is None:
+        problems.append(f"lockdown: Triton's env {triton_access.CONTROL_ENV} does not come from a Secret")
+    else:
+        wanted = (triton_access.CONTROL_SECRET, triton_access.CONTROL_SECRET_KEY)
+        if (control.get("name"), control.get("key")) != wanted:
+            problems.append(f"lockdown: Triton's key comes from {control.get('name')}/{control.get('key')}, not "
+                            f"{triton_access.CONTROL_SECRET}/{triton_access.CONTROL_SECRET_KEY}")  # fmt: skip
+        if control.get("optional"):
+            problems.append("lockdown: Triton's key is optional: without the Secret Kubernetes leaves "
+                            f"$({triton_access.CONTROL_ENV}) unexpanded, a key anyone can read")  # fmt: skip
+    pod = one(docs, "Deployment", "triton")["spec"]["template"]["spec"]
+    secrets = _secret_names(pod)
+    if STORAGE_SECRET in secrets:
+        problems.append(f"lockdown: Triton reads the pipelines' read-write Secret {STORAGE_SECRET}")
+    if secrets - {TRITON_STORAGE_SECRET, triton_access.CONTROL_SECRET}:
+        problems.append(f"lockdown: Triton reads Secrets {sorted(secrets)}")
+    labels = _pod_labels(docs, "triton")
+    if not any(
+        p["kind"] == "NetworkPolicy" and p["metadata"]["namespace"] == SERVING_NAMESPACE
+        and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+        and selector_matches(p["spec"]["podSelector"], labels)
+        for p in docs
+    ):  # fmt: skip
+        problems.append("lockdown: no NetworkPolicy selects Triton's pods")
+    callers = {  # name: (namespace, its labels, the ports it must reach)
+        f"a pipeline pod of {runs_namespace}": (runs_namespace, {}, {TRITON_HTTP_PORT, TRITON_GRPC_PORT}),
+        "a pod of a labelled client namespace": ("app", TRITON_CLIENT_LABEL, {TRITON_HTTP_PORT, TRITON_GRPC_PORT}),
+        "a pod of the metrics namespace": ("monitoring", TRITON_METRICS_LABEL, {TRITON_METRICS_PORT}),
+        "a pod of another namespace": ("elsewhere", {}, set()),
+    }
+    for name, (namespace, namespace_label, reaches) in callers.items():
+        for port in (TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT, 8003):
+            admitted = network_policies_admit(
+                docs, to_namespace=SERVING_NAMESPACE, to_labels=labels, port=port, from_namespace=namespace,
+                from_namespace_labels=namespace_labels(namespace, namespace_label), from_labels={"app": "x"},
+            )  # fmt: skip
+            if admitted != (port in reaches):
+                problems.append(f"lockdown: NetworkPolicy {'admits' if admitted else 'refuses'} {name} on {port}")
+    return problems
+
+
+@pytest.mark.parametrize("overlay", sorted(TRITON_OVERLAYS), ids=str)
+def test_triton_is_locked_down_key_network_and_read_only_storage(rendered, overlay):
+    assert triton_lockdown_problems(rendered[overlay], TRITON_OVERLAYS[overlay]) == []
+
+
+def _triton_env(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return triton_container(docs)["env"]
+
+
+def _env_ref(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (ref,) = [e["valueFrom"]["secretKeyRef"] for e in _triton_env(docs) if e["name"] == name]
+    return ref
+
+
+def _triton_ingress(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return one(docs, "NetworkPolicy", "triton")["spec"]["ingress"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "problem"),
+    [
+        (lambda docs: triton_container(docs)["args"].remove(
+            triton_access.restriction_args(f"$({triton_access.CONTROL_ENV})")[1]),
+         r"args lack --http-restricted-api=model-repository:kfp-mlops-control-key="),
+        (lambda docs: triton_container(docs).update(args=[
+            a.replace(f"$({triton_access.CONTROL_ENV})", "changeme") for a in triton_container(docs)["args"]]),
+         r"args lack --grpc-restricted-protocol"),
+        (lambda docs: triton_container(docs)["args"].append("--http-restricted-api=model-config:k=v"),
+         r"restrict other than restriction_args"),
+        (lambda docs: _env_ref(docs, triton_access.CONTROL_ENV).update(optional=True), r"key is optional"),
+        (lambda docs: _env_ref(docs, triton_access.CONTROL_ENV).update(name="other"), r"key comes from other/"),
+        (lambda docs: triton_container(docs).update(env=[
+            e for e in _triton_env(docs) if e["name"] != triton_access.CONTROL_ENV]),
+         r"KFP_MLOPS_TRITON_CONTROL_KEY does not come from a Secret"),
+        (lambda docs: _env_ref(docs, "AWS_SECRET_ACCESS_KEY").update(name=STORAGE_SECRET),
+         r"reads the pipelines' read-write Secret kfp-mlops-storage"),
+        (lambda docs: triton_container(docs).update(envFrom=[{"secretRef": {"name": STORAGE_SECRET}}]),
+         r"reads the pipelines' read-write Secret kfp-mlops-storage"),
+        (lambda docs: one(docs, "Deployment", "triton")["spec"]["template"]["spec"]["volumes"].append(
+            {"name": "aws", "secret": {"secretName": STORAGE_SECRET}}),
+         r"reads the pipelines' read-write Secret kfp-mlops-storage"),
+        (lambda docs: _triton_ingress(docs)[0].update({"from": [{"namespaceSelector": {}}]}),
+         r"NetworkPolicy admits a pod of another namespace on 8001"),
+        (lambda docs: _triton_ingress(docs).pop(0),
+         rf"NetworkPolicy refuses a pipeline pod of {PIPELINES_NAMESPACE} on 8001"),
+        (lambda docs: _triton_ingress(docs)[0]["from"][0]["namespaceSelector"]["matchExpressions"][0].update(
+            values=["default"]), rf"NetworkPolicy refuses a pipeline pod of {PIPELINES_NAMESPACE} on 8000"),
+        (lambda docs: _triton_ingress(docs)[1]["ports"].append({"protocol": "TCP", "port": 8002}),
+         r"NetworkPolicy admits a pod of a labelled client namespace on 8002"),
+        (lambda docs: _triton_ingress(docs)[2].pop("ports"),
+         r"NetworkPolicy admits a pod of the metrics namespace on 8001"),
+        (lambda docs: one(docs, "NetworkPolicy", "triton")["spec"].update(
+            podSelector={"matchLabels": {"app.kubernetes.io/name": "tritonserver"}}),
+         r"no NetworkPolicy selects Triton's pods"),
+    ],
+    ids=["no-http-restriction", "literal-key", "other-restriction", "optional-key", "key-other-secret",
+         "key-not-from-secret", "read-write-secret-env", "read-write-secret-envfrom", "read-write-secret-volume",
+         "network-any-namespace",
+         "network-no-runs-rule", "network-other-runs-namespace", "network-clients-metrics", "network-metrics-any-port",
+         "network-selects-nothing"],
+)  # fmt: skip
+def test_each_lockdown_rule_fails_when_the_manifests_break_it(rendered, mutate, problem):
+    docs = copy.deepcopy(rendered[Path(".")])
+    assert triton_lockdown_problems(docs, PIPELINES_NAMESPACE) == []
+    mutate(docs)
+    problems = triton_lockdown_problems(docs, PIPELINES_NAMESPACE)
+    assert any(re.search(problem, p) for p in problems), problems
+
+
+def test_the_runs_namespace_triton_admits_follows_where_the_runs_are(rendered):
+    """The default is written once in triton/base; the overlays replace it from where the runner account is."""
+    assert triton_lockdown_problems(rendered[PROFILE], PIPELINES_NAMESPACE) != []  # the profile's is team-ml
+    policy = one(rendered[PROFILE], "NetworkPolicy", "triton")
+    assert policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == [
+        one(rendered[PROFILE], "ServiceAccount", "kfp-mlops-runner")["metadata"]["namespace"]
+    ]
+
+
+# The example policies for Triton's read-only credentials (manifests/examples/): what each grants.
+S3_READ_ACTIONS = {"s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"}
+S3_WRITE_ACTIONS = {"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:AbortMultipartUpload"}
+GCS_READ_ONLY_ROLES = {"roles/storage.objectViewer", "roles/storage.legacyObjectReader"}
+
+
+def s3_policy_problems(policy: dict[str, Any]) -> list[str]:
+    """An S3 policy for Triton: every Allow grants only read actions (no wildcard), on the model repository's
+    prefix; a Deny may name write actions."""
+    problems = []
+    for statement in policy["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        if statement["Effect"] == "Allow":
+            if not set(actions) <= S3_READ_ACTIONS:
+                problems.append(f"{statement.get('Sid')}: allows {sorted(set(actions) - S3_READ_ACTIONS)}")
+            for resource in resources:
+                bucket, _, key = resource.removeprefix("arn:aws:s3:::").partition("/")
+                condition = statement.get("Condition", {})
+                prefixes = condition.get("StringLike", {}).get("s3:prefix", [])
+                # on the bucket: listing under the prefix, or HeadBucket (no prefix at all), which Triton's S3
+                # client sends when it starts (tests/test_triton_lockdown.py)
+                scoped = key.startswith("kfp-mlops-models/") if key else (prefixes and all(
+                    p.startswith("kfp-mlops-models") for p in prefixes)) or condition == {
+                    "Null": {"s3:prefix": "true"}}  # fmt: skip
+                if not scoped:
+                    problems.append(f"{statement.get('Sid')}: {resource} reaches beyond kfp-mlops-models/")
+    denied = {a for s in policy["Statement"] if s["Effect"] == "Deny" for a in s["Action"]}
+    return problems + ([] if not denied or S3_WRITE_ACTIONS <= denied else [f"denies only {sorted(denied)}"])
+
+
+def _examples(pattern: str) -> list[Path]:
+    found = sorted((MANIFESTS / "examples").glob(pattern))
+    assert found, pattern
+    return found
+
+
+def test_triton_read_only_s3_policies_grant_reads_of_the_model_repository_only():
+    for path in _examples("triton-read-only-s3-*.json"):
+        assert s3_policy_problems(json.loads(path.read_text())) == [], path.name
+
+
+@pytest.mark.parametrize(
+    ("mutate", "problem"),
+    [
+        (lambda p: p["Statement"][0]["Action"].append("s3:PutObject"), r"allows \['s3:PutObject'\]"),
+        (lambda p: p["Statement"][0].update(Action="s3:*"), r"allows \['s3:\*'\]"),
+        (lambda p: p["Statement"][0].update(Resource=["arn:aws:s3:::mlpipeline/*"]), r"reaches beyond"),
+        (lambda p: p["Statement"][1].pop("Condition"), r"arn:aws:s3:::mlpipeline reaches beyond"),
+        (lambda p: p["Statement"][2]["Condition"]["Null"].update({"s3:prefix": "false"}), r"reaches beyond"),
+    ],
+    ids=["put", "wildcard", "whole-bucket", "list-unscoped", "list-any-prefix"],
+)
+def test_a_triton_s3_policy_that_could_write_or_reach_further_is_reported(mutate, problem):
+    policy = json.loads((MANIFESTS / "examples" / "triton-read-only-s3-iam-policy.json").read_text())
+    mutate(policy)
+    assert any(re.search(problem, p) for p in s3_policy_problems(policy))
+
+
+def test_triton_read_only_gcs_example_grants_a_read_only_role_to_tritons_own_account(tmp_path):
+    (script,) = _examples("triton-read-only-gcs.sh")
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+    text = script.read_text()
+    roles = set(re.findall(r"--role=(\S+)", text))
+    assert roles - {"roles/iam.workloadIdentityUser"} <= GCS_READ_ONLY_ROLES and roles & GCS_READ_ONLY_ROLES
+    pod = one(documents(kustomize(MANIFESTS / "triton" / "gpu")), "Deployment", "triton")["spec"]["template"]["spec"]
+    assert f"[{SERVING_NAMESPACE}/{pod['serviceAccountName']}]" in text  # Workload Identity for Triton's account
+    assert f"serviceaccount {pod['serviceAccountName']}" in text
 
 
 def test_gpu_overlay_requests_a_gpu_and_tolerates_the_default_taint_cpu_overlay_none(rendered):
@@ -679,14 +927,14 @@ def store_access_problems(docs: list[dict[str, Any]], namespace: str) -> list[st
 
 def triton_access_problems(docs: list[dict[str, Any]], namespace: str) -> list[str]:
     """Triton's gRPC port from the profile's deploy step (a pipeline pod): its NetworkPolicy admits it, and, were
-    kfp-mlops-serving meshed (under Kubeflow's deny-all), our AuthorizationPolicy would too; mTLS callers of other
-    namespaces would not get through Istio."""
+    kfp-mlops-serving meshed (under Kubeflow's deny-all), our AuthorizationPolicy would too; another profile's pods
+    get through neither (unless the operator labels that namespace a Triton client)."""
     labels = _pod_labels(docs, "triton")
     problems = []
     for caller, expect in (
         (pipeline_pod(namespace), (True, True)),
         (notebook(namespace), (True, True)),
-        (notebook(OTHER_PROFILE), (True, False)),
+        (notebook(OTHER_PROFILE), (False, False)),
     ):
         problems += _reach(
             docs, caller, SERVING_NAMESPACE, labels, TRITON_GRPC_PORT, [GLOBAL_DENY_ALL], expect, "triton", "grpc"
@@ -840,6 +1088,7 @@ def test_profile_namespace_is_set_in_one_place_and_everything_that_names_it_foll
     kustomization.write_text(text.replace(f"namespace: {PROFILE_NAMESPACE}", "namespace: team-b"))
     rendered_text = kustomize(copied / PROFILE)
     assert profile_problems(documents(rendered_text), "team-b") == []
+    assert triton_lockdown_problems(documents(rendered_text), "team-b") == []
     assert PROFILE_NAMESPACE not in rendered_text and "PROFILE_NAMESPACE" not in rendered_text
     for source in (copied / PROFILE).rglob("*"):  # the default is written nowhere else (comments aside)
         if source.is_file() and source != kustomization:

@@ -73,6 +73,17 @@ def test_a_training_run_that_fails_fails_the_monitoring_step_naming_it(kfp_serve
                                  backend_artifact(tmp_path, "submit-training", "training_run"))  # fmt: skip
 
 
+@pytest.mark.timeout(60)
+def test_a_training_run_past_the_wait_timeout_is_cancelled_and_fails_the_step(kfp_server, tmp_path):
+    kfp_server.run_progress = ["RUNNING"]
+    settings = monitoring(kfp_server) | {"wait_timeout_seconds": 0.2}
+    with pytest.raises(kfp_api.KfpApiError, match=r"still RUNNING after .*\(timeout 0.2 s\); cancelled run"):
+        executor.submit_training(config_text(monitoring=settings), "s3://b/w/", RUN_ID,
+                                 backend_artifact(tmp_path, "submit-training", "training_run"))  # fmt: skip
+    (run,) = kfp_server.runs.values()
+    assert run["state"] == "CANCELING"
+
+
 def test_retraining_through_the_kfp_api_needs_its_host_and_an_uploaded_pipeline(kfp_server, tmp_path):
     with pytest.raises(InputError, match="monitoring.kfp_host is empty"):
         executor.submit_training(config_text(monitoring={"retrain": "kfp_api"}), "s3://b/w/", "", None)

@@ -61,7 +61,8 @@ def run(config: str, current: list[Any], run_id: str, report: Any, metrics: Any,
 
 def submit_training(config: str, data_source: str, run_id: str, training_run: Any) -> str:
     """Retrain through the KFP API: a run of the uploaded training pipeline on the window, with this run's config;
-    waits for it and returns its state. Fails when that run does not succeed."""
+    waits for it and returns its state. Fails when that run does not succeed, and cancels it when the wait is given
+    up (``kfp_api.wait_for_run``)."""
     pipeline_config = load_config(config)
     settings = pipeline_config.monitoring
     if not settings.kfp_host:
@@ -75,7 +76,10 @@ def submit_training(config: str, data_source: str, run_id: str, training_run: An
     submitted = kfp_api.submit_uploaded(client, settings.training_pipeline, arguments, experiment=settings.experiment,
                                         namespace=namespace, service_account=settings.service_account)  # fmt: skip
     print(f"[retrain] started run {submitted.run_id} of {settings.training_pipeline}")
-    outcome = kfp_api.wait_for_run(client, submitted.run_id, poll_seconds=settings.poll_seconds)
+    # bounded; transient API errors ridden out; on giving up (monitoring.wait_timeout_seconds, errors that persist,
+    # SIGTERM from this task's deadline or a cancelled monitoring run) the training run is cancelled, then this fails
+    outcome = kfp_api.wait_for_run(client, submitted.run_id, timeout_seconds=settings.wait_timeout_seconds,
+                                   poll_seconds=settings.poll_seconds)  # fmt: skip
     retrained = RetrainOutcome(run_id=submitted.run_id, state=outcome.state)
     update_metadata(training_run, retrained.facts())
     write_text_atomically(training_run.path, json.dumps(retrained.facts()))

@@ -303,6 +303,9 @@ class MonitoringConfig(_Strict):
     training_pipeline: str = "kfp-mlops-training"  # kfp_api: the uploaded pipeline's name
     experiment: str = "kfp-mlops-monitoring"
     poll_seconds: float = Field(30.0, gt=0)  # kfp_api: how often the training run's state is read while waiting
+    # kfp_api: how long to wait for the training run before cancelling it and failing; below the submit-training
+    # task's own deadline (pipelines/train_and_deploy.py TIMEOUTS), so the step cancels the run before its pod stops
+    wait_timeout_seconds: float = Field(28 * 3600, gt=0)
 
 
 class PipelineConfig(_Strict):

@@ -19,8 +19,14 @@ client can be driven against it:
   ``{"error_message", "error_details"}``.
 
 Runs never start by themselves: a test moves them with ``set_run_state`` or ``run_progress`` (states a new run
-goes through, one per GET). ``token`` requires ``Authorization: Bearer <token>`` (401 otherwise; ``read_only_token``
-may only GET, 403 otherwise). ``stall()`` makes it accept requests and never answer, until ``release()``.
+goes through, one per GET). ``POST /runs/{id}:terminate`` moves a PENDING, RUNNING, PAUSED or unspecified run to
+CANCELING and refuses any other with 400, as the server does (backend/src/apiserver/storage/run_store.go
+``TerminateRun``: "Row not found"); the double never moves it on to CANCELED. ``token`` requires
+``Authorization: Bearer <token>`` (401 otherwise; ``read_only_token`` may only GET, 403 otherwise). ``stall()``
+makes it accept requests and never answer, until ``release()``. ``inject_failures(method, path, failures)`` makes
+the next requests to one path fail, each as the next of ``failures`` says: an HTTP status (answered with a
+grpc-gateway error body), ``DROP`` (the connection closed without an answer) or None (answered as usual); an endless
+iterable makes the failures persist.
 
 Over 500 lines on purpose: one test double of every v2beta1 endpoint kfp.Client calls, with the server's
 validation of each body; its routes read as one table.
@@ -34,7 +40,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.parser import BytesParser
@@ -52,8 +58,11 @@ API = "/apis/v2beta1"
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 200
 TERMINAL_STATES = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED"}
+TERMINABLE_STATES = {"PENDING", "RUNNING", "PAUSED", "RUNTIME_STATE_UNSPECIFIED"}  # run_store.go TerminateRun
+DROP = "drop"  # an injected failure: the connection closes unanswered
 # grpc codes as grpc-gateway puts them in error bodies
 INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, UNAUTHENTICATED = 3, 5, 6, 7, 16
+RESOURCE_EXHAUSTED, INTERNAL, UNAVAILABLE = 8, 13, 14
 # Fields typed 'str' in the generated models that are int64 in the protos: protojson accepts a JSON number there.
 INT64_FIELDS = {"max_concurrency", "interval_second", "long_value"}
 FILTER_OPERATIONS = {
@@ -134,6 +143,7 @@ class FakeKfpApiServer:
         self._lock = threading.RLock()
         self._stalled = False
         self._released = threading.Event()
+        self._failures: dict[tuple[str, str], Iterator[int | str | None]] = {}
         self._models = kfp_server_api.ApiClient()
         self._routes = self._route_table()
         fake = self
@@ -170,6 +180,16 @@ class FakeKfpApiServer:
     def release(self) -> None:
         self._stalled = False
         self._released.set()
+
+    def inject_failures(self, method: str, path: str, failures: Iterable[int | str | None]) -> None:
+        """Fail the next requests ``method path`` (``path`` below the API prefix, e.g. ``/runs/<id>``), one per item
+        of ``failures``: an HTTP status, DROP, or None (answered). The request is recorded first, like every request."""
+        with self._lock:
+            self._failures[(method, API + path)] = iter(failures)
+
+    def _injected_failure(self, method: str, path: str) -> int | str | None:
+        with self._lock:
+            return next(self._failures.get((method, path), iter(())), None)
 
     def set_run_state(self, run_id: str, state: str, error: str = "") -> None:
         """Move a run to ``state`` (a V2beta1RuntimeState); terminal states set finished_at, ``error`` its message."""
@@ -212,6 +232,7 @@ class FakeKfpApiServer:
             ("POST", "/runs", self._create_run),
             ("GET", "/runs", self._list_runs),
             ("GET", "/runs/{run_id}", self._get_run),
+            ("POST", "/runs/{run_id}:terminate", self._terminate_run),
             ("POST", "/recurringruns", self._create_recurring_run),
             ("GET", "/recurringruns", self._list_recurring_runs),
             ("GET", "/recurringruns/{recurring_run_id}", self._get_recurring_run),
@@ -238,6 +259,13 @@ class FakeKfpApiServer:
             if self._stalled:
                 self._released.wait(timeout=60)
                 return  # the connection closes unanswered
+            failure = self._injected_failure(handler.command, url.path)
+            if failure == DROP:
+                handler.close_connection = True
+                return  # the connection closes unanswered
+            if failure is not None:
+                code = RESOURCE_EXHAUSTED if failure == 429 else UNAVAILABLE if failure in (502, 503, 504) else INTERNAL
+                raise ApiError(int(failure), code, f"injected failure {failure}")
             self._authorize(handler.command, authorization)
             status, payload = 200, self._dispatch(handler.command, url.path, query, body)
         except ApiError as error:
@@ -549,6 +577,14 @@ class FakeKfpApiServer:
         if step:
             self.set_run_state(run_id, step)
         return self._served(self.runs[run_id], "V2beta1Run")
+
+    def _terminate_run(self, run_id: str, **_: Any) -> dict[str, Any]:
+        if run_id not in self.runs:
+            raise not_found("Run", run_id)
+        if self.runs[run_id]["state"] not in TERMINABLE_STATES:
+            raise bad_request(f"Failed to terminate a run {run_id}. Row not found")
+        self.set_run_state(run_id, "CANCELING")
+        return {}
 
     # --- recurring runs -------------------------------------------------------------------------------------------
 

@@ -58,6 +58,11 @@ KUBERNETES_PARAMETER_TYPES = {
     "tolerationJson": {"STRUCT", "LIST"},
     "nodeAffinityJson": {"STRUCT"},
 }
+# k8s.go extendPodSpecPatch, "Get container timeout information": timeout := GetActiveDeadlineSeconds(); if timeout >
+# 0 { podSpec.ActiveDeadlineSeconds = &timeout } (2.15.0 and 2.16.0 line 526, 2.17.0 line 540). An absent or zero
+# value leaves the pod without a deadline: a hung step holds its node until someone cancels the run. The field is an
+# int64 in kubernetes_executor_config.proto (active_deadline_seconds = 10), so the YAML holds it as a string.
+DEADLINE_FIELD = "activeDeadlineSeconds"
 _CHANNEL = re.compile(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}")
 _CONSTANT_TYPES = {str: "STRING", bool: "BOOLEAN", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", dict: "STRUCT",
                    list: "LIST"}  # fmt: skip
@@ -188,6 +193,18 @@ class CompiledPipeline:
             if not spec.get("container", {}).get("resources", {}).get(field)
         ]
 
+    def tasks_without_deadline(self) -> list[str]:
+        """Executors whose pod the driver gives no activeDeadlineSeconds (k8s.go extendPodSpecPatch applies only a
+        value > 0; see DEADLINE_FIELD)."""
+        executors = self.kubernetes.get("executors", {})
+        found = []
+        for executor in self.spec["deploymentSpec"]["executors"]:
+            value = executors.get(executor, {}).get(DEADLINE_FIELD)
+            if not (isinstance(value, str | int) and str(value).isdigit() and int(value) > 0):
+                found.append(f"{executor}: no {DEADLINE_FIELD} > 0 (backend/src/v2/driver/k8s.go extendPodSpecPatch "
+                             f"sets the pod's deadline only from a value > 0; got {value!r})")  # fmt: skip
+        return found
+
     def violations(self) -> list[str]:
         return (
             self.unresolved_placeholders()
@@ -195,6 +212,7 @@ class CompiledPipeline:
             + self.unimplemented_kubernetes_fields()
             + self.mistyped_kubernetes_parameters()
             + self.tasks_without_requests()
+            + self.tasks_without_deadline()
         )
 
 

@@ -1,6 +1,7 @@
 """The KFP API (v2beta1, through ``kfp.Client``), for the CLI and for the monitoring pipeline's retraining step: the
-bounded client and its errors (``client``), pipelines, versions and runs (``pipelines``), schedules and their cron
-grammar (``schedules``). Every remote change is idempotent. Errors are ``KfpApiError`` with a one-line message naming
+bounded client and its errors (``client``), pipelines, versions and runs (``pipelines``), waiting for a run, bounded,
+retrying transient errors and cancelling the run when it gives up (``waiting``), schedules and their cron grammar
+(``schedules``). Every remote change is idempotent. Errors are ``KfpApiError`` with a one-line message naming
 the fix in the caller's words (``SettingNames``) and an exit code: 2 when the caller's input must change
 (credentials, names, input the server rejects), 1 when the server failed, could not be reached in time, or a run did
 not succeed. No argparse and no text tables here (see kfp_mlops/cluster_cli.py)."""
@@ -33,7 +34,6 @@ from kfp_mlops.components.shared.kfp_api.pipelines import (
     submit_run,
     submit_uploaded,
     upload_pipeline,
-    wait_for_run,
 )
 from kfp_mlops.components.shared.kfp_api.schedules import (
     MAX_CONCURRENCY_RANGE,
@@ -46,24 +46,34 @@ from kfp_mlops.components.shared.kfp_api.schedules import (
     set_schedule_enabled,
     validate_cron,
 )
+from kfp_mlops.components.shared.kfp_api.waiting import (
+    DEFAULT_WAIT_TIMEOUT_SECONDS,
+    RetryPolicy,
+    cancel_run,
+    is_transient,
+    wait_for_run,
+)
 
 __all__ = [
     "ADDED_VERSION",
     "CREATED_PIPELINE",
     "DEFAULT_EXPERIMENT",
     "DEFAULT_TIMEOUT_SECONDS",
+    "DEFAULT_WAIT_TIMEOUT_SECONDS",
     "MAX_CONCURRENCY_RANGE",
     "RUNNER_SERVICE_ACCOUNT",
     "TERMINAL_STATES",
     "UNCHANGED",
     "Connection",
     "KfpApiError",
+    "RetryPolicy",
     "RunOutcome",
     "Schedule",
     "ScheduleResult",
     "SettingNames",
     "SubmittedRun",
     "UploadResult",
+    "cancel_run",
     "connect",
     "content_hash",
     "default_version_name",
@@ -72,6 +82,7 @@ __all__ = [
     "ensure_schedule",
     "find_experiment",
     "find_schedules",
+    "is_transient",
     "list_runs",
     "list_schedules",
     "pipeline_display_name",

@@ -198,15 +198,31 @@ def _server_message(body: Any) -> str:
     return ""
 
 
+@contextmanager
+def explaining(client: Any) -> Iterator[None]:
+    """Turn the errors of calls on ``client`` into one-line KfpApiErrors naming the fix in its setting names."""
+    host = getattr(client, "kfp_host", "") or "the KFP server"
+    timeout = getattr(client, "request_timeout", DEFAULT_TIMEOUT_SECONDS)
+    names = getattr(client, "setting_names", None) or SettingNames()
+    with _explained(host, timeout, getattr(client, "kfp_namespace", ""), names):
+        yield
+
+
+def explained(client: Any, error: BaseException) -> BaseException:
+    """``error`` as ``explaining`` would raise it: a KfpApiError for a server or connection error, else itself."""
+    try:
+        with explaining(client):
+            raise error
+    except BaseException as explanation:  # noqa: BLE001 - returned, not swallowed
+        return explanation
+
+
 def on_server(func: Callable) -> Callable:
     """Explain the errors of an operation on ``client`` (its first argument)."""
 
     @functools.wraps(func)
     def wrapper(client: Any, *args: Any, **kwargs: Any) -> Any:
-        host = getattr(client, "kfp_host", "") or "the KFP server"
-        timeout = getattr(client, "request_timeout", DEFAULT_TIMEOUT_SECONDS)
-        names = getattr(client, "setting_names", None) or SettingNames()
-        with _explained(host, timeout, getattr(client, "kfp_namespace", ""), names):
+        with explaining(client):
             return func(client, *args, **kwargs)
 
     return wrapper

@@ -5,7 +5,6 @@ uploaded, an experiment by name before one is created."""
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -313,36 +312,6 @@ def _create_run(
     )
     run = client.runs.run_service_create_run(run=body)
     return SubmittedRun(run.run_id, run_name, experiment, version)
-
-
-@on_server
-def wait_for_run(
-    client: Any,
-    run_id: str,
-    *,
-    timeout_seconds: float | None = None,
-    poll_seconds: float = 10.0,
-    on_state: Callable[[str], None] = lambda state: None,
-) -> RunOutcome:
-    """Poll the run until it ends (SUCCEEDED, FAILED, SKIPPED, CANCELED), calling ``on_state`` at each change.
-    Raises KfpApiError when ``timeout_seconds`` pass first; the run goes on on the server."""
-    started = time.monotonic()
-    state = ""
-    while True:
-        run = client.get_run(run_id)
-        if (run.state or "") != state:
-            state = run.state or ""
-            on_state(state)
-        seconds = time.monotonic() - started
-        if state in TERMINAL_STATES:
-            error = (run.error.message or "") if run.error else ""
-            return RunOutcome(run_id, state, error, seconds)
-        if timeout_seconds is not None and seconds + poll_seconds > timeout_seconds:
-            raise KfpApiError(
-                f"run {run_id} is still {state or 'pending'} after {seconds:.0f} s (timeout "
-                f"{timeout_seconds:g} s); it goes on on the server"
-            )
-        time.sleep(poll_seconds)
 
 
 @on_server
