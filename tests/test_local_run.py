@@ -18,6 +18,7 @@ import pytest
 import yaml
 from support import configs as support_configs
 from support import weather
+from support.secret_scan import scan, unaccepted
 from support.triton import running_triton
 
 from kfp_mlops.cli import main
@@ -204,6 +205,25 @@ def test_training_yaml_runs_every_step_and_leaves_a_verified_model_served_by_tri
                      "--feature-repo", str(features_dir / "feature_repo")])  # fmt: skip
     assert code == 0, printed.getvalue()
     assert re.search(rf"^{entity} .*[01]\s*$", printed.getvalue(), re.MULTILINE), printed.getvalue()
+
+
+def assert_no_credential_in_logs(run_dir: Path, console: str, tmp_path: Path, values: tuple[str, ...] = ()) -> None:
+    """The run's step logs and its console hold no detect-secrets finding outside the baseline
+    (tests/support/secret_scan.py), and none of ``values``: credentials the run had in its environment."""
+    (tmp_path / "console.txt").write_text(console)
+    files = {f"logs/{p.name}": p for p in sorted((run_dir / "logs").iterdir())} | {"console": tmp_path / "console.txt"}
+    assert len(files) > 2 and all(path.stat().st_size for path in files.values())
+    found = unaccepted(scan(files), paths_under=[run_dir.parent])  # the pipeline root's paths are not secrets
+    assert not found, "credentials in the run's output:\n" + "\n".join(map(str, found))
+    for name, path in files.items():
+        text = path.read_text(errors="replace")
+        assert not [value for value in values if value in text], f"{name} holds a credential from the environment"
+
+
+@pytest.mark.servers
+def test_the_runs_logs_and_console_hold_no_credential(deployed, tmp_path):
+    assert deployed.code == 0, deployed.out
+    assert_no_credential_in_logs(deployed.run_dir, deployed.out, tmp_path)
 
 
 def _refuse_constant(constant: str) -> None:
@@ -408,6 +428,9 @@ def test_ingest_step_reads_its_config_and_data_from_s3(package, s3, sample_dir, 
     assert code == 0, out
     run_dir = run_dir_of(tmp_path / "root")
     assert pq.read_table(run_dir / "ingest" / "train").num_rows > 3_000
+    # the run read S3 with the credentials in its environment; no step printed them
+    credentials = (s3.env["AWS_ACCESS_KEY_ID"], s3.env["AWS_SECRET_ACCESS_KEY"])
+    assert_no_credential_in_logs(run_dir, out, tmp_path, credentials)
 
 
 def test_later_steps_read_the_config_ingest_resolved_not_the_uri(package, sample_dir, tmp_path, capsys):
