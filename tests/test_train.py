@@ -22,6 +22,7 @@ import pytest
 import torch
 from conftest import TRAIN_SETTINGS
 from support.configs import pipeline_config
+from support.waiting import wait_for
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import TrainConfig
@@ -187,11 +188,9 @@ def test_training_killed_mid_epoch_resumes_from_its_latest_checkpoint(request, i
     command = [sys.executable, str(script), tests_dir, str(tmp_path / "m1"), checkpoints]
     environment = {**os.environ, "TMPDIR": str(pod_disk)}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
-    deadline = time.monotonic() + 180
-    while not storage.exists(latest):  # polled often: the kill must land before the first epoch ends
-        assert process.poll() is None, "training ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 180 s"
-        time.sleep(0.02)
+    # polled often: the kill must land before the first epoch ends
+    wait_for(lambda: storage.exists(latest) or process.poll() is not None, "the first checkpoint", timeout=180)
+    assert process.poll() is None, "training ended before its first checkpoint"
     launcher = psutil.Process(process.pid)
     tree = [launcher, *launcher.children(recursive=True)]
     for member in tree:  # the pod dies: launcher and workers at once (torchrun starts workers in new sessions)
