@@ -26,6 +26,7 @@ import yaml
 from onnx import helper, numpy_helper
 from support.packages import edited_package
 from support.triton import running_pod, running_triton
+from support.waiting import holds_for, wait_for
 
 from kfp_mlops.components.deploy import core, executor
 from kfp_mlops.components.shared import storage
@@ -251,12 +252,13 @@ def test_a_broken_version_rolls_back_while_clients_are_served(
     sender = threading.Thread(target=send)
     sender.start()
     try:
-        time.sleep(0.3)
+        wait_for(lambda: answers.count(1) > 5, "version 1 answering before the promotion")
         promoted = core.deploy(str(other_package), validation, settings(server, repository, name))
         at_promotion = len(answers)
         with pytest.raises(core.DeployError) as failed:
             core.deploy(str(noisy_package), validation, settings(server, repository, name))
-        time.sleep(0.3)
+        at_failure = len(answers)
+        wait_for(lambda: len(answers) > at_failure + 5, "answers after the failed deployment")
     finally:
         stop.set()
         sender.join()
@@ -309,8 +311,10 @@ def test_a_version_that_fails_to_load_or_is_not_ready_in_time_rolls_back(
     assert served_policy(repository, name) == [1] and not staged(repository, name)
     # the rollback waited for the load it gave up on and unloaded it (an unload sent while loading is lost)
     assert not {"LOADING", "READY"} & set(states(server, candidate(name)).values())
-    time.sleep(3)
-    assert not {"LOADING", "READY"} & set(states(server, candidate(name)).values())
+    # a lost unload would show later, when the abandoned load completes: observed over a window (no event marks
+    # "it will not happen"), and at every check rather than once at its end
+    holds_for(lambda: not {"LOADING", "READY"} & set(states(server, candidate(name)).values()),
+              "the abandoned candidate staying unloaded", seconds=3)  # fmt: skip
     assert ready_versions(server, name) == {"1"}
 
 

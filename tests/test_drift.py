@@ -180,6 +180,52 @@ def test_edge_cases_equal_evidentlys():
                                                     categorical))  # fmt: skip
 
 
+SMALL_TESTS = {"x": "ks", "few": "chisquare", "plan": "chisquare", "flag": "z"}  # p-values: ≤ 1,000 reference values
+DISTANCES = {"x": "wasserstein", "few": "jensenshannon", "plan": "jensenshannon", "flag": "jensenshannon"}
+
+
+def boundary_frame(rows: int, seed: int, shift: float = 0.0) -> pa.Table:
+    """No missing value: every column holds exactly ``rows`` values. ``shift`` moves x and the categories' mix."""
+    rng = np.random.default_rng(seed)
+    return pa.table(
+        {
+            "x": rng.normal(shift, 1, rows),
+            "few": rng.integers(0, 3, rows),  # 3 distinct numbers: tested like a category
+            "plan": rng.choice(["basic", "pro", "team"], rows, p=[0.5 - shift / 2, 0.3, 0.2 + shift / 2]),
+            "flag": rng.choice(["yes", "no"], rows),
+        }
+    )
+
+
+@pytest.mark.parametrize(("reference_values", "expected"), [(1000, SMALL_TESTS), (1001, DISTANCES)])
+def test_a_reference_of_1000_values_gets_p_value_tests_and_1001_gets_distances_as_in_evidently(
+    reference_values, expected
+):
+    """Evidently switches at ``reference ≤ 1000`` (legacy ``_get_default_stattest``): both sides of the boundary,
+    with a current window larger than the reference so that only the reference's size can decide."""
+    reference, current = boundary_frame(reference_values, seed=5), boundary_frame(1500, seed=6, shift=0.2)
+    ours = stats.table_drift(reference, current, ["x", "few"], ["plan", "flag"])
+    assert {c.column: c.method for c in ours.columns} == expected
+    assert {c.reference_values for c in ours.columns} == {reference_values}
+    assert 0 < ours.drifted_count < len(ours.columns)  # verdicts on both sides of each threshold
+    assert_same_as_evidently(ours, evidently_drift(reference, current, ["x", "few"], ["plan", "flag"]))
+
+
+def test_the_boundary_counts_values_left_after_dropping_missing_ones_not_rows():
+    """1,001 reference rows, one of them missing in x (NaN) and in plan (null): those two columns hold 1,000 values
+    and keep the p-value tests; the others, 1,001 values each, get distances. As Evidently decides it."""
+    reference, current = boundary_frame(1001, seed=5), boundary_frame(1500, seed=6, shift=0.2)
+    x = reference["x"].to_numpy().copy()
+    x[17] = np.nan
+    plan = pa.array(reference["plan"].to_pylist()[:500] + [None] + reference["plan"].to_pylist()[501:])
+    reference = reference.set_column(0, "x", pa.array(x)).set_column(2, "plan", plan)
+    ours = stats.table_drift(reference, current, ["x", "few"], ["plan", "flag"])
+    assert {c.column: (c.method, c.reference_values) for c in ours.columns} == {
+        "x": ("ks", 1000), "few": ("jensenshannon", 1001), "plan": ("chisquare", 1000), "flag": ("jensenshannon", 1001)
+    }  # fmt: skip
+    assert_same_as_evidently(ours, evidently_drift(reference, current, ["x", "few"], ["plan", "flag"]))
+
+
 def test_infinite_values_are_dropped_like_evidentlys_per_column_test():
     """Evidently's ValueDrift drops ±inf always; its dataset share (legacy path) only in a column that also holds a
     NaN. The verdicts follow ValueDrift, the share is the share of those verdicts."""

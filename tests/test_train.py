@@ -4,6 +4,7 @@ resume after a kill, early stopping."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -21,6 +22,7 @@ import pytest
 import torch
 from conftest import TRAIN_SETTINGS
 from support.configs import pipeline_config
+from support.waiting import wait_for
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import TrainConfig
@@ -161,7 +163,10 @@ def test_checkpoints_are_written_every_k_steps_and_pruned(trained_model):
     assert (checkpoints / "best.pt").exists()
 
 
-def test_training_killed_mid_epoch_resumes_from_its_latest_checkpoint(ingested, tmp_path):
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_training_killed_mid_epoch_resumes_from_its_latest_checkpoint(request, ingested, tmp_path, backend):
+    """The pod dies mid-epoch (launcher and workers SIGKILLed) and its retry resumes from the checkpoint: on the
+    pod's disk (local), or on S3 (SeaweedFS) with the dead pod's disk gone, so the retry can only have S3's copy."""
     config, paths = ingested
     # ~200 optimizer steps an epoch, a checkpoint every 25: the kill lands on a step checkpoint, mid-epoch
     settings = {"epochs": 2, "micro_batch_size": 8, "workers": 2, "zero_stage": 1, "checkpoint_every_steps": 25}
@@ -172,34 +177,47 @@ def test_training_killed_mid_epoch_resumes_from_its_latest_checkpoint(ingested, 
         f"config = pipeline_config({str(config.data.source)!r}, train={settings!r})\n"
         f"train(config, {paths.train!r}, {paths.validation!r}, sys.argv[2], sys.argv[3])\n"
     )
-    checkpoints = tmp_path / "ckpt"
+    if backend == "s3":
+        checkpoints = request.getfixturevalue("s3").uri(f"{tmp_path.name}/ckpt")  # the environment points at it
+    else:
+        checkpoints = str(tmp_path / "ckpt")
+    latest = storage.parse(checkpoints).child("latest").uri
+    pod_disk = tmp_path / "pod-tmp"  # the first pod's local disk: its temporary directories (the S3 mirror's too)
+    pod_disk.mkdir()
     tests_dir = str(Path(__file__).parent)
-    command = [sys.executable, str(script), tests_dir, str(tmp_path / "m1"), str(checkpoints)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while not (checkpoints / "latest").exists():
-        assert process.poll() is None, "training ended before its first checkpoint"
-        assert time.monotonic() < deadline, "no checkpoint within 180 s"
-        time.sleep(0.02)
+    command = [sys.executable, str(script), tests_dir, str(tmp_path / "m1"), checkpoints]
+    environment = {**os.environ, "TMPDIR": str(pod_disk)}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+    # polled often: the kill must land before the first epoch ends
+    wait_for(lambda: storage.exists(latest) or process.poll() is not None, "the first checkpoint", timeout=180)
+    assert process.poll() is None, "training ended before its first checkpoint"
     launcher = psutil.Process(process.pid)
     tree = [launcher, *launcher.children(recursive=True)]
     for member in tree:  # the pod dies: launcher and workers at once (torchrun starts workers in new sessions)
         member.send_signal(signal.SIGKILL)
     process.wait()
     psutil.wait_procs(tree, timeout=10)
-    killed_at = (checkpoints / "latest").read_text().strip()
+    killed_at = storage.read_bytes(latest).decode().strip()
     assert killed_at.startswith("step"), f"the kill should land mid-epoch, but the latest checkpoint is {killed_at}"
     assert not (tmp_path / "m1").exists(), "a killed run must leave no model output"
+    if backend == "s3":
+        assert any(f"/ckpt/{killed_at}/" in uri for uri in storage.list_uris(checkpoints))  # its shards are up
+        shutil.rmtree(pod_disk)  # a retry runs on another node
 
     log = tmp_path / "retry.log"
     result = train(pipeline_config(config.data.source, train=settings), paths.train, paths.validation,
-                   str(tmp_path / "m2"), str(checkpoints), str(log))  # fmt: skip
+                   str(tmp_path / "m2"), checkpoints, str(log))  # fmt: skip
     step = int(killed_at.removeprefix("step"))
     assert step % 25 == 0 and result.metrics["resumed_from_step"] == step
-    assert f"resumed from checkpoint step {step}" in log.read_text()
+    text = log.read_text()
+    assert f"resumed from checkpoint step {step}" in text
     steps_per_epoch = result.batching.steps_per_epoch
     assert step < steps_per_epoch  # resumed inside the first epoch
     assert result.metrics["global_steps"] == 2 * steps_per_epoch  # continued, not restarted: no extra steps
+    # continued from there, not from scratch: the retry's first checkpoint is the next one after the kill's
+    saved = [int(n) for n in re.findall(r"checkpoint step(\d+) ", text)]
+    assert saved and step < saved[0] <= step + 25 and min(saved) > step, saved
+    assert storage.read_bytes(latest).decode().strip() == "epoch2"
     assert (tmp_path / "m2" / "model.onnx").exists()
 
 

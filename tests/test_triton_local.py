@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.triton import onnxruntime_outputs, running_triton, sample_inputs, signature_model
+from support.waiting import wait_for
 
 from kfp_mlops import triton_local
 from kfp_mlops.cli import main
@@ -171,7 +172,8 @@ def test_a_bad_request_fails_alone_in_its_batch(server, models):
 
 
 def _slow_model_py(seconds: float) -> str:
-    """model.py whose initialize first sleeps: a new version that takes long to load."""
+    """model.py whose initialize first sleeps: a new version that takes long to load (this sleep is the behaviour
+    under test, inside Triton's model process)."""
     slow = (
         "\n_initialize = TritonPythonModel.initialize\n\n\ndef _slow_initialize(self, args):\n"
         f"    import time\n\n    time.sleep({seconds})\n    _initialize(self, args)\n\n\n"
@@ -211,10 +213,13 @@ def test_reload_serves_the_old_version_until_the_new_one_is_ready(server, reposi
         finally:
             client.close()
 
+    def sent_since(moment: float) -> int:
+        return sum(sent >= moment for sent, _, _ in list(answers))
+
     sender = threading.Thread(target=send)
     sender.start()
     try:
-        time.sleep(0.5)
+        wait_for(lambda: sent_since(0) > 10, "version 1 answering before version 2 loads")
         version = repository / "reloaded" / "2"
         version.mkdir()
         shutil.copyfile(models["v2"], version / "model.onnx")
@@ -222,7 +227,7 @@ def test_reload_serves_the_old_version_until_the_new_one_is_ready(server, reposi
         started = time.monotonic()
         control.load_model("reloaded")
         loaded = time.monotonic()
-        time.sleep(0.5)
+        wait_for(lambda: sent_since(loaded) > 10, "answers once version 2 is loaded")
         broken = repository / "reloaded" / "3"
         broken.mkdir()
         (broken / "model.onnx").write_bytes(b"not an onnx file")
@@ -230,7 +235,7 @@ def test_reload_serves_the_old_version_until_the_new_one_is_ready(server, reposi
         with pytest.raises(InferenceServerException, match="version 3 is at UNAVAILABLE state"):
             control.load_model("reloaded")
         failed = time.monotonic()
-        time.sleep(0.5)
+        wait_for(lambda: sent_since(failed) > 10, "answers after version 3 failed to load")
     finally:
         stop.set()
         sender.join()
@@ -249,7 +254,8 @@ def test_reload_serves_the_old_version_until_the_new_one_is_ready(server, reposi
     assert set(versions(loaded, float("inf"))) == {2}
     assert max(answered - sent for sent, answered, _ in answers if sent >= started) < 1.0
     assert versions(failed, float("inf"))[2] > 10
-    states = {entry["version"]: entry["state"] for entry in index}
+    # this model's versions only: a model of the shared repository no test loaded yet is listed without a version
+    states = {entry["version"]: entry["state"] for entry in index if entry["name"] == "reloaded"}
     assert states["2"] == "READY" and states["3"] == "UNAVAILABLE" and states["1"] in ("UNAVAILABLE", "UNLOADING")
 
 
