@@ -1,0 +1,89 @@
+"""Checks that only a built step image can answer, run on this machine's container engine (``kfp_mlops.containers``).
+
+Each image runs ``kfp_mlops/image_probe.py`` (its text, through ``python -c``) as the image's own user, with a
+read-only root filesystem, a ``/tmp`` in memory and no network, and the report is judged here: non-root; every module
+of the step imports, within ``IMPORT_BUDGET_S``; every distribution of the step's extra installed; ``pip check``
+clean; no compiler; no pip inside the step's own environment. Every problem names the step, the image and, for an
+import, the missing module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kfp_mlops.containers import Engine
+
+PROBE = Path(__file__).with_name("image_probe.py")
+# Seconds to import every module of a step in its image (measured after the container started; the slowest, train
+# with torch and DeepSpeed, took about 5 s here: README.md, "Images run for real").
+IMPORT_BUDGET_S = 15.0
+RUN_USER_UID = 10001
+_MARK = "KFP_MLOPS_PROBE "
+
+
+@dataclass
+class ImageReport:
+    step: str
+    image: str
+    report: dict[str, Any] = field(default_factory=dict)
+    error: str = ""  # the container itself failed
+
+    def problems(self, import_budget_s: float = IMPORT_BUDGET_S) -> list[str]:
+        where = f"step {self.step}, image {self.image}"
+        if self.error:
+            return [f"{where}: {self.error}"]
+        report, found = self.report, []
+        if report.get("missing_module"):
+            found.append(
+                f"{where}: module {report['missing_module']!r} is missing (importing {report.get('importing')})"
+            )
+        if report.get("import_error"):
+            found.append(f"{where}: {report.get('importing')} cannot be imported: {report['import_error']}")
+        if report.get("missing_distributions"):
+            found.append(f"{where}: not installed: {', '.join(report['missing_distributions'])}")
+        if report.get("uid") != RUN_USER_UID:
+            found.append(f"{where}: runs as uid {report.get('uid')}, expected {RUN_USER_UID} (non-root)")
+        if report.get("import_seconds", 0) > import_budget_s:
+            found.append(f"{where}: importing the step took {report['import_seconds']} s (budget {import_budget_s} s)")
+        pip_check = report.get("pip_check", {})
+        if pip_check.get("returncode") != 0:
+            found.append(f"{where}: pip check: {pip_check.get('output')}")
+        if report.get("compilers"):
+            found.append(f"{where}: compilers at run time: {', '.join(report['compilers'])}")
+        if report.get("pip_in_step_environment"):
+            found.append(f"{where}: pip inside the step's environment ({report.get('prefix')})")
+        return found
+
+
+def probe(engine: Engine, step: str, image: str, timeout: float = 300) -> ImageReport:
+    """Run the probe in ``image`` (read-only root, no network, the image's user) and parse its report."""
+    if engine.run("image", "inspect", image, check=False).returncode != 0:
+        return ImageReport(step, image, error="the image is not built here (make images-local)")
+    result = engine.run(
+        "run",
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:rw,mode=1777",
+        "--network",
+        "none",
+        image,
+        "python",
+        "-c",
+        PROBE.read_text(),
+        step,
+        check=False,
+        timeout=timeout,
+    )
+    line = next((x for x in result.stdout.splitlines() if x.startswith(_MARK)), None)
+    if line is None:
+        output = (result.stdout + result.stderr).strip()[-2000:]
+        return ImageReport(step, image, error=f"the probe exited with {result.returncode}: {output}")
+    return ImageReport(step, image, json.loads(line[len(_MARK) :]))
+
+
+def size_mb(engine: Engine, image: str) -> float:
+    return json.loads(engine.run("image", "inspect", image).stdout)[0]["Size"] / 1e6
