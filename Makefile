@@ -19,6 +19,9 @@ TAG ?= $(shell $(BIN)/python -c "import kfp_mlops; print(kfp_mlops.__version__)"
 # same two files) and keeps its images in /var/lib/kfp-mlops-containers, outside the clone.
 export CONTAINERS_CONF ?= $(CURDIR)/images/podman/containers.conf
 export CONTAINERS_STORAGE_CONF ?= $(CURDIR)/images/podman/storage.conf
+# --prune-build-stages: also remove train's DeepSpeed build stage (6.1 GB; kept by default so a code change rebuilds
+# only the code layers). CI passes it: one build on a clean machine.
+IMAGES_LOCAL_FLAGS ?=
 STEPS := $(notdir $(patsubst %/,%,$(dir $(wildcard images/*/Dockerfile))))
 
 .PHONY: install system-deps checkov triton-venv demo test lint golden constraints image-locks images \
@@ -103,7 +106,7 @@ container-deps:  ## a container engine: none where Docker answers, else Debian's
 		|| { apt-get update -qq && apt-get install -y -qq podman runc debootstrap; }
 
 images-local: install container-deps  ## build every step image here (cached): localhost/kfp-mlops/kfp-mlops-<step>:<version>
-	$(BIN)/python images/build_local.py
+	$(BIN)/python images/build_local.py $(IMAGES_LOCAL_FLAGS)
 
 test-images: images-local triton-venv  ## each image's checks, then both pipelines with every task in its own image
 	$(BIN)/python -m pytest -m images tests/test_images_built.py

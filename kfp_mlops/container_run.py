@@ -9,7 +9,8 @@ step needs on this machine.
 - **The images' user.** Step images run as uid 10001 (non-root), with a read-only root filesystem and a ``/tmp``
   in memory. The pipeline root is made writable for it (mode 1777; the run creates its folders with umask 0) and
   every local path the run reads or writes (the config's data source, baseline, model repository, checkpoint folder;
-  a parameter that is a local path) is bind-mounted at the same path, made readable, and writable where a step writes.
+  a parameter that is a local path; the serving model and reference data the serving record names) is bind-mounted
+  at the same path, made readable, and writable where a step writes.
 - **The host's services** (local Triton, SeaweedFS, Redis, ...) are reached through host networking; the variables
   that configure them (``AWS_*``, ``STORAGE_EMULATOR_HOST``, ``FEAST_*``, ``KFP_MLOPS_*`` ...) are passed on.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -121,6 +123,27 @@ def _local(value: object) -> Path | None:
     return Path(text.split("*", 1)[0].split("?", 1)[0].split("[", 1)[0]) if glob.has_magic(text) else Path(text)
 
 
+def _named_in_record(record: Path | None) -> list[Path]:
+    """The local paths a serving record (JSON) names: the serving model and its reference data, which a later run
+    (evaluate's comparison, the drift check) reads from wherever the run that deployed it kept them."""
+    if record is None or not record.is_file():
+        return []
+    try:
+        document = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return []  # the step that reads it says what is wrong
+    values, paths = [document], []
+    while values:
+        value = values.pop()
+        if isinstance(value, dict):
+            values.extend(value.values())
+        elif isinstance(value, list):
+            values.extend(value)
+        elif (path := _local(value)) and path.exists():
+            paths.append(path)
+    return paths
+
+
 def paths_to_mount(arguments: dict[str, Any]) -> dict[Path, str]:
     """Local paths a run's arguments name (the config text's path settings, and parameters holding an absolute path),
     each with "ro" or "rw". A file is mounted by its folder; a path that does not exist yet (a model repository, a
@@ -134,6 +157,9 @@ def paths_to_mount(arguments: dict[str, Any]) -> dict[Path, str]:
     for name, value in arguments.items():
         if name != "config" and (path := _local(value)):
             found.setdefault(path, "ro")
+    baseline = (document or {}).get("evaluate", {}).get("baseline") if isinstance(document, dict) else None
+    for path in _named_in_record(_local(baseline)):
+        found.setdefault(path, "ro")
     mounts: dict[Path, str] = {}
     for path, mode in found.items():
         if path.is_file() or (not path.exists() and path.suffix):

@@ -4,6 +4,7 @@ chosen, and how an image probe's report is judged (``make test-images`` runs the
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
@@ -107,3 +108,17 @@ def test_pip_check_forgives_only_what_debians_older_python_alone_requires():
     other = {"returncode": 1, "output": redis["output"] + "\nfeast 0.67.0 has requirement dill, but you have none."}
     problems = ImageReport("features", "i", GOOD | {"python": "3.11.2", "pip_check": other}).problems()
     assert problems == ["step features, image i: pip check: feast 0.67.0 has requirement dill, but you have none."]
+
+
+def test_the_serving_model_and_reference_data_a_serving_record_names_are_mounted_read_only(tmp_path):
+    """A monitoring run reads the model that serves (and its reference data) from the root of the run that
+    deployed it: the record names them, and they are mounted even though no setting names them."""
+    model, reference = tmp_path / "old-run" / "quantized_model", tmp_path / "old-run" / "train_features"
+    model.mkdir(parents=True)
+    reference.write_bytes(b"x")
+    record = tmp_path / "serving" / "record.json"
+    record.parent.mkdir()
+    record.write_text(json.dumps({"model": str(model), "reference_data": str(reference), "gone": "/no/such/path",
+                                  "deployment": {"version": 1, "uri": "s3://b/m/1"}}))  # fmt: skip
+    mounts = paths_to_mount({"config": config(evaluate={"baseline": str(record)})})
+    assert mounts == {tmp_path / "serving": "rw", model: "ro", tmp_path / "old-run": "ro"}
