@@ -2,9 +2,9 @@
 
 Each image runs ``kfp_mlops/image_probe.py`` (its text, through ``python -c``) as the image's own user, with a
 read-only root filesystem, a ``/tmp`` in memory and no network, and the report is judged here: non-root; every module
-of the step and every library it requires imports, within ``IMPORT_BUDGET_S``; every distribution of the step's extra installed; ``pip check``
-clean; no compiler; no pip inside the step's own environment. Every problem names the step, the image and, for an
-import, the missing module.
+of the step and every library it requires imports, within ``IMPORT_BUDGET_S``; every distribution of the step's
+extra installed; ``pip check`` clean; no compiler; no pip inside the step's own environment. Every problem names the
+step, the image and, for an import, the missing module.
 """
 
 from __future__ import annotations
