@@ -17,12 +17,13 @@ step needs on this machine.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import glob
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,7 @@ def run_container(client: Any, image: str, command: list[str], volumes: dict[str
     print(f"container: running {image}")
     container = client.containers.run(image=image, command=command, volumes=volumes, detach=True, **run_args)
     try:
-        for chunk in container.logs(stream=True, follow=True):
-            print(chunk.decode(errors="replace"), end="")
+        print_lines(container.logs(stream=True, follow=True))
         code = container.wait()["StatusCode"]
     finally:
         with contextlib.suppress(docker.errors.APIError):
@@ -68,6 +68,21 @@ def run_container(client: Any, image: str, command: list[str], volumes: dict[str
     if code != 0:
         print(f"\ncontainer: {image} exited with status {code}")
     return code
+
+
+def print_lines(chunks: Iterable[bytes]) -> None:
+    """The container's output, one ``print`` per whole line: the engine streams arbitrary pieces (podman: often
+    single words), and kfp.local indents every ``print`` call, which would break lines at each piece."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    for chunk in chunks:
+        pending += decoder.decode(chunk)
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            print(line)
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        print(pending)
 
 
 @contextlib.contextmanager

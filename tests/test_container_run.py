@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from kfp_mlops import containers
-from kfp_mlops.container_run import open_to_run_user, passed_environment, paths_to_mount
+from kfp_mlops.container_run import open_to_run_user, passed_environment, paths_to_mount, print_lines
 from kfp_mlops.image_checks import ImageReport
 
 
@@ -122,3 +122,11 @@ def test_the_serving_model_and_reference_data_a_serving_record_names_are_mounted
                                   "deployment": {"version": 1, "uri": "s3://b/m/1"}}))  # fmt: skip
     mounts = paths_to_mount({"config": config(evaluate={"baseline": str(record)})})
     assert mounts == {tmp_path / "serving": "rw", model: "ro", tmp_path / "old-run": "ro"}
+
+
+def test_a_containers_output_streamed_in_pieces_is_printed_one_whole_line_at_a_time(capsys):
+    """kfp.local indents each print: pieces printed as they come would split "ModuleNotFoundError: ..." apart."""
+    pieces = [b"Module", b"NotFoundError", b": No module ", b"named 'pyarrow'\nnext", b" line \xc3", b"\xa9\n", b"end"]
+    print_lines(pieces)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["ModuleNotFoundError: No module named 'pyarrow'", "next line é", "end"]
