@@ -41,7 +41,6 @@ CONFIG_PATHS = {
     ("train", "checkpoint_dir"): "rw",
 }
 SHM_SIZE = "1g"  # the cluster's train pod mounts a 1Gi /dev/shm (pipelines/train_and_deploy.py); the default is 64 MB
-RUN_USER_UID = 10001
 MISSING_IMAGE_EXIT = 125
 
 
@@ -54,7 +53,7 @@ def run_container(client: Any, image: str, command: list[str], volumes: dict[str
     try:
         client.images.get(image)
     except docker.errors.ImageNotFound:
-        print(f"container: image {image} is not built here (make images-local builds the step images)")
+        print(f"ImageNotFoundError: {image} is not built here (make images-local builds the step images)")
         return MISSING_IMAGE_EXIT
     run_args.pop("auto_remove", None)
     print(f"container: running {image}")

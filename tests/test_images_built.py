@@ -130,11 +130,12 @@ def test_the_exit_code_of_a_container_that_fails_at_once_is_read_not_guessed(eng
     import docker
 
     with containers.docker_api(engine) as url, contextlib.closing(docker.DockerClient(base_url=url)) as client:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
             failed = run_container(client, IMAGES.ref("ingest"), ["sh", "-c", "exit 3"], {})
             succeeded = run_container(client, IMAGES.ref("ingest"), ["true"], {})
             missing = run_container(client, f"{containers.LOCAL_REGISTRY}/kfp-mlops-nothing:0", ["true"], {})
         assert (failed, succeeded, missing) == (3, 0, MISSING_IMAGE_EXIT)
+        assert "ImageNotFoundError: localhost/kfp-mlops/kfp-mlops-nothing:0 is not built here" in printed.getvalue()
         names = [c.name for c in client.containers.list(all=True, filters={"ancestor": IMAGES.ref("ingest")})]
         assert names == []  # removed after their exit code was read
 
