@@ -33,8 +33,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.local:
         print("run needs --local; on a Kubeflow cluster: kfp-mlops submit PIPELINE --host URL", file=sys.stderr)
         return 2
+    if args.containers and not (args.image_registry or args.package):
+        from kfp_mlops.containers import LOCAL_REGISTRY
+
+        args.image_registry = LOCAL_REGISTRY  # the images `make images-local` builds
     with package_and_arguments(args, defaults=_local_defaults) as (package, arguments):
-        result = run_local(package, arguments, Path(args.pipeline_root), verbose=args.verbose)
+        result = run_local(
+            package, arguments, Path(args.pipeline_root), verbose=args.verbose, containers=args.containers
+        )
     print()
     print(format_summary(result))
     return 0 if result.succeeded else 1
@@ -70,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a pipeline locally from its compiled YAML")
     run.add_argument("pipeline", help="pipeline name, e.g. training")
     run.add_argument("--local", action="store_true", help="run here with kfp.local (SubprocessRunner)")
+    run.add_argument(
+        "--containers",
+        action="store_true",
+        help="each step in its own image (make images-local; Docker, else podman) instead of this Python",
+    )
     run.add_argument("--config", help="pipeline config YAML file; relative data paths resolve against its folder")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
     run.add_argument("--pipeline-root", default=DEFAULT_PIPELINE_ROOT, help=f"default: {DEFAULT_PIPELINE_ROOT}")

@@ -26,6 +26,9 @@ from typing import IO, Any
 
 import yaml
 
+from kfp_mlops.components.shared.errors import ServiceError
+from kfp_mlops.container_run import docker_runner
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
@@ -229,9 +232,15 @@ def _captured(console: _Console) -> Iterator[None]:
 
 
 def run_local(
-    package: Path, arguments: dict[str, Any], pipeline_root: Path, console: IO[str] | None = None, verbose: bool = False
+    package: Path,
+    arguments: dict[str, Any],
+    pipeline_root: Path,
+    console: IO[str] | None = None,
+    verbose: bool = False,
+    containers: bool = False,
 ) -> RunResult:
-    """Execute the compiled pipeline at ``package`` through kfp.local and summarise each step."""
+    """Execute the compiled pipeline at ``package`` through kfp.local and summarise each step: each task in a
+    subprocess of this Python, or, with ``containers``, in its own image (``kfp_mlops.container_run``)."""
     from kfp import components, local
 
     console = console or sys.stdout
@@ -239,13 +248,21 @@ def run_local(
     pipeline_root.mkdir(parents=True, exist_ok=True)
     before = set(pipeline_root.iterdir())
     staging_logs = Path(tempfile.mkdtemp(prefix=".logs-", dir=pipeline_root))
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     pipeline = components.load_component_from_file(str(package))
-    console.write(f"Running {pipeline.name} from {package} (full logs in the run directory's logs/)\n")
+    where = "each step in its own image" if containers else "full logs in the run directory's logs/"
+    console.write(f"Running {pipeline.name} from {package} ({where})\n")
     recorder = _Console(console, staging_logs, verbose)
     try:
-        with _captured(recorder):
-            pipeline(**arguments)
+        with contextlib.ExitStack() as stack:
+            if containers:
+                runner = stack.enter_context(docker_runner(pipeline_root, arguments))
+            else:
+                runner = local.SubprocessRunner(use_venv=False)
+            local.init(runner=runner, pipeline_root=str(pipeline_root), raise_on_error=True)
+            with _captured(recorder):
+                pipeline(**arguments)
+    except ServiceError:
+        raise  # no container engine: nothing ran
     except RuntimeError:
         pass  # the recorder holds the failing step and its error
     finally:

@@ -137,6 +137,11 @@ class Repository:
         if self.root.scheme == "file":  # complete under a name Triton ignores, then one rename
             staging = Path(self.scoped(f"{name}/{STAGING_PREFIX}{secrets.token_hex(4)}"))  # removed at the end
             staging.mkdir(parents=True)
+            if layout.PYTHON_BACKEND_FILE in files:
+                # A local Triton's python backend compiles model.py into __pycache__/ here, as the server's own user
+                # (its stub ignores PYTHONDONTWRITEBYTECODE). Made by this step, the folder stays the step's: a deploy
+                # running as another user (the step image's uid 10001) can still remove the version later.
+                (staging / "__pycache__").mkdir()
             try:
                 for relative, path in files.items():
                     shutil.copyfile(path, staging / relative)
