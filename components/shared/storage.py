@@ -438,12 +438,16 @@ def _write_if_local(target: Path, data: bytes, version: str | None) -> str:
     """Read-compare-replace under an exclusive lock on ``.<name>.lock`` beside ``target`` (every writer through
     ``write_if`` takes it), so that two writers cannot both see the old version."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(f".{target.name}.lock"), "a") as lock:
+    # read-only is enough for flock: another user (a step image's uid) may have made the lock file
+    lock = os.open(target.with_name(f".{target.name}.lock"), os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         current = read_versioned(str(target))
         if (current.version if current else None) != version:
             raise ConflictError(f"{target} changed since it was read" if version else f"{target} exists already")
         _atomic_local_write(target, lambda handle: handle.write(data))
+    finally:
+        os.close(lock)
     return hashlib.sha256(data).hexdigest()
 
 
