@@ -18,6 +18,7 @@ from kfp_mlops.components.shared.storage import (
     KFP_MINIO_SECRET_KEYS,
     STORAGE_SECRET,
 )
+from kfp_mlops.components.shared.triton_access import CONTROL_ENV, CONTROL_SECRET, CONTROL_SECRET_KEY
 from kfp_mlops.pipelines.train_and_deploy import FEAST_SECRET_KEYS
 
 KEYWORD = "Secret Keyword"  # detect-secrets' KeywordDetector: `secret...: VALUE`, `password = VALUE`, ...
@@ -35,6 +36,10 @@ REFERENCE_NAMES = frozenset(
         KFP_MINIO_SECRET,  # mlpipeline-minio-artifact
         STORAGE_SECRET,  # kfp-mlops-storage
         "kfp-mlops-feast-stores",  # the Secret of the Feast stores' passwords (manifests/secrets/*.env.example)
+        CONTROL_SECRET,  # kfp-mlops-triton-control: Triton's model-control key (triton_access.py)
+        CONTROL_SECRET_KEY,  # its key, control-key
+        CONTROL_ENV,  # the variable it becomes, KFP_MLOPS_TRITON_CONTROL_KEY
+        "kfp-mlops-triton-storage",  # Triton's read-only storage Secret (manifests/triton/base/deployment.yaml)
     }
 )
 
