@@ -438,7 +438,8 @@ def test_a_cancelled_rollback_fits_the_grace_period_even_with_a_replica_that_fro
             assert f"127.0.0.2:{port}" in str(failed.value)
             assert ended - cancelled[0] < 30, f"the rollback took {ended - cancelled[0]:.1f}s"
             assert ready_versions(first, name) == {"1"} and served_policy(repository, name) == [1]
-            assert core.deploy(str(other_package), validation, pods).version == 2
+            at_once = pods.model_copy(update={"lease_wait_seconds": 0})  # the cancelled one released its lease
+            assert core.deploy(str(other_package), validation, at_once).version == 2
             assert staged(repository, name) == []
             for pod in (first.grpc_url, f"127.0.0.2:{port}"):
                 assert ready_versions(pod, name) == {"2"} and ready_versions(pod, candidate(name)) == set()

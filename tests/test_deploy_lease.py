@@ -109,6 +109,21 @@ def test_an_expired_lease_is_taken_over_and_its_late_holder_stops_without_clobbe
     assert document["holder"] == "run-new" and not document["released"]
 
 
+def test_a_renewal_interrupted_after_it_landed_still_lets_its_holder_renew_and_release(root):
+    """SIGTERM can land between a renewal's write and the bookkeeping of its version: the lease is still ours (the
+    token in the object says so), so the rollback's release must free it, not leave it held until it expires."""
+    holder = Lease(root, "churn", "run-a", lease_seconds=300)
+    holder.acquire(wait_seconds=0)
+    landed = holder.version
+    holder.renew()
+    holder.version = landed  # the renewal's new version was never kept
+    holder.renew()
+    holder.version = landed
+    holder.release()
+    assert json.loads(storage.read_bytes(lease_uri(root, "churn")))["released"]
+    Lease(root, "churn", "run-b", lease_seconds=300).acquire(wait_seconds=0)
+
+
 def test_an_unreadable_lease_object_does_not_block_deployments_forever(root):
     storage.write_bytes(lease_uri(root, "churn"), b"{not json")
     Lease(root, "churn", "run-a", lease_seconds=300).acquire(wait_seconds=0)

@@ -69,7 +69,7 @@ class Lease:
     def renew(self) -> None:
         """Extend the lease; DeployError at LEASE when another deployment took it over (ours expired)."""
         try:
-            self.version = storage.write_if(self.uri, self._document(), self.version)
+            self.version = self._swap(self._document())
         except storage.ConflictError:
             current = _held(storage.read_versioned(self.uri)) or {}
             self.version = None
@@ -84,10 +84,22 @@ class Lease:
         if self.version is None:
             return
         try:
-            storage.write_if(self.uri, self._document(released=True), self.version)
+            self._swap(self._document(released=True))
         except storage.ConflictError:
             pass  # taken over after it expired: nothing of ours to release
         self.version = None
+
+    def _swap(self, document: bytes) -> str:
+        """Write ``document`` over our lease; returns the new version. Ownership is the token in the object, not
+        only the version we last saw: a write interrupted (SIGTERM) after it landed but before its version was kept
+        leaves the object ours at a version we do not know. ConflictError when the object is another's."""
+        try:
+            return storage.write_if(self.uri, document, self.version)
+        except storage.ConflictError:
+            current = storage.read_versioned(self.uri)
+            if current is None or _token(current) != self.token:
+                raise
+            return storage.write_if(self.uri, document, current.version)
 
     def _document(self, released: bool = False) -> bytes:
         now = _now()
@@ -117,6 +129,13 @@ def _held(current: storage.Versioned | None) -> dict[str, Any] | None:
     if document.get("released") or expires <= _now():
         return None
     return document
+
+
+def _token(current: storage.Versioned) -> str:
+    try:
+        return str(json.loads(current.data).get("token", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 def _now() -> datetime:
