@@ -5,6 +5,7 @@ Helpers shared by several test modules live in tests/support/; a fixture only on
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,15 @@ def changed_package(tmp_path) -> Path:
 def trained_package(trained_model) -> Path:
     """The trained model's package directory (model.onnx, its config, weights)."""
     return trained_model[1] / "model"
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
+def root(request, tmp_path) -> str:
+    """A fresh, empty location on each storage backend: local disk, SeaweedFS S3, fake-gcs-server."""
+    if request.param == "local":
+        return str(tmp_path / "root")
+    server = request.getfixturevalue(request.param)
+    return server.uri(f"t-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture(scope="session")

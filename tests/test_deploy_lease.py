@@ -17,15 +17,6 @@ from kfp_mlops.components.shared import records, storage
 pytestmark = pytest.mark.servers
 
 
-@pytest.fixture(params=["local", "s3", "gcs"])
-def root(request, tmp_path) -> str:
-    """A fresh location on each backend."""
-    if request.param == "local":
-        return str(tmp_path / "repo")
-    service = request.getfixturevalue(request.param)
-    return service.uri(f"cas-{tmp_path.name}")
-
-
 def test_write_if_creates_once_and_swaps_only_from_the_version_read(root):
     uri = f"{root}/state.json"
     assert storage.read_versioned(uri) is None

@@ -10,16 +10,6 @@ import pytest
 
 from kfp_mlops.components.shared import storage
 
-
-@pytest.fixture(params=["local", "s3", "gcs"])
-def root(request, tmp_path) -> str:
-    """A fresh, empty location on each backend."""
-    if request.param == "local":
-        return str(tmp_path / "root")
-    server = request.getfixturevalue(request.param)
-    return server.uri(f"t-{uuid.uuid4().hex[:8]}")
-
-
 pytestmark = pytest.mark.servers
 
 
