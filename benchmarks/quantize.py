@@ -35,8 +35,8 @@ def sample_splits(work: Path, rows: int, document: dict) -> tuple[PipelineConfig
 
 
 def trained(work: Path, rows: int, hidden: list[int], epochs: int) -> tuple[PipelineConfig, SplitPaths, Path]:
-    settings = {"hidden_layers": hidden, "epochs": epochs, "workers": 1, "zero_stage": 0, "micro_batch_size": 256,
-                "checkpoint_every_steps": 10**6}  # fmt: skip
+    settings = {"model": {"options": {"hidden_layers": hidden}}, "epochs": epochs, "workers": 1, "zero_stage": 0,
+                "micro_batch_size": 256, "checkpoint_every_steps": 10**6}  # fmt: skip
     config, paths = sample_splits(work, rows, sample_config("unused", train=settings))
     start = time.perf_counter()
     train(config, paths.train, paths.validation, str(work / "model"), str(work / "ckpt"))

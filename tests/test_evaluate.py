@@ -155,7 +155,7 @@ def test_a_really_worse_model_is_not_blessed_against_the_rescored_baseline_model
 
     _, directory = trained_model
     config, paths = ingested
-    weak_settings = {"epochs": 1, "hidden_layers": [2], "optimizer": {"lr": 1e-5}, "workers": 2}
+    weak_settings = {"epochs": 1, "model": {"options": {"hidden_layers": [2]}}, "optimizer": {"lr": 1e-5}, "workers": 2}
     weak_config = pipeline_config(config.data.source, train=weak_settings)
     train(weak_config, paths.train, paths.validation, str(tmp_path / "weak"), str(tmp_path / "ckpt"))
     baseline = tmp_path / "baseline.json"

@@ -134,12 +134,12 @@ def test_trained_model_directory_holds_onnx_weights_preprocessing_and_config(tra
         float(np.median(pq.read_table(paths.train)["age"].to_numpy()))
     )
     assert categorical[1, 0] == 0 and categorical[2, 0] == 0  # the reserved category
-    from kfp_mlops.components.train.model import ProbabilityModel, TabularClassifier
+    from kfp_mlops.components.train.model import ServingHead, build_model
 
-    classifier = TabularClassifier(preprocessing, [64, 32], 0.1, 4)
-    classifier.load_state_dict(torch.load(model_dir / "weights.pt"))
+    network = build_model("mlp", {}, preprocessing)
+    network.load_state_dict(torch.load(model_dir / "weights.pt"))
     with torch.no_grad():
-        torch_out = ProbabilityModel(classifier).eval()(torch.from_numpy(numeric), torch.from_numpy(categorical))
+        torch_out = ServingHead(network, preprocessing).eval()(torch.from_numpy(numeric), torch.from_numpy(categorical))
     assert probabilities.shape == (37, 2)
     np.testing.assert_allclose(probabilities, torch_out.numpy(), atol=1e-5)
     threshold = json.loads((model_dir / "model_config.json").read_text())["decision_threshold"]

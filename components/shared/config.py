@@ -63,6 +63,10 @@ class SchemaConfig(_Strict):
     # rows of one entity and timestamp with different labels: error, or keep_latest (the last row in file order)
     conflicting_labels: Literal["error", "keep_latest"] = "error"
     max_future_days: float = Field(1.0, ge=0, le=36_500)  # a timestamp later than now + this many days is refused
+    # what the model predicts: classes (binary or multiclass, by the number of classes) or a number. auto:
+    # regression when the label is a floating-point column holding a value with a fraction, else classification
+    # (tabular.resolve_task is the one rule; ingest decides on every row and hands its answer to training)
+    task: Literal["auto", "classification", "regression"] = "auto"
 
     @model_validator(mode="after")
     def _roles_are_distinct(self) -> SchemaConfig:
@@ -157,12 +161,34 @@ class EarlyStoppingConfig(_Strict):
     min_delta: float = Field(0.0, ge=0)
 
 
+class ModelSpecConfig(_Strict):
+    """The network the step trains: a built-in architecture by name (``mlp``, ``ft_transformer``) or the user's
+    ``package.module:function``, called as ``function(spec, **options)`` with the feature spec (see
+    ``components/train/architectures.py``); it returns a ``torch.nn.Module`` over the preprocessed tensors."""
+
+    entry_point: str = Field("mlp", min_length=1)
+    options: dict[str, Any] = {}  # keyword arguments of the entry point (mlp: hidden_layers, dropout, embedding_dim)
+
+    @field_validator("entry_point")
+    @classmethod
+    def _names_a_function(cls, entry_point: str) -> str:
+        if ":" not in entry_point and not re.fullmatch(r"[a-z][a-z0-9_]*", entry_point):
+            raise ValueError(
+                f"{entry_point!r} is neither a built-in architecture (mlp, ft_transformer) nor "
+                "'package.module:function'"
+            )
+        if ":" in entry_point and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", entry_point):
+            raise ValueError(f"{entry_point!r} is not of the form 'package.module:function'")
+        return entry_point
+
+
+_MOVED_TO_MODEL_OPTIONS = ("hidden_layers", "dropout", "embedding_dim")
+
+
 class TrainConfig(_Strict):
     """Model and DeepSpeed settings. ``workers``: processes on this node (0: one per GPU, or 2 on CPU)."""
 
-    hidden_layers: list[int] = Field([64, 32], min_length=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    embedding_dim: int = Field(4, ge=1)
+    model: ModelSpecConfig = ModelSpecConfig()
     epochs: int = Field(10, ge=1)
     micro_batch_size: int = Field(256, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
@@ -180,22 +206,57 @@ class TrainConfig(_Strict):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, document: Any) -> Any:
+        moved = [key for key in _MOVED_TO_MODEL_OPTIONS if isinstance(document, dict) and key in document]
+        if moved:
+            raise ValueError(
+                f"{', '.join(moved)} moved to train.model.options (train: {{model: {{entry_point: mlp, options: "
+                f"{{{moved[0]}: ...}}}}}})"
+            )
+        return document
+
+
+HigherIsBetter = Literal["accuracy", "precision", "recall", "f1", "roc_auc", "r2"]  # r2: regression
+LowerIsBetter = Literal["log_loss", "expected_calibration_error", "mse", "rmse", "mae"]  # mse, rmse, mae: regression
+REGRESSION_METRICS = ("mse", "rmse", "mae", "r2")
+# the gates a config leaves unset (None), by task: classification models are judged on ROC AUC, regression ones on
+# R² (above 0: better than predicting the training mean)
+DEFAULT_GATES = {
+    "classification": {"min_metrics": {"roc_auc": 0.6}, "max_regression": {"roc_auc": 0.01},
+                       "max_metric_drop": {"accuracy": 0.01, "roc_auc": 0.005}},
+    "regression": {"min_metrics": {"r2": 0.0}, "max_regression": {"r2": 0.01}, "max_metric_drop": {"r2": 0.005}},
+}  # fmt: skip
+
+
+def task_kind(task: str) -> str:
+    """classification for binary and multiclass models, regression for regression ones."""
+    return "regression" if task == "regression" else "classification"
+
 
 class EvaluateConfig(_Strict):
-    """Blessing: absolute thresholds, and the largest allowed regression against the recorded baseline."""
+    """Blessing: absolute thresholds, and the largest allowed regression against the recorded baseline (for a
+    lower-is-better metric such as mse: the largest allowed increase). None: the task's defaults (DEFAULT_GATES)."""
 
-    min_metrics: dict[Literal["accuracy", "precision", "recall", "f1", "roc_auc"], float] = {"roc_auc": 0.6}
-    max_metrics: dict[Literal["log_loss", "expected_calibration_error"], float] = {}
-    max_regression: dict[Literal["accuracy", "precision", "recall", "f1", "roc_auc"], float] = {"roc_auc": 0.01}
+    min_metrics: dict[HigherIsBetter, float] | None = None
+    max_metrics: dict[LowerIsBetter, float] = {}
+    max_regression: dict[HigherIsBetter | LowerIsBetter, float] | None = None
+
+    def gates(self, task: str) -> tuple[dict[str, float], dict[str, float]]:
+        """(min_metrics, max_regression) for a model of ``task`` (binary, multiclass or regression)."""
+        defaults = DEFAULT_GATES[task_kind(task)]
+        return (
+            defaults["min_metrics"] if self.min_metrics is None else self.min_metrics,
+            defaults["max_regression"] if self.max_regression is None else self.max_regression,
+        )
+
     baseline: str = ""  # URI of the deployed model's metrics record (JSON); empty or absent: thresholds only
     # the baseline's model is re-scored on this run's test split; when it cannot be read, fail, unless this allows
     # falling back to the metrics the record holds (scored on another test split)
     allow_recorded_baseline_metrics: bool = False
     decision_threshold: float | None = Field(None, gt=0, lt=1)  # None: the model's, tuned for F1 on validation
     calibration_bins: int = Field(10, ge=2)
-
-
-MetricName = Literal["accuracy", "precision", "recall", "f1", "roc_auc"]
 
 
 class QuantizeConfig(_Strict):
@@ -212,11 +273,19 @@ class QuantizeConfig(_Strict):
     # absolute drops against fp32 (0.01 = 1 percentage point). Accuracy moves in steps of 1/validation rows and flips
     # near the decision threshold: below a few thousand validation rows a tighter accuracy budget is within noise;
     # ROC AUC, free of the threshold, is the steadier measure of quantization error.
-    max_metric_drop: dict[MetricName, float] = {"accuracy": 0.01, "roc_auc": 0.005}
-    max_abs_diff: float = Field(0.05, gt=0)  # largest allowed |probability - fp32 probability| on any row
+    # None: the task's default (DEFAULT_GATES); for a lower-is-better metric (mse, rmse, mae) the allowed increase
+    max_metric_drop: dict[HigherIsBetter | LowerIsBetter, float] | None = None
+    # largest allowed |probability - fp32 probability| on any row; regression: |prediction - fp32 prediction| over
+    # the standard deviation of the validation labels
+    max_abs_diff: float = Field(0.05, gt=0)
     calibration_rows: int = Field(512, ge=16)  # of the train split, for int8_static
     latency_repeats: int = Field(200, ge=10)  # batch-1 runs timed per candidate (median reported)
     seed: int = 0
+
+    def metric_drops(self, task: str) -> dict[str, float]:
+        """``max_metric_drop`` for a model of ``task``."""
+        default = DEFAULT_GATES[task_kind(task)]["max_metric_drop"]
+        return default if self.max_metric_drop is None else self.max_metric_drop
 
 
 class VerifyConfig(_Strict):

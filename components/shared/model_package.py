@@ -2,8 +2,9 @@
 and how any step (evaluate, quantize, deploy, serving, drift) turns raw rows into the graph's inputs.
 
 A model directory (the train step's ``model`` artifact; quantize writes the same layout):
-``model.onnx`` (the serving graph: raw features in, ``probabilities`` and ``label`` out), ``model_config.json``
-(features, classes, decision threshold, training settings), ``preprocessing.json`` (medians, vocabularies),
+``model.onnx`` (the serving graph: raw features in, ``probabilities`` and ``label`` out, or for a regression model
+``prediction``), ``model_config.json`` (task, features, classes, decision threshold, training settings),
+``preprocessing.json`` (medians, vocabularies),
 ``pipeline_config.yaml`` (the whole config the model came from) and, from training, ``weights.pt``.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.tabular import MISSING_CATEGORY, category_values
@@ -28,6 +29,12 @@ NUMERIC_INPUT = "numeric"  # FP32 [N, len(numeric)], raw values; NaN = missing
 CATEGORICAL_INPUT = "categorical"  # STRING (Triton BYTES) [N, len(categorical)], raw values; "" = missing
 PROBABILITIES_OUTPUT = "probabilities"  # FP32 [N, len(classes)]
 LABEL_OUTPUT = "label"  # [N, 1]: the predicted class (INT64 or STRING) under the decision threshold
+PREDICTION_OUTPUT = "prediction"  # FP32 [N, 1]: a regression model's predicted value, in the label's units
+
+
+def output_names(task: str) -> list[str]:
+    """The serving graph's outputs for a model of ``task``: the first one is what metrics and parity checks read."""
+    return [PREDICTION_OUTPUT] if task == "regression" else [PROBABILITIES_OUTPUT, LABEL_OUTPUT]
 
 
 class ModelConfig(BaseModel):
@@ -39,10 +46,11 @@ class ModelConfig(BaseModel):
     numeric: list[str]
     categorical: list[str]
     label: str
-    classes: list[str | int]
+    classes: list[str | int]  # empty for regression
     entity: str
     timestamp: str
-    decision_threshold: float = Field(gt=0, lt=1)
+    decision_threshold: float = Field(0.5, gt=0, lt=1)  # binary models; 0.5 (unused) for the others
+    task: Literal["binary", "multiclass", "regression"] = "binary"
     missing_values: Literal["impute", "error"] = "impute"
     precision: str = "fp32"  # of the graph's weights: fp32, int8 (dynamic or static QDQ) or fp16
     architecture: dict[str, Any] = {}
@@ -50,6 +58,22 @@ class ModelConfig(BaseModel):
     batching: dict[str, Any] = {}  # the effective micro-batch, accumulation and workers
     deepspeed: dict[str, Any] = {}
     data: dict[str, Any] = {}  # content hash and row counts of the training data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_of_older_packages(cls, document: Any) -> Any:
+        """A package written before ``task`` existed is a classifier: binary or multiclass by its classes."""
+        if isinstance(document, dict) and "task" not in document:
+            document = {**document, "task": "binary" if len(document.get("classes", [])) <= 2 else "multiclass"}
+        return document
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
+
+    @property
+    def outputs(self) -> list[str]:
+        return output_names(self.task)
 
     @property
     def inputs(self) -> list[str]:
@@ -118,7 +142,8 @@ def _category_text(value: Any) -> str | None:
 
 
 class Predictor:
-    """The package's serving graph in onnxruntime: raw rows in, probabilities and labels out."""
+    """The package's serving graph in onnxruntime: raw rows in, probabilities and labels out (regression: the
+    predictions [N, 1] and the same values as [N])."""
 
     def __init__(self, model_dir: str | Path, onnx_file: str = ONNX_FILE, threads: int = 0):
         import onnxruntime
@@ -135,9 +160,12 @@ class Predictor:
         return raw_inputs(rows, self.config.numeric, self.config.categorical)
 
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        if self.config.regression:
+            (prediction,) = self.session.run([PREDICTION_OUTPUT], feeds)
+            return prediction, prediction[:, 0]
         probabilities, labels = self.session.run([PROBABILITIES_OUTPUT, LABEL_OUTPUT], feeds)
         return probabilities, labels[:, 0]
 
     def predict(self, rows: pa.Table | Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities [N, classes], labels [N])."""
+        """(probabilities [N, classes], labels [N]); regression: (predictions [N, 1], predictions [N])."""
         return self.run(self.feeds(rows))

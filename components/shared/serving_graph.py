@@ -4,7 +4,8 @@ training and serving share one transformation, so no client repeats it).
 ``compose`` wraps the trained network (the *core*: standardised numeric and category indices → probabilities) in
 ai.onnx.ml operators: ``Imputer`` replaces missing numeric values (NaN) with the training medians and one
 ``LabelEncoder`` per categorical column maps raw strings to vocabulary indices (missing ``""`` and unseen → 0, the
-reserved category). After the core, the graph emits the predicted class under the model's decision threshold.
+reserved category). After the core, the graph emits the predicted class under the model's decision threshold
+(classifiers); a regression core's output is the ``prediction`` itself (in the label's units).
 ``core_of``/``with_core`` cut the core out and put a converted one back (fp16 for GPU targets); the cut is at named
 tensors, so every other node stays as trained.
 """
@@ -29,7 +30,7 @@ _PREFIX = "serving/"
 
 def compose(core: onnx.ModelProto, preprocessing: Preprocessing, decision_threshold: float) -> onnx.ModelProto:
     """The serving graph around ``core`` (inputs ``numeric`` float [N, k] and ``categorical`` int64 [N, m], output
-    ``probabilities``; an input the core does not use may be absent)."""
+    ``probabilities``, or ``prediction`` [N, 1] for regression; an input the core does not use may be absent)."""
     core_inputs = {value.name for value in core.graph.input}
     rename = {package.NUMERIC_INPUT: CORE_NUMERIC, package.CATEGORICAL_INPUT: CORE_CATEGORICAL}
     nodes: list[onnx.NodeProto] = []
@@ -87,13 +88,17 @@ def compose(core: onnx.ModelProto, preprocessing: Preprocessing, decision_thresh
         renamed.input[:] = [rename.get(name, name) for name in node.input]
         renamed.name = node.name or f"core/{position}"  # with_core finds the core's nodes by name
         core_nodes.append(renamed)
-    label_nodes, label_initializers, label_type = _label_nodes(preprocessing.classes, decision_threshold)
-    outputs = [
-        helper.make_tensor_value_info(
-            package.PROBABILITIES_OUTPUT, TensorProto.FLOAT, ["N", len(preprocessing.classes)]
-        ),
-        helper.make_tensor_value_info(package.LABEL_OUTPUT, label_type, ["N", 1]),
-    ]
+    if preprocessing.task == "regression":
+        label_nodes, label_initializers = [], []
+        outputs = [helper.make_tensor_value_info(package.PREDICTION_OUTPUT, TensorProto.FLOAT, ["N", 1])]
+    else:
+        label_nodes, label_initializers, label_type = _label_nodes(preprocessing.classes, decision_threshold)
+        outputs = [
+            helper.make_tensor_value_info(
+                package.PROBABILITIES_OUTPUT, TensorProto.FLOAT, ["N", len(preprocessing.classes)]
+            ),
+            helper.make_tensor_value_info(package.LABEL_OUTPUT, label_type, ["N", 1]),
+        ]
     graph = helper.make_graph(
         [*nodes, *core_nodes, *label_nodes],
         "kfp_mlops_serving",
@@ -151,11 +156,13 @@ def _label_nodes(classes: list, threshold: float) -> tuple[list[onnx.NodeProto],
 
 
 def core_of(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The trained network inside a serving graph, from the core's inputs to ``probabilities``."""
+    """The trained network inside a serving graph, from the core's inputs to ``probabilities`` (or ``prediction``)."""
     from onnx.utils import Extractor
 
     inputs = [name for name in (CORE_NUMERIC, CORE_CATEGORICAL) if name in _tensor_names(model)]
-    return Extractor(model).extract_model(inputs, [package.PROBABILITIES_OUTPUT])
+    outputs = [value.name for value in model.graph.output]
+    core_output = package.PREDICTION_OUTPUT if package.PREDICTION_OUTPUT in outputs else package.PROBABILITIES_OUTPUT
+    return Extractor(model).extract_model(inputs, [core_output])
 
 
 def with_core(model: onnx.ModelProto, core: onnx.ModelProto) -> onnx.ModelProto:

@@ -31,14 +31,14 @@ from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.model_package import (
     ONNX_FILE,
     PIPELINE_CONFIG_FILE,
-    PROBABILITIES_OUTPUT,
     WEIGHTS_FILE,
     ModelConfig,
+    output_names,
     raw_inputs,
     write_model_config,
 )
 from kfp_mlops.components.shared.splits import feature_columns, read_split
-from kfp_mlops.components.shared.tabular import Preprocessing
+from kfp_mlops.components.shared.tabular import Preprocessing, Task, resolve_task
 from kfp_mlops.components.train.deepspeed_config import build_deepspeed_config, resolve_precision
 from kfp_mlops.components.train.devices import (
     Batching,
@@ -77,17 +77,21 @@ class Prepared:
     directory: Path
     preprocessing: Preprocessing
     rows: dict[str, int]
+    parameters: int = 0  # trainable parameters of the network
 
     @classmethod
     def load(cls, directory: str | Path) -> Prepared:
         directory = Path(directory)
         summary = json.loads((directory / PREPARED_SUMMARY).read_text())
-        return cls(directory, Preprocessing.load(directory), summary["rows"])
+        return cls(directory, Preprocessing.load(directory), summary["rows"], summary.get("parameters", 0))
 
 
-def check_training_inputs(tables: dict[str, pa.Table], features: list[str], categorical: list[str], label: str) -> None:
-    """Fail before any worker starts: missing columns, one-class labels, infinite features. Missing values (null,
-    NaN) are imputed (schema.missing_values: impute; ingest already rejected them under ``error``)."""
+def check_training_inputs(
+    tables: dict[str, pa.Table], features: list[str], categorical: list[str], label: str, task: Task
+) -> None:
+    """Fail before any worker starts: missing columns, one-class labels, infinite features (a regression label's
+    missing or infinite values fail when the targets are read). Missing feature values (null, NaN) are imputed
+    (schema.missing_values: impute; ingest already rejected them under ``error``)."""
     for name, table in tables.items():
         missing = [c for c in [*features, label] if c not in table.column_names]
         if missing:
@@ -103,7 +107,7 @@ def check_training_inputs(tables: dict[str, pa.Table], features: list[str], cate
                     f"{name} split: column {column!r} row {row + 1}: value {values[row].as_py()} is not finite"
                 )
     classes = pc.unique(tables["train"][label]).to_pylist()
-    if len(classes) < 2:
+    if task != "regression" and len(classes) < 2:
         raise InputError(f"train split: column {label!r} holds a single class {classes}; a classifier needs two")
 
 
@@ -114,25 +118,37 @@ def prepare(
     output_dir: str,
     gpus_per_node: int | None = None,
     checkpoint_dir: str = "",
+    task: str = "",
 ) -> Prepared:
-    """Check the training inputs and settings, fit preprocessing on the train split and write the arrays the
-    workers train on. Cheap and CPU-only: every deterministic input or config error surfaces here, before a GPU
-    is held. ``gpus_per_node`` (when known) checks the precision against the device."""
+    """Check the training inputs and settings, fit preprocessing on the train split, check the model contract
+    (``model_checks``: the entry point's network trains a batch and exports) and write the arrays the workers
+    train on. Cheap and CPU-only: every deterministic input, config or model error surfaces here, before a GPU is
+    held. ``gpus_per_node`` (when known) checks the precision against the device. ``task``: what ingest resolved
+    ``schema.task: auto`` to over every row (empty: resolved here, on the train and validation labels)."""
+    from kfp_mlops.components.train.model_checks import check_model
+
     schema, settings = config.schema_, config.train
     tables = {"train": read_split(train_path, "train"), "validation": read_split(validation_path, "validation")}
     features = feature_columns(schema.features, tables["train"].column_names, schema.entity, schema.timestamp,
                                schema.label)  # fmt: skip
-    check_training_inputs(tables, features, schema.categorical, schema.label)
+    for name, table in tables.items():
+        if schema.label not in table.column_names:
+            raise InputError(f"{name} split: missing column(s) [{schema.label!r}]")
+    labels = pa.chunked_array([*tables["train"][schema.label].chunks, *tables["validation"][schema.label].chunks])
+    requested = "regression" if task == "regression" and schema.task == "auto" else schema.task
+    resolved = resolve_task(requested, labels, schema.label)
+    check_training_inputs(tables, features, schema.categorical, schema.label, resolved)
     if gpus_per_node == 0:
         resolve_precision(settings.precision, "cpu")
     if settings.nodes > 1 and checkpoint_dir and not storage.is_remote(checkpoint_dir):
         raise trainjob_storage_error(checkpoint_dir)
-    preprocessing = Preprocessing.fit(tables["train"], features, schema.categorical, schema.label)
+    preprocessing = Preprocessing.fit(tables["train"], features, schema.categorical, schema.label, resolved)
     arrays = {}
     for name, table in tables.items():
         arrays[f"{name}_numeric"] = preprocessing.numeric_matrix(table)
         arrays[f"{name}_categorical"] = preprocessing.categorical_matrix(table)
         arrays[f"{name}_y"] = preprocessing.labels(table, f"{name} split")
+    checked = check_model(settings.model, preprocessing, arrays)
     target = Path(output_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".prepared-", dir=target.parent))
@@ -141,11 +157,12 @@ def prepare(
         preprocessing.save(staging)
         pq.write_table(tables["validation"].slice(0, _SAMPLE_ROWS), staging / VALIDATION_SAMPLE)
         rows = {name: table.num_rows for name, table in tables.items()}
-        (staging / PREPARED_SUMMARY).write_text(json.dumps({"rows": rows, "features": features}))
+        summary = {"rows": rows, "features": features, "task": resolved, "parameters": checked.parameters}
+        (staging / PREPARED_SUMMARY).write_text(json.dumps(summary))
         _replace_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Prepared(target, preprocessing, rows)
+    return Prepared(target, preprocessing, rows, checked.parameters)
 
 
 def train(
@@ -156,11 +173,12 @@ def train(
     checkpoint_dir: str,
     log_path: str | None = None,
     cluster: ClusterContext | None = None,
+    task: str = "",
 ) -> TrainResult:
     """``prepare`` then ``train_prepared``, in one call (local runs, tests and benchmarks)."""
     with tempfile.TemporaryDirectory(prefix="kfp-mlops-prepared-") as prepared:
         gpus = None if cluster is None else cluster.gpus_per_node
-        prepare(config, train_path, validation_path, prepared, gpus, checkpoint_dir if cluster else "")
+        prepare(config, train_path, validation_path, prepared, gpus, checkpoint_dir if cluster else "", task)
         return train_prepared(config, prepared, model_dir, checkpoint_dir, log_path, cluster)
 
 
@@ -259,12 +277,13 @@ def _model_config(
         entity=schema.entity,
         timestamp=schema.timestamp,
         decision_threshold=threshold,
+        task=preprocessing.task,
         missing_values=schema.missing_values,
         architecture={
-            "hidden_layers": settings.hidden_layers,
-            "dropout": settings.dropout,
-            "embedding_dim": settings.embedding_dim,
-        },  # fmt: skip
+            "entry_point": settings.model.entry_point,
+            "options": settings.model.options,
+            "parameters": prepared.parameters,
+        },
         train=settings.model_dump(),
         batching=batching.as_dict(),
         deepspeed=deepspeed_config,
@@ -294,31 +313,23 @@ def _export(
 ) -> tuple[float, float]:
     """Write the weights and the serving graph (``serving_graph.compose`` around the exported network), then
     check train/serve consistency: the serving graph on raw validation rows must match PyTorch on the same rows
-    preprocessed for training (max abs diff below ONNX_TOLERANCE). Returns that difference and the F1-optimal
-    decision threshold on the validation split (0.5 for more than two classes)."""
+    preprocessed for training (max abs diff below ONNX_TOLERANCE; regression: in standard deviations of the label).
+    Returns that difference and the F1-optimal decision threshold on the validation split (0.5 for the others)."""
     import onnx
     import onnxruntime
     import torch
 
-    from kfp_mlops.components.train.model import ProbabilityModel, TabularClassifier
+    from kfp_mlops.components.train.model import ServingHead, build_model, export_onnx
 
-    classifier = TabularClassifier(preprocessing, settings.hidden_layers, settings.dropout, settings.embedding_dim)
-    classifier.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model = ProbabilityModel(classifier).eval()
+    network = build_model(settings.model.entry_point, settings.model.options, preprocessing)
+    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model = ServingHead(network, preprocessing).eval()
+    output = output_names(preprocessing.task)[0]
     shutil.copyfile(weights, target / WEIGHTS_FILE)
     numeric = torch.from_numpy(preprocessing.numeric_matrix(sample))
     categorical = torch.from_numpy(preprocessing.categorical_matrix(sample))
     core_path = target / "core.onnx"
-    torch.onnx.export(
-        model,
-        (numeric, categorical),
-        str(core_path),
-        input_names=["numeric", "categorical"],
-        output_names=[PROBABILITIES_OUTPUT],
-        dynamic_axes={"numeric": {0: "batch"}, "categorical": {0: "batch"}, PROBABILITIES_OUTPUT: {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    export_onnx(model, numeric, categorical, str(core_path), output)
     core = onnx.load(str(core_path))
     core_path.unlink()
     threshold = 0.5
@@ -332,13 +343,13 @@ def _export(
     with torch.no_grad():
         expected = model(numeric, categorical).numpy()
     session = onnxruntime.InferenceSession(str(target / ONNX_FILE), providers=["CPUExecutionProvider"])
-    (actual,) = session.run(
-        [PROBABILITIES_OUTPUT], raw_inputs(sample, preprocessing.numeric, preprocessing.categorical)
-    )
-    diff = float(np.abs(actual - expected).max())
+    (actual,) = session.run([output], raw_inputs(sample, preprocessing.numeric, preprocessing.categorical))
+    scale = preprocessing.label_std if preprocessing.task == "regression" else 1.0
+    diff = float(np.abs(actual - expected).max() / scale)
     if not np.isfinite(diff) or diff > ONNX_TOLERANCE:
         raise DeterministicTrainingError(
-            f"the serving graph differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE}) on raw validation rows"
+            f"the serving graph of train.model.entry_point {settings.model.entry_point!r} differs from PyTorch by "
+            f"{diff:.2e} (> {ONNX_TOLERANCE}) on raw validation rows"
         )
     return diff, threshold
 

@@ -27,13 +27,15 @@ def prepare(
     run_dir = runs.run_directory(training_data.uri, run_id)
     checkpoint_dir = runs.checkpoint_dir(run_dir, pipeline_config.train.checkpoint_dir, run_id)
     prepared = core.prepare(pipeline_config, train_data.path, validation_data.path, training_data.path,
-                            pod.gpus, checkpoint_dir)  # fmt: skip
+                            pod.gpus, checkpoint_dir, train_data.metadata.get("task", ""))  # fmt: skip
     update_metadata(
         training_data,
         {
             "rows": prepared.rows,
             "features": prepared.preprocessing.features,
             "classes": prepared.preprocessing.classes,
+            "task": prepared.preprocessing.task,
+            "parameters": prepared.parameters,
             "content_hash": train_data.metadata.get("content_hash", ""),
         },
     )

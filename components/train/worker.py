@@ -26,13 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.tabular import FILE_NAME as PREPROCESSING_FILE
 from kfp_mlops.components.shared.tabular import Preprocessing
 from kfp_mlops.components.train import checkpoints
-from kfp_mlops.components.train.model import TabularClassifier
+from kfp_mlops.components.train.model import build_model, training_loss
 from kfp_mlops.components.train.worker_spec import PREPARED_ARRAYS, WorkerSpec
 
 BEST_WEIGHTS = checkpoints.BEST_WEIGHTS
@@ -122,9 +121,8 @@ class Trainer:
         self.device = torch.device(f"cuda:{self.local_rank}" if self.cuda else "cpu")
         torch.manual_seed(self.config.seed)
         preprocessing = Preprocessing.load(spec.preprocessing_dir)
-        model = TabularClassifier(
-            preprocessing, self.config.hidden_layers, self.config.dropout, self.config.embedding_dim
-        )
+        self.task = preprocessing.task
+        model = build_model(self.config.model.entry_point, self.config.model.options, preprocessing)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=model.parameters(), config=spec.deepspeed
         )
@@ -202,9 +200,9 @@ class Trainer:
         with torch.no_grad():
             for start in range(0, len(rows), 4096):
                 index = rows[start : start + 4096]
-                logits = self.engine(*self._inputs("validation", index)).float()
-                labels = self.data["validation_y"][index].to(self.device)
-                total += F.cross_entropy(logits, labels, reduction="sum").item()
+                output = self.engine(*self._inputs("validation", index))
+                target = self.data["validation_y"][index].to(self.device)
+                total += training_loss(output, target, self.task, reduction="sum").item()
         return self._mean_over_ranks(total, len(rows))
 
     def fit(self) -> dict[str, Any]:
@@ -225,8 +223,8 @@ class Trainer:
             for batch in range(self.state["batch"], self.batches_per_epoch):
                 index = shard[batch * self.micro : (batch + 1) * self.micro]
                 self._reseed(seed * 1_000_003 + (epoch * self.batches_per_epoch + batch) * self.world + self.rank)
-                logits = self.engine(*self._inputs("train", index)).float()
-                loss = F.cross_entropy(logits, self.data["train_y"][index].to(self.device))
+                output = self.engine(*self._inputs("train", index))
+                loss = training_loss(output, self.data["train_y"][index].to(self.device), self.task)
                 self.engine.backward(loss)
                 self.engine.step()
                 if startup_seconds is None and self.engine.global_steps > resumed_from:
