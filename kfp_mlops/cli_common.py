@@ -28,13 +28,26 @@ PATH_SETTINGS = (
 def add_image_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-registry", help="registry of the step images (env KFP_MLOPS_IMAGE_REGISTRY)")
     parser.add_argument("--image-tag", help="tag of the step images (env KFP_MLOPS_IMAGE_TAG; default: version)")
+    parser.add_argument(
+        "--step-image",
+        action="append",
+        default=[],
+        metavar="STEP=IMAGE",
+        help="one step's own image, e.g. train=registry/my-train:1.0 (built FROM the train image with your model)",
+    )
 
 
 def images(args: argparse.Namespace) -> ImageConfig:
     """The step images named by ``--image-registry`` and ``--image-tag``, else the environment."""
     from kfp_mlops.components.shared.images import ImageConfig
 
-    return ImageConfig.from_env(registry=args.image_registry, tag=args.image_tag)
+    overrides = {}
+    for item in getattr(args, "step_image", []):
+        step, sep, reference = item.partition("=")
+        if not sep or not reference:
+            raise ValueError(f"--step-image {item!r}: expected STEP=IMAGE, e.g. train=registry/my-train:1.0")
+        overrides[step.strip()] = reference.strip()
+    return ImageConfig.from_env(registry=args.image_registry, tag=args.image_tag, overrides=overrides)
 
 
 def config_text(path: Path) -> str:

@@ -79,8 +79,8 @@ def load_entry_point(entry_point: str) -> Callable[..., Any]:
         )
     if not callable(function):
         raise ModelContractError(
-            f"train.model.entry_point {entry_point!r}: {attribute!r} is a {type(function).__name__}, not a function "
-            "returning a torch.nn.Module"
+            f"train.model.entry_point {entry_point!r}: {attribute!r} is not callable (a {type(function).__name__}); "
+            "expected a function returning a torch.nn.Module"
         )
     return function
 
