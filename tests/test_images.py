@@ -40,6 +40,34 @@ def test_hadolint_passes_on_every_dockerfile():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_hadolint_passes_on_the_custom_model_examples_dockerfile():
+    dockerfile = REPO / "examples" / "custom_model" / "Dockerfile"
+    result = subprocess.run([hadolint(), str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FROM ${TRAIN_IMAGE}" in dockerfile.read_text()
+
+
+def test_a_step_on_its_own_image_compiles_into_both_train_tasks_and_nothing_else(tmp_path):
+    from kfp_mlops.cli import main
+
+    assert main(["compile", "--output-dir", str(tmp_path), "--step-image", "train=registry.local/my-train:1.0"]) == 0
+    text = (tmp_path / "training.yaml").read_text()
+    assert text.count("image: registry.local/my-train:1.0") == 2  # prepare-training and train-model
+    assert "kfp-mlops-train:" not in text and "kfp-mlops-evaluate:" in text
+    for bad, message in (("train=registry.local/my-train:latest", "not a pinned image reference"),
+                         ("trainer=registry.local/x:1", "unknown step"), ("train", "expected STEP=IMAGE")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            ImageConfig.from_env(overrides=dict([bad.split("=", 1)])) if "=" in bad else _cli_images(bad)
+
+
+def _cli_images(item: str):
+    import argparse
+
+    from kfp_mlops.cli_common import images
+
+    return images(argparse.Namespace(image_registry=None, image_tag=None, step_image=[item]))
+
+
 def test_hadolint_catches_an_unpinned_base(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN pip install requests\n")

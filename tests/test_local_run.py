@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -496,3 +497,65 @@ def test_an_impossible_training_pod_parameter_fails_in_the_first_cpu_step(packag
     assert code == 1
     assert f"step 'ingest' failed: InputError: {message}" in out
     assert re.findall(r"^  (\S+) +started$", out, re.MULTILINE) == ["ingest"]  # nothing after it ran
+
+
+@pytest.fixture(scope="module")
+def custom_model_run(package, triton, tmp_path_factory) -> TrainingRun:
+    """examples/custom_model as its README runs it: the regression sample (`sample-data --task regression`), the
+    example's network importable through PYTHONPATH (the train image has it installed), its config with the local
+    Triton of this module and a shorter training, from the compiled YAML to Triton as model ``spend``."""
+    server, repository = triton
+    work = tmp_path_factory.mktemp("custom-model")
+    write_sample_data(str(work / "data"), rows=3_000, seed=4, task="regression")
+    example = REPO / "examples" / "custom_model"
+    document = yaml.safe_load((example / "config.yaml").read_text())
+    document["data"]["source"] = str(work / "data")
+    document["evaluate"]["baseline"] = str(work / "serving" / "record.json")
+    document["deploy"] |= {"model_repository": str(repository), "triton_url": server.grpc_url}
+    document["train"] |= {"epochs": 4, "micro_batch_size": 64}
+    config = work / "config.yaml"
+    config.write_text(yaml.safe_dump(document))
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(example), os.environ.get("PYTHONPATH")])))
+        code = run_training(package, work / "root", "--config", str(config))
+    return TrainingRun(code, out.getvalue(), run_dir_of(work / "root"), config, work / "serving" / "record.json",
+                       server, repository, work)  # fmt: skip
+
+
+@pytest.mark.servers
+def test_the_custom_model_example_trains_a_regression_model_through_the_compiled_pipeline_and_serves_it(
+    custom_model_run,
+):
+    out, run_dir = custom_model_run.out, custom_model_run.run_dir
+    assert custom_model_run.code == 0, out
+    assert "[evaluate] BLESSED" in out and re.search(r"^deploy-model +SUCCESS", out, re.MULTILINE), out
+    assert metadata_of(run_dir / "ingest", "train")["task"] == "regression"  # schema.task, as ingest resolved it
+    model_dir = run_dir / "train-model" / "model"
+    model_config = json.loads((model_dir / "model_config.json").read_text())
+    assert model_config["task"] == "regression"
+    assert model_config["architecture"]["entry_point"] == "tabular_resnet.model:build"
+    assert model_config["architecture"]["options"] == {"width": 64, "blocks": 2, "dropout": 0.1}
+    # blessed on R² (the regression default gate), which the model earns against predicting the mean
+    scores = metadata_of(run_dir / "evaluate-model", "metrics")
+    assert scores["r2"] > 0.3 and scores["rmse"] == pytest.approx(scores["mse"] ** 0.5)
+    # quantize → deploy → Triton serves the prediction the package computes, and predict answers by entity id
+    quantized = run_dir / "quantize-model" / "quantized_model"
+    test = pq.read_table(run_dir / "features" / "test_features").slice(0, 40)
+    expected, _ = Predictor(quantized).predict(test)
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(custom_model_run.triton.grpc_url)
+    inputs = []
+    for name, values in Predictor(quantized).feeds(test).items():
+        tensor = grpcclient.InferInput(name, list(values.shape), "BYTES" if values.dtype == object else "FP32")
+        tensor.set_data_from_numpy(values)
+        inputs.append(tensor)
+    served = client.infer("spend", inputs).as_numpy("prediction")
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-3)
+    entity = test["customer_id"][0].as_py()
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        code = main(["predict", "--entity", str(entity), "--url", custom_model_run.triton.grpc_url, "--protocol",
+                     "grpc", "--model", "spend", "--model-repository", str(custom_model_run.repository),
+                     "--feature-repo", str(run_dir / "features" / "feature_repo")])  # fmt: skip
+    assert code == 0, printed.getvalue()
+    assert re.search(rf"^{entity}\s+-?\d+\.\d+", printed.getvalue(), re.MULTILINE), printed.getvalue()

@@ -16,6 +16,7 @@ import math
 import os
 import pickle
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -35,6 +36,16 @@ from kfp_mlops.components.train.model import build_model, training_loss
 from kfp_mlops.components.train.worker_spec import PREPARED_ARRAYS, WorkerSpec
 
 BEST_WEIGHTS = checkpoints.BEST_WEIGHTS
+
+
+def _optimizer_state_bytes(engine) -> int:
+    """Bytes of the optimizer's state tensors on this rank (Adam's moments: whole under ZeRO 0, this rank's share of
+    them under ZeRO 1-3), found in the torch optimizer DeepSpeed wraps."""
+    optimizer = engine.optimizer
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    states = getattr(optimizer, "state", {}).values()
+    return sum(t.numel() * t.element_size() for s in states for t in s.values() if isinstance(t, torch.Tensor))
 
 
 def log(message: str) -> None:
@@ -278,6 +289,11 @@ class Trainer:
             "zero_stage": self.spec.deepspeed["zero_optimization"]["stage"],
             "device": self.device.type,
             "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.cuda else 0,
+            "parameters": sum(
+                p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in self.engine.module.parameters()
+            ),
+            "optimizer_state_bytes": _optimizer_state_bytes(self.engine),  # this rank's: ZeRO 1-3 partition it
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,  # this process's (rank 0)
         }
 
 
