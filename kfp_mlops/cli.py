@@ -56,7 +56,7 @@ def _local_defaults(package: Path) -> dict[str, str]:
 def cmd_sample_data(args: argparse.Namespace) -> int:
     from kfp_mlops.sample_data import write_sample_data
 
-    print(write_sample_data(args.output, rows=args.rows, seed=args.seed, drift=args.drift))
+    print(write_sample_data(args.output, rows=args.rows, seed=args.seed, drift=args.drift, task=args.task))
     return 0
 
 
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--rows", type=int, default=20_000)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--drift", action="store_true", help="the later window, with shifted distributions")
+    sample.add_argument("--task", choices=["binary", "multiclass", "regression"], default="binary",
+                        help="the label: churned (0/1, churn.parquet), outcome (3 classes, outcome.parquet) or "
+                        "spend_next_90d (a number, spend.parquet)")  # fmt: skip
     sample.set_defaults(func=cmd_sample_data)
 
     from kfp_mlops.cluster_cli import add_commands as add_cluster_commands

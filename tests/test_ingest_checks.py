@@ -133,3 +133,20 @@ def test_max_future_days_sets_how_far_ahead_a_timestamp_may_be(tmp_path, table):
     with pytest.raises(InputError, match=r"row 1: timestamp .* is more than 1 day\(s\) after now"):
         ingest(make_config(source), outputs(tmp_path / "a"))
     assert ingest(make_config(source, schema={"max_future_days": 5}), outputs(tmp_path / "b")).rows_read == 2_000
+
+
+def test_contradictory_regression_labels_are_refused_or_the_latest_kept(tmp_path):
+    spend = make_sample_table(rows=2_000, seed=1, task="regression").slice(0, 1_990)  # no exact duplicates
+    later = _set(spend.take([3]), "spend_next_90d", pa.array([spend["spend_next_90d"][3].as_py() + 0.5]))
+    write_parquet(tmp_path / "raw" / "part-0.parquet", spend)
+    write_parquet(tmp_path / "raw" / "part-1.parquet", later)
+    config = make_config(tmp_path / "raw", schema={"label": "spend_next_90d"})
+    with pytest.raises(InputError, match=r"has two labels: .* in column 'spend_next_90d'"):
+        ingest(config, outputs(tmp_path / "e"))
+    assert _no_output(tmp_path / "e")
+    config = make_config(tmp_path / "raw", schema={"label": "spend_next_90d", "conflicting_labels": "keep_latest"})
+    result = ingest(config, outputs(tmp_path / "k"))
+    assert result.task == "regression" and result.conflicting_labels_dropped == 1
+    kept = pa.concat_tables([pq.read_table(path) for _, path in outputs(tmp_path / "k").items()])
+    values = kept["spend_next_90d"].to_pylist()
+    assert later["spend_next_90d"][0].as_py() in values and spend["spend_next_90d"][3].as_py() not in values

@@ -1,7 +1,8 @@
 """Ingest's checks of what the table means, beyond each value's type: duplicated column names, nested columns,
-float entity ids, a label that looks continuous or has too many classes, one column typed differently in two files,
-timestamps in the future, and contradictory labels for one entity and timestamp. Each raises InputError naming
-file, column, row and value, before anything is written. ``core`` calls them; they take Arrow values, not config.
+float entity ids, the task and its label (a classifier's label that looks continuous or has too many classes, a
+regression label that is not a finite number), one column typed differently in two files, timestamps in the
+future, and contradictory labels for one entity and timestamp. Each raises InputError naming file, column, row and
+value, before anything is written. ``core`` calls them; they take Arrow values and settings, not config.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 
 from kfp_mlops.components.shared.datafiles import parse_table, row_label
 from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.components.shared.tabular import Task, looks_continuous
 
 _EXAMPLES = 3
 
@@ -69,13 +71,58 @@ def check_entity_ids(uri: str, column: str, values: pa.ChunkedArray) -> None:
     )
 
 
+def label_task(
+    requested: str, labels: list[tuple[str, pa.ChunkedArray]], column: str, max_classes: int
+) -> tuple[Task, str]:
+    """The task and why, from ``schema.task`` and the label of every row of every file (``labels``: (file, label
+    column) in file order), by ``tabular.resolve_task``'s rule: regression when requested, or under ``auto`` when
+    a floating-point label holds a value with a fraction (``looks_continuous``); else binary or multiclass by the
+    number of classes. Then checks the label for that task: a regression label must be a finite number in every
+    row; a classifier's must not look continuous (``LabelClasses``)."""
+    continuous = next((uri for uri, values in labels if looks_continuous(values)), "")
+    if requested == "regression" or (requested == "auto" and continuous):
+        for uri, values in labels:
+            check_regression_label(uri, column, values)
+        if requested == "regression":
+            return "regression", "schema.task: regression"
+        return "regression", f"label {column!r} is floating-point with fractions (in {continuous}); schema.task: auto"
+    classes = LabelClasses(column, max_classes, requested)
+    for uri, values in labels:
+        classes.add(uri, values)
+    count = len(classes.first_seen)
+    task: Task = "binary" if count <= 2 else "multiclass"
+    why = "floating-point with whole numbers only" if any(pa.types.is_floating(v.type) for _, v in labels) else ""
+    return task, f"label {column!r} has {count} classes{f', {why}' if why else ''}; schema.task: {requested}"
+
+
+def check_regression_label(uri: str, column: str, values: pa.ChunkedArray) -> None:
+    """A regression label is a number (integer or float) in every row, finite and present."""
+    if not _numeric(values):
+        index = _first_not_numeric(values)
+        raise InputError(
+            f"{uri}: column {column!r} {row_label(uri, index)}: label {values[index].as_py()!r} is not a number "
+            f"(the column is {values.type}); schema.task: regression needs a numeric label: write the column as "
+            "numbers, or set schema.task: classification (or auto) to predict classes"
+        )
+    floats = values.cast(pa.float64())
+    bad = pc.invert(pc.fill_null(pc.is_finite(floats), False))
+    if pc.any(bad).as_py():
+        index = int(pc.index(bad, True).as_py())
+        raise InputError(
+            f"{uri}: column {column!r} {row_label(uri, index)}: regression label {values[index].as_py()!r} is not a "
+            "finite number (missing, NaN or infinite); remove the row or fill in the value"
+        )
+
+
 @dataclass
 class LabelClasses:
     """The label's classes over every file, each with the file and row it first occurs in; refuses a label that
-    looks continuous (a float with a fraction) or has more than ``max_classes`` classes."""
+    looks continuous (a float with a fraction) or has more than ``max_classes`` classes. ``requested``: the
+    ``schema.task`` setting, named in the refusal."""
 
     column: str
     max_classes: int
+    requested: str = "classification"
     first_seen: dict[object, tuple[str, int]] = field(default_factory=dict)
 
     def add(self, uri: str, values: pa.ChunkedArray) -> None:
@@ -87,7 +134,8 @@ class LabelClasses:
                 self._refuse(
                     f"{len(unique):,} distinct values in {uri}, such as {values[index].as_py()!r} "
                     f"({row_label(uri, index)}), not all whole numbers",
-                    "give class ids (integers or strings) or bin the target into classes",
+                    "give class ids (integers or strings), bin the target into classes, or set schema.task: "
+                    "regression (or auto) to predict the number",
                 )
         for value in unique.to_pylist():
             if value not in self.first_seen:
@@ -96,7 +144,9 @@ class LabelClasses:
                     self._refuse(
                         f"more than schema.max_classes ({self.max_classes}) distinct values, such as "
                         + ", ".join(f"{v!r} ({f}, {row_label(f, i)})" for v, (f, i) in self._examples(value)),
-                        "bin the target into classes, or raise schema.max_classes if there really are that many",
+                        "bin the target into classes, "
+                        + ("set schema.task: regression to predict the number, " if _numeric(values) else "")
+                        + "or raise schema.max_classes if there really are that many",
                     )
 
     def _examples(self, last: object) -> list[tuple[object, tuple[str, int]]]:
@@ -104,9 +154,23 @@ class LabelClasses:
 
     def _refuse(self, why: str, remedy: str) -> None:
         raise InputError(
-            f"label {self.column!r} looks continuous: {why}; this pipeline trains a classifier, whose classes are "
-            f"a few label values: {remedy}"
+            f"label {self.column!r} looks continuous: {why}; schema.task: {self.requested} trains a classifier, "
+            f"whose classes are a few label values: {remedy}"
         )
+
+
+def _numeric(values: pa.ChunkedArray) -> bool:
+    return pa.types.is_integer(values.type) or pa.types.is_floating(values.type)
+
+
+def _first_not_numeric(values: pa.ChunkedArray) -> int:
+    """The first row whose text does not parse as a number (the first row when every one does)."""
+    for index, value in enumerate(values.to_pylist()):
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return index
+    return 0
 
 
 def _kind(kind: pa.DataType) -> str:

@@ -1,9 +1,11 @@
 """Ingest: read CSV/Parquet from any supported URI, validate against the config schema, drop exact duplicate rows,
 split deterministically, and write train/validation/test Parquet files. No KFP here: paths and values only.
 
-The checks of what the data means (duplicated or nested columns, float entity ids, a continuous label, types that
-differ between files, future timestamps, contradictory labels) live in ``checks``. Every check runs before anything
-is written; outputs go to temporary names and are renamed together at the end, so bad input leaves no partial output.
+The task (``schema.task`` resolved to binary, multiclass or regression) is decided over every row of every file,
+and the label checked for it. The checks of what the data means (duplicated or nested columns, float entity ids, a
+label unfit for the task, types that differ between files, future timestamps, contradictory labels) live in
+``checks``. Every check runs before anything is written; outputs go to temporary names and are renamed together at
+the end, so bad input leaves no partial output.
 
 Over 500 lines on purpose: reading, each validation rule and the split work on one table in one pass, and
 every rule's message names file, column, row and value; splitting them would pass the table around.
@@ -50,15 +52,19 @@ class IngestResult:
     missing: dict[str, int] = field(default_factory=dict)  # feature -> missing values over every split
     missing_policy: str = "impute"
     warnings: list[str] = field(default_factory=list)  # e.g. a label class missing from validation or test
+    task: str = ""  # binary, multiclass or regression: what schema.task resolved to over every row
+    task_reason: str = ""  # why, e.g. "label 'y' is floating-point with fractions (in a.parquet); schema.task: auto"
 
 
 def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
     """Read, validate, deduplicate, split and write; raises InputError naming file/column/row/value."""
     files = resolve_files(config.data.source, config.data.format)
     schema = config.schema_
+    if schema.task == "regression":
+        _check_split_for_task("regression", schema, config.split)  # before reading: a config error
     digest = hashlib.sha256()
     tables, bytes_read, features, origin = [], 0, schema.features, []
-    types, labels = checks.ColumnTypes(), checks.LabelClasses(schema.label, schema.max_classes)
+    types = checks.ColumnTypes()
     for uri in files:
         data = storage.read_bytes(uri)
         bytes_read += len(data)
@@ -68,8 +74,10 @@ def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
             features = feature_columns(None, raw.column_names, schema.entity, schema.timestamp, schema.label)
         tables.append(_validate(uri, raw, schema, features))
         types.add(uri, raw.schema, tables[-1].schema)
-        labels.add(uri, tables[-1][schema.label])
         origin.append((uri, raw.num_rows))
+    labels = [(uri, part[schema.label]) for (uri, _), part in zip(origin, tables, strict=True)]
+    task, task_reason = checks.label_task(schema.task, labels, schema.label, schema.max_classes)
+    _check_split_for_task(task, schema, config.split)
     categorical = list(schema.categorical)
     table = pa.concat_tables(tables, promote_options="permissive")
     rows_read = table.num_rows
@@ -78,8 +86,10 @@ def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
     )
     table = sort_and_deduplicate(table, schema)
     splits = split(table, schema, config.split)
-    check_label_classes(splits, schema.label)
-    warnings = class_coverage_warnings(splits, schema.label, config.split)
+    warnings = []
+    if task != "regression":
+        check_label_classes(splits, schema.label)
+        warnings = class_coverage_warnings(splits, schema.label, config.split)
     result = IngestResult(
         files=files,
         content_hash=f"sha256:{digest.hexdigest()}",
@@ -90,13 +100,23 @@ def ingest(config: PipelineConfig, outputs: SplitPaths) -> IngestResult:
         features=list(features or []),
         categorical=categorical,
         rows={name: part.num_rows for name, part in splits.items()},
-        statistics={name: column_statistics(part, schema, categorical) for name, part in splits.items()},
+        statistics={name: column_statistics(part, schema, categorical, task) for name, part in splits.items()},
         missing={name: table[name].null_count for name in features or []},
         missing_policy=schema.missing_values,
         warnings=warnings,
+        task=task,
+        task_reason=task_reason,
     )
     write_tables_atomically({path: splits[name] for name, path in outputs.items()})
     return result
+
+
+def _check_split_for_task(task: str, schema: SchemaConfig, config: SplitConfig) -> None:
+    if task == "regression" and config.stratify:
+        raise InputError(
+            f"split.stratify: true splits within each label class, but label {schema.label!r} is a regression target "
+            f"(schema.task: {schema.task}) and has no classes: set split.stratify: false"
+        )
 
 
 def _validate(uri: str, table: pa.Table, schema: SchemaConfig, features: list[str]) -> pa.Table:
@@ -421,8 +441,11 @@ def check_label_classes(splits: dict[str, pa.Table], label: str) -> None:
             )
 
 
-def column_statistics(table: pa.Table, schema: SchemaConfig, categorical: list[str]) -> dict[str, dict[str, Any]]:
-    """Per-column statistics, JSON-serialisable: numeric moments, category counts, timestamp range, label balance."""
+def column_statistics(
+    table: pa.Table, schema: SchemaConfig, categorical: list[str], task: str = ""
+) -> dict[str, dict[str, Any]]:
+    """Per-column statistics, JSON-serialisable: numeric moments, category counts, timestamp range, label balance
+    (a regression label's moments)."""
     stats: dict[str, dict[str, Any]] = {}
     for name in table.column_names:
         values = table[name]
@@ -431,7 +454,7 @@ def column_statistics(table: pa.Table, schema: SchemaConfig, categorical: list[s
             entry |= {"min": _iso(pc.min(values)), "max": _iso(pc.max(values))}
         elif name == schema.entity:
             entry["distinct"] = pc.count_distinct(values).as_py()
-        elif name == schema.label or name in categorical:
+        elif (name == schema.label and task != "regression") or name in categorical:
             counts = pc.value_counts(values).to_pylist()
             top = sorted(counts, key=lambda c: (-c["counts"], str(c["values"])))[:_TOP_VALUES]
             entry |= {
@@ -454,25 +477,29 @@ def column_statistics(table: pa.Table, schema: SchemaConfig, categorical: list[s
 
 
 def render_summary(result: IngestResult, config: PipelineConfig) -> str:
-    """A Markdown summary for the Kubeflow UI: splits, label balance, data hash, per-column statistics."""
+    """A Markdown summary for the Kubeflow UI: task, splits, label balance (or a regression label's moments), data
+    hash, per-column statistics."""
     schema = config.schema_
     lines = [
         "# Ingest summary",
         "",
         f"- Source: `{config.data.source}` ({len(result.files)} file(s), {result.bytes_read:,} bytes)",
         f"- Content hash: `{result.content_hash}`",
+        f"- Task: {result.task} ({result.task_reason})",
         f"- Rows read: {result.rows_read:,}; exact duplicates dropped: {result.duplicates_dropped:,}"
         + (f"; conflicting labels dropped: {n:,}" if (n := result.conflicting_labels_dropped) else ""),
         f"- Split: by {config.split.by}{', stratified by label' if config.split.stratify else ''} "
         f"(validation {config.split.validation}, test {config.split.test}, seed {config.split.seed})",
         "",
-        "| split | rows | label balance |",
+        f"| split | rows | {'label mean, std' if result.task == 'regression' else 'label balance'} |",
         "|---|---:|---|",
     ]
     for name in SPLITS:
         label = result.statistics[name][schema.label]
         total = max(label["count"], 1)
         balance = ", ".join(f"{t['value']}: {t['count'] / total:.1%}" for t in label.get("top", []))
+        if "mean" in label:
+            balance = f"{label['mean']}, {label['std']}"
         lines.append(f"| {name} | {result.rows[name]:,} | {balance} |")
     if result.warnings:
         lines += ["", *(f"- **Warning**: {warning}" for warning in result.warnings)]

@@ -33,6 +33,7 @@ def run(
     run_dir = runs.run_directory(train.uri, run_id)
     storage.check_access(runs.checkpoint_dir(run_dir, pipeline_config.train.checkpoint_dir, run_id))
     result = ingest(pipeline_config, SplitPaths(train.path, validation.path, test.path))
+    print(f"[ingest] task: {result.task} ({result.task_reason})")
     for warning in result.warnings:  # before any training: the console shows a step's [ingest] lines
         print(f"[ingest] warning: {warning}")
     publish(result, pipeline_config, {"train": train, "validation": validation, "test": test}, metrics, summary)
@@ -40,11 +41,12 @@ def run(
 
 
 def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, Any], metrics: Any, summary: Any) -> None:
-    """Dataset metadata (rows, hash, column roles, statistics), Metrics, and the Markdown summary."""
+    """Dataset metadata (rows, hash, column roles, the resolved task that training reads, statistics), Metrics, and
+    the Markdown summary."""
     schema = config.schema_
     for name, artifact in datasets.items():
         metadata = dataset_metadata(schema, result.rows[name], result.features, result.categorical, result.content_hash)
-        update_metadata(artifact, metadata | {"statistics": result.statistics[name]})
+        update_metadata(artifact, metadata | {"task": result.task, "statistics": result.statistics[name]})
     log_metrics(
         metrics,
         {
@@ -56,6 +58,6 @@ def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, An
         },
     )
     missing = {name: count for name, count in result.missing.items() if count}
-    update_metadata(metrics, {"content_hash": result.content_hash, "missing_by_column": missing,
+    update_metadata(metrics, {"content_hash": result.content_hash, "missing_by_column": missing, "task": result.task,
                               "warnings": result.warnings})  # fmt: skip
     write_text_atomically(summary.path, render_summary(result, config))
