@@ -280,3 +280,161 @@ def test_bless_fails_closed_on_a_missing_or_non_finite_value_and_passes_on_defin
     baseline = scored_baseline({}, {"f1": "no row was predicted"})
     (reason,) = core.bless({"f1": 0.7, "log_loss": 0.4}, settings, baseline)
     assert reason.startswith("f1 is undefined on the test split: no row was predicted; evaluate.max_regression (the")
+
+
+# --- regression: metrics, gates in each metric's direction, model card, artifacts ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def regression(tmp_path_factory):
+    """(config, SplitPaths, package) of a regression model trained for real (tests/support/regression.py)."""
+    from support.regression import trained_regression
+
+    return trained_regression(tmp_path_factory.getbasetemp() / "regression")
+
+
+def test_regression_metrics_are_scikit_learn_s_and_r2_is_undefined_on_constant_labels():
+    from sklearn import metrics as skm
+
+    y = np.array([3.0, -1.0, 2.0, 7.0, 0.5])
+    prediction = np.array([[2.5], [0.0], [2.0], [8.0], [0.0]])  # [N, 1], as the serving graph emits it
+    scores = metrics.compute_regression_metrics(y, prediction)
+    assert scores.metrics == {
+        "mse": pytest.approx((0.25 + 1 + 0 + 1 + 0.25) / 5),
+        "rmse": pytest.approx(np.sqrt(0.5)),
+        "mae": pytest.approx((0.5 + 1 + 0 + 1 + 0.5) / 5),
+        "r2": pytest.approx(skm.r2_score(y, prediction[:, 0])),
+    }
+    assert scores.metrics["mse"] == pytest.approx(skm.mean_squared_error(y, prediction[:, 0]))
+    assert scores.metrics["mae"] == pytest.approx(skm.mean_absolute_error(y, prediction[:, 0]))
+    assert scores.undefined == {} and scores.confusion_matrix == [] and scores.roc_curve["fpr"] == []
+    assert scores.regression and scores.averaging().startswith("regression")
+    constant = metrics.compute_regression_metrics(np.full(4, 42.0), np.array([41.0, 42.0, 43.0, 42.0]))
+    assert constant.metrics == {"mse": 0.5, "rmse": pytest.approx(np.sqrt(0.5)), "mae": 0.5}
+    assert constant.undefined == {"r2": "every label is 42 (no variance around the mean); R² needs labels that vary"}
+
+
+def test_bless_reads_a_lower_is_better_regression_as_an_increase():
+    settings = EvaluateConfig(min_metrics={}, max_metrics={"mae": 2.0}, max_regression={"mse": 0.1, "r2": 0.01})
+    baseline = scored_baseline({"mse": 1.0, "r2": 0.80})
+    assert core.bless({"mse": 1.05, "mae": 0.9, "r2": 0.795}, settings, baseline, task="regression") == []
+    assert core.bless({"mse": 0.2, "mae": 0.3, "r2": 0.95}, settings, baseline, task="regression") == []  # better
+    reasons = core.bless({"mse": 1.2, "mae": 2.5, "r2": 0.7}, settings, baseline, task="regression")
+    assert reasons == [
+        "mae 2.5000 is above the threshold 2.0",
+        "mse 1.2000 increases more than 0.1 from the baseline's 1.0000",
+        "r2 0.7000 regresses more than 0.01 from the baseline's 0.8000",
+    ]
+    assert EvaluateConfig().gates("regression") == ({"r2": 0.0}, {"r2": 0.01})
+
+
+def test_a_regression_model_is_scored_on_its_prediction_and_blessed_on_the_default_r2_gate(regression, tmp_path):
+    from google.protobuf import json_format, struct_pb2
+    from kfp import dsl
+    from sklearn.metrics import r2_score
+    from support.regression import LABEL
+
+    from kfp_mlops.components.evaluate import executor
+    from kfp_mlops.components.shared.model_package import Predictor
+
+    config, paths, model = regression
+    assert config.evaluate.min_metrics is None  # the task's default: r2 ≥ 0
+    evaluation = core.evaluate(config, str(model), paths.test)
+    assert evaluation.blessed and evaluation.reasons == [] and evaluation.task == "regression"
+    assert set(evaluation.metrics) == {"mse", "rmse", "mae", "r2"} and evaluation.undefined == {}
+    assert evaluation.classes == [] and evaluation.confusion_matrix == [] and evaluation.per_class == []
+    test = pq_read(paths.test)
+    _, prediction = Predictor(model).predict(test)
+    assert evaluation.metrics["r2"] == pytest.approx(r2_score(test[LABEL].to_numpy(), prediction), rel=1e-6)
+    assert evaluation.metrics["r2"] > 0.5  # the label is a linear function of monthly_charges, plus noise
+    card = core.model_card(evaluation, config, read_model_config(model), "sha256:feed")
+    assert "**BLESSED**" in card and f"task: regression (predicts {LABEL!r}" in card
+    assert "| r2 | " in card and "| ≥ 0.0 |" in card and "| mse | " in card
+    assert "classes:" not in card and "decision threshold" not in card and "nan" not in card.lower()
+
+    def output(kind, name):
+        artifact = kind(name=name, uri=str(tmp_path / name))
+        artifact.path = str(tmp_path / name)
+        return artifact
+
+    outputs = {name: output(kind, name) for name, kind in (("metrics", dsl.Metrics), ("blessing", dsl.Artifact),
+               ("classification_metrics", dsl.ClassificationMetrics), ("model_card", dsl.Markdown))}  # fmt: skip
+    model_artifact, test_data = output(dsl.Model, "model"), output(dsl.Dataset, "test")
+    model_artifact.path, test_data.path = str(model), paths.test
+    assert executor.run(config.to_yaml(), model_artifact, test_data, **outputs) is True
+    assert set(outputs["metrics"].metadata) == {"mse", "rmse", "mae", "r2"}
+    assert outputs["classification_metrics"].metadata == {"note": "regression model: no confusion matrix or ROC curve"}
+    assert outputs["blessing"].metadata["task"] == "regression"
+    for artifact in outputs.values():
+        json_format.MessageToJson(json_format.ParseDict(artifact.metadata, struct_pb2.Struct()))
+        json.dumps(artifact.metadata, allow_nan=False)
+
+
+def pq_read(path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)
+
+
+def test_an_mse_regression_gate_blesses_the_better_model_and_refuses_the_worse_one(regression, tmp_path):
+    """The baseline's model is re-scored; for mse the allowed change is an increase."""
+    from support.packages import edited_package, halve_weights
+
+    config, paths, model = regression
+    worse = edited_package(model, tmp_path / "worse", halve_weights)
+    settings = {"max_regression": {"mse": 0.0}, "baseline": str(tmp_path / "baseline.json")}
+    core.record_baseline(settings["baseline"], str(model), {"mse": 0.0}, "sha256:x", "run-1")
+    evaluation = core.evaluate(with_evaluate(config, **settings), str(worse), paths.test)
+    assert evaluation.baseline.scored_on == "this run's test split"
+    assert evaluation.metrics["mse"] > evaluation.baseline.metrics["mse"]
+    assert not evaluation.blessed
+    assert evaluation.reasons[-1] == (f"mse {evaluation.metrics['mse']:.4f} increases more than 0.0 from the "
+                                      f"baseline's {evaluation.baseline.metrics['mse']:.4f}")  # fmt: skip
+    core.record_baseline(settings["baseline"], str(worse), {"mse": 0.0}, "sha256:x", "run-2")
+    better = core.evaluate(with_evaluate(config, **settings), str(model), paths.test)
+    assert better.metrics["mse"] < better.baseline.metrics["mse"] and better.blessed  # a fall in mse is no regression
+
+
+def test_r2_on_constant_test_labels_and_a_classification_gate_fail_closed_on_a_regression_model(regression, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from support.regression import LABEL
+
+    config, paths, model = regression
+    test = pq_read(paths.test)
+    constant = tmp_path / "constant.parquet"
+    column = test.column_names.index(LABEL)
+    pq.write_table(test.set_column(column, LABEL, pa.array([100.0] * test.num_rows)), constant)
+    evaluation = core.evaluate(config, str(model), str(constant))
+    assert not evaluation.blessed and set(evaluation.metrics) == {"mse", "rmse", "mae"}
+    assert evaluation.reasons == [
+        "r2 is undefined on the test split: every label is 100 (no variance around the mean); R² needs labels that "
+        f"vary; evaluate.min_metrics cannot pass on it ({metrics.GATE_ADVICE})"
+    ]
+    card = core.model_card(evaluation, config, read_model_config(model), "")
+    assert "| r2 | undefined | ≥ 0.0 |" in card and "nan" not in card.lower()
+    classification_gate = with_evaluate(config, min_metrics={"roc_auc": 0.6, "r2": 0.0})
+    evaluation = core.evaluate(classification_gate, str(model), paths.test)
+    assert evaluation.reasons == [
+        "roc_auc is not a metric of a regression model (its metrics: mse, rmse, mae, r2); evaluate.min_metrics "
+        "cannot pass on it: gate on one of those"
+    ]
+    card = core.model_card(evaluation, classification_gate, read_model_config(model), "")
+    assert "| roc_auc | not computed | ≥ 0.6 |" in card
+
+
+def test_a_missing_regression_label_in_the_test_split_is_an_input_error_naming_the_row(regression, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from support.regression import LABEL
+
+    from kfp_mlops.components.shared.errors import InputError
+
+    config, paths, model = regression
+    test = pq_read(paths.test)
+    values = test[LABEL].to_pylist()
+    values[2] = None
+    broken = tmp_path / "broken.parquet"
+    pq.write_table(test.set_column(test.column_names.index(LABEL), LABEL, pa.array(values, pa.float64())), broken)
+    with pytest.raises(InputError, match=rf"test split: column '{LABEL}' row 3: regression label None is not a finite"):
+        core.evaluate(config, str(model), str(broken))

@@ -86,7 +86,7 @@ def test_only_the_network_is_converted_and_preprocessing_nodes_stay_exact(graphs
     assert {"MatMulInteger", "DynamicQuantizeLinear"} & ops["int8_dynamic"]
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops["int8_static"]
     assert not {"QuantizeLinear", "MatMulInteger"} & (ops["fp32"] | ops["fp16"])
-    fp16_types = {i.data_type for i in onnx.load(str(graphs["fp16"])).graph.initializer if i.name.startswith("class")}
+    fp16_types = {i.data_type for i in onnx.load(str(graphs["fp16"])).graph.initializer if i.name.startswith("model.")}
     assert fp16_types == {onnx.TensorProto.FLOAT16}
     for name in ("int8_dynamic", "int8_static", "fp16"):
         assert serving_nodes(graphs[name]) == serving_nodes(graphs["fp32"]), name
@@ -306,3 +306,128 @@ def test_a_budget_metric_undefined_on_the_validation_split_fails_closed_with_its
                            paths.train, str(one_class), str(tmp_path / "q"))  # fmt: skip
     assert result.chosen == "fp32" and result.rejected["int8_dynamic"][0].startswith(reason)
     assert all(np.isfinite(v) for v in result.metrics().values()) and "roc_auc" not in result.metrics()
+
+
+# --- regression: measured on the prediction, max |Δy| in label standard deviations, budgets by direction -----------
+
+
+@pytest.fixture(scope="module")
+def regression(tmp_path_factory):
+    """(config, SplitPaths, package) of a regression model trained for real (tests/support/regression.py)."""
+    from support.regression import trained_regression
+
+    return trained_regression(tmp_path_factory.getbasetemp() / "regression")
+
+
+@pytest.fixture(scope="module")
+def quantized_regression(regression, tmp_path_factory):
+    config, paths, model = regression
+    config = with_quantize(config, candidates=["fp32", "int8_dynamic", "int8_static"], target="gpu")
+    output = tmp_path_factory.mktemp("quantized_regression") / "model"
+    return core.quantize(config, str(model), paths.train, paths.validation, str(output)), output
+
+
+def test_regression_candidates_are_measured_on_the_prediction_in_label_standard_deviations(
+    quantized_regression, regression
+):
+    from support.regression import LABEL
+
+    result, output = quantized_regression
+    config, paths, model = regression
+    assert result.task == "regression" and [c.name for c in result.candidates] == list(core.CANDIDATES)
+    validation = pq.read_table(paths.validation)
+    sigma = float(np.std(validation[LABEL].to_numpy()))
+    assert result.budget["label_std"] == pytest.approx(sigma)
+    assert result.budget["max_metric_drop"] == {"r2": 0.005}  # the task's default
+    reference, _ = package.Predictor(model).predict(validation)
+    for c in result.candidates:
+        assert set(c.metrics) == {"mse", "rmse", "mae", "r2"} and c.label_agreement is None, c.name
+        assert c.deltas["mse"] == pytest.approx(c.metrics["mse"] - result.baseline.metrics["mse"])
+    assert result.baseline.max_abs_diff == 0.0 and result.selected.eligible
+    predictor = package.Predictor(output)
+    assert predictor.config.precision == result.chosen and predictor.config.regression
+    prediction, _ = predictor.predict(validation)
+    assert prediction.shape == (validation.num_rows, 1) and prediction.dtype == np.float32
+    assert result.selected.max_abs_diff == pytest.approx(float(np.abs(prediction - reference).max()) / sigma, abs=1e-6)
+    metrics = result.metrics()
+    assert "label_agreement" not in metrics and all(np.isfinite(v) for v in metrics.values())
+    assert {"r2", "delta_r2", "mse", "delta_mse"} <= set(metrics)
+    table = result.table()
+    assert "max \\|Δy\\|/σ" in table and "labels = fp32" not in table and f"σ = {sigma:.4g}" in table
+    assert "lower is better for mse, rmse, mae" in table
+    summary = result.summary()
+    assert "r2 " in summary and "max |Δy|/σ" in summary and "accuracy" not in summary and "Δp" not in summary
+
+
+def test_int8_regression_graphs_quantize_the_network_and_keep_a_float_prediction(regression, tmp_path):
+    _, paths, model = regression
+    model_config = package.read_model_config(model)
+    calibration = core.calibration_rows(pq.read_table(paths.train), 256, seed=0)
+    graphs = core.build_candidates(model / package.ONNX_FILE, ["int8_dynamic", "int8_static"],
+                                   package.raw_inputs(calibration, model_config.numeric, model_config.categorical),
+                                   tmp_path)  # fmt: skip
+    ops = {name: {n.op_type for n in onnx.load(str(path)).graph.node} for name, path in graphs.items()}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} & ops["int8_dynamic"]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops["int8_static"]
+    for path in graphs.values():
+        (output,) = onnx.load(str(path)).graph.output
+        assert output.name == package.PREDICTION_OUTPUT and output.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_a_regression_candidate_beyond_the_relative_max_abs_diff_is_rejected_and_another_chosen(
+    quantized_regression, regression, tmp_path
+):
+    measured, _ = quantized_regression
+    config, paths, model = regression
+    fp16, int8 = measured.candidate("fp16").max_abs_diff, measured.candidate("int8_dynamic").max_abs_diff
+    assert fp16 < int8  # fp16 keeps far more of the fp32 values than int8 does
+    budget = {"max_abs_diff": (fp16 + int8) / 2, "max_metric_drop": {"r2": 0.5}}
+    config = with_quantize(config, candidates=["int8_dynamic", "fp16"], **budget)
+    result = core.quantize(config, str(model), paths.train, paths.validation, str(tmp_path / "model"))
+    assert result.chosen == "fp16"
+    (reason,) = result.rejected["int8_dynamic"]
+    assert reason.startswith("predictions differ from fp32 by up to ") and "σ of the validation labels >" in reason
+    assert package.read_model_config(tmp_path / "model").precision == "fp16"
+
+
+def test_a_regression_budget_bounds_the_rise_of_a_lower_is_better_metric_and_refuses_classification_metrics(
+    regression,
+):
+    config, _, _ = regression
+
+    def candidate(deltas: dict[str, float]) -> core.Candidate:
+        return core.Candidate("int8_dynamic", 100, {"mse": 1.0, "r2": 0.8}, deltas, 0.01, None, 1.0, 1.0)
+
+    budget = with_quantize(config, max_metric_drop={"mse": 0.01, "r2": 0.005})
+    assert core.judge(candidate({"mse": 0.005, "r2": -0.004}), budget, "regression").reasons == []
+    assert core.judge(candidate({"mse": -0.5, "r2": 0.1}), budget, "regression").reasons == []  # better: fine
+    assert core.judge(candidate({"mse": 0.02, "r2": -0.01}), budget, "regression").reasons == [
+        "mse rises 0.0200 > 0.01", "r2 drops 0.0100 > 0.005"
+    ]  # fmt: skip
+    classification = with_quantize(config, max_metric_drop={"accuracy": 0.01})
+    assert core.judge(candidate({"mse": 0.0, "r2": 0.0}), classification, "regression").reasons == [
+        "accuracy is not a metric of a regression model (its metrics: mse, rmse, mae, r2); quantize.max_metric_drop "
+        "cannot pass on it: gate on one of those"
+    ]
+    assert core.judge(candidate({"mse": 0.0, "r2": 0.0}), with_quantize(config), "regression").reasons == []
+
+
+def test_executor_records_a_regression_model_without_label_agreement(regression, tmp_path, capsys):
+    config, paths, model = regression
+
+    def artifact(path: Path) -> SimpleNamespace:
+        logged: dict[str, float] = {}
+        return SimpleNamespace(path=str(path), uri=f"file://{path}", metadata={}, logged=logged,
+                               log_metric=logged.__setitem__)  # fmt: skip
+
+    quantized, metrics, comparison = artifact(tmp_path / "q"), artifact(tmp_path / "m"), artifact(tmp_path / "c.md")
+    text = with_quantize(config, candidates=["fp32", "int8_dynamic"]).to_yaml()
+    result = executor.run(text, artifact(model), artifact(Path(paths.train)), artifact(Path(paths.validation)),
+                          quantized, metrics, comparison)  # fmt: skip
+    assert quantized.metadata["task"] == "regression" and "label_agreement" not in quantized.metadata
+    assert quantized.metadata["label_std"] == result.budget["label_std"] > 0
+    assert set(quantized.metadata["metric_deltas"]) == {"mse", "rmse", "mae", "r2"}
+    json.dumps(quantized.metadata, allow_nan=False)
+    assert metrics.logged == result.metrics() and "label_agreement" not in metrics.logged
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[quantize] ")]
+    assert ", r2 " in line and "max |Δy|/σ" in line

@@ -1,6 +1,6 @@
-"""Evaluate: score the model package's serving graph on the test split, compute metrics, compare with thresholds
-and the serving record's model, and decide the blessing (TFX Evaluator's guarantee). Paths and values only; no KFP,
-no torch.
+"""Evaluate: score the model package's serving graph on the test split, compute metrics (classification, or
+regression on the ``prediction`` output), compare with thresholds and the serving record's model, and decide the
+blessing (TFX Evaluator's guarantee). Paths and values only; no KFP, no torch.
 
 The baseline is the serving record at ``evaluate.baseline`` (``components/shared/records.py``): the pipeline writes
 it once a blessed model is deployed (``record_baseline``). The next candidate must not regress against that model,
@@ -16,7 +16,17 @@ import numpy as np
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import EvaluateConfig, PipelineConfig
-from kfp_mlops.components.shared.metrics import ClassScores, class_indices, compute_metrics, gate_failure
+from kfp_mlops.components.shared.metrics import (
+    HIGHER_IS_BETTER,
+    ClassScores,
+    Scores,
+    class_indices,
+    compute_metrics,
+    compute_regression_metrics,
+    gate_failure,
+    label_values,
+    regressed,
+)
 from kfp_mlops.components.shared.model_package import ModelConfig, Predictor, read_model_config
 from kfp_mlops.components.shared.records import Deployment, ServingRecord, read_record, write_record
 from kfp_mlops.components.shared.splits import read_split
@@ -56,6 +66,7 @@ class Evaluation:
     averaging: str = ""  # how the metrics are defined (binary, or macro/weighted/one-vs-rest for multiclass)
     per_class: list[ClassScores] = field(default_factory=list)  # multiclass
     absent: list[str] = field(default_factory=list)  # classes with no row in the test split
+    task: str = "binary"  # binary, multiclass or regression (no classes, confusion matrix or ROC curve)
 
 
 def predict_probabilities(model_dir: str, table) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +75,20 @@ def predict_probabilities(model_dir: str, table) -> tuple[np.ndarray, np.ndarray
     predictor = Predictor(model_dir)
     probabilities, _ = predictor.predict(table)
     return probabilities, class_indices(table, predictor.config, "test")
+
+
+def score_package(model_dir: str, table, settings: EvaluateConfig) -> tuple[Scores, ModelConfig, float]:
+    """The package's scores on ``table`` (the test split), its config and the decision threshold used (the
+    config's, else the model's; unused for regression)."""
+    model_config = read_model_config(model_dir)
+    threshold = settings.decision_threshold or model_config.decision_threshold
+    if model_config.regression:
+        _, prediction = Predictor(model_dir).predict(table)
+        scores = compute_regression_metrics(label_values(table, model_config, "test"), prediction)
+    else:
+        probabilities, y = predict_probabilities(model_dir, table)
+        scores = compute_metrics(y, probabilities, settings, threshold, model_config.classes)
+    return scores, model_config, threshold
 
 
 def load_baseline(uri: str) -> ServingRecord | None:
@@ -86,10 +111,7 @@ def rescore_baseline(record: ServingRecord, table, settings: EvaluateConfig) -> 
         with tempfile.TemporaryDirectory(prefix="kfp-mlops-baseline-") as local:
             if not storage.copy_tree(model_uri, local):
                 raise FileNotFoundError(f"{model_uri} holds no files")
-            probabilities, y = predict_probabilities(local, table)
-            baseline_config = read_model_config(local)
-            threshold = settings.decision_threshold or baseline_config.decision_threshold
-            scores = compute_metrics(y, probabilities, settings, threshold, baseline_config.classes)
+            scores, _, _ = score_package(local, table, settings)
     except Exception as exc:
         problem = f"{type(exc).__name__}: {exc}"
         if not settings.allow_recorded_baseline_metrics:
@@ -107,16 +129,19 @@ def bless(
     settings: EvaluateConfig,
     baseline: Baseline | None,
     undefined: dict[str, str] | None = None,
+    task: str = "binary",
 ) -> list[str]:
-    """Reasons not to bless: unmet absolute thresholds, regressions beyond the allowed delta, and any gate whose
-    metric is undefined on the test split (``undefined``: metric -> reason) — a gate fails closed, it never passes
-    on a value that is not a number."""
+    """Reasons not to bless a ``task`` model: unmet absolute thresholds, regressions beyond the allowed delta (for
+    a lower-is-better metric such as mse: an increase), and any gate whose metric is undefined on the test split
+    (``undefined``: metric -> reason) or not a metric of the task — a gate fails closed, it never passes on a value
+    that is not a number."""
     scored = {"metrics": metrics, "undefined": undefined or {}}
     reasons = []
-    gates = [("min_metrics", settings.min_metrics), ("max_metrics", settings.max_metrics)]
+    min_metrics, max_regression = settings.gates(task)
+    gates = [("min_metrics", min_metrics), ("max_metrics", settings.max_metrics)]
     for gate, thresholds in gates:
         for name, limit in thresholds.items():
-            failure = gate_failure(name, scored, "test", f"evaluate.{gate}")
+            failure = gate_failure(name, scored, "test", f"evaluate.{gate}", task)
             if failure:
                 reasons.append(failure)
             elif gate == "min_metrics" and not metrics[name] >= limit:
@@ -124,17 +149,18 @@ def bless(
             elif gate == "max_metrics" and not metrics[name] <= limit:
                 reasons.append(f"{name} {metrics[name]:.4f} is above the threshold {limit}")
     if baseline is not None:
-        for name, delta in settings.max_regression.items():
-            failure = gate_failure(name, scored, "test", "evaluate.max_regression")
+        for name, delta in max_regression.items():
+            failure = gate_failure(name, scored, "test", "evaluate.max_regression", task)
             reference = baseline.metrics.get(name)
             if failure is None and name in baseline.undefined:
                 baseline_scores = {"metrics": baseline.metrics, "undefined": baseline.undefined}
                 failure = gate_failure(name, baseline_scores, "test", "evaluate.max_regression (the baseline's value)")
             if failure:
                 reasons.append(failure)
-            elif reference is not None and not metrics[name] >= reference - delta:
+            elif reference is not None and regressed(name, metrics[name], reference, delta):
+                way = "regresses" if name in HIGHER_IS_BETTER else "increases"
                 reasons.append(
-                    f"{name} {metrics[name]:.4f} regresses more than {delta} from the baseline's {reference:.4f}"
+                    f"{name} {metrics[name]:.4f} {way} more than {delta} from the baseline's {reference:.4f}"
                 )
     return reasons
 
@@ -142,13 +168,10 @@ def bless(
 def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluation:
     """Score the model on the test split and decide the blessing."""
     table = read_split(test_path, "test")
-    model_config = read_model_config(model_dir)
-    probabilities, y = predict_probabilities(model_dir, table)
-    threshold = config.evaluate.decision_threshold or model_config.decision_threshold
-    scores = compute_metrics(y, probabilities, config.evaluate, threshold, model_config.classes)
+    scores, model_config, threshold = score_package(model_dir, table, config.evaluate)
     record = load_baseline(config.evaluate.baseline)
     baseline = None if record is None else rescore_baseline(record, table, config.evaluate)
-    reasons = bless(scores.metrics, config.evaluate, baseline, scores.undefined)
+    reasons = bless(scores.metrics, config.evaluate, baseline, scores.undefined, model_config.task)
     return Evaluation(
         metrics=scores.metrics,
         classes=[str(c) for c in model_config.classes],
@@ -163,6 +186,7 @@ def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluati
         averaging=scores.averaging(),
         per_class=scores.per_class,
         absent=scores.absent,
+        task=model_config.task,
     )
 
 
@@ -170,19 +194,23 @@ def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: Mod
     """A Markdown model card: data, features, parameters, metrics against thresholds and baseline, decision."""
     decision = "**BLESSED**" if evaluation.blessed else "**NOT BLESSED**: " + "; ".join(evaluation.reasons)
     settings = config.evaluate
+    min_metrics, max_regression = settings.gates(evaluation.task)
     batching = model_config.batching
     adjusted = "; adjusted to the data: " + "; ".join(batching["adjustments"]) if batching.get("adjustments") else ""
     missing = {
         "impute": "imputed inside the model (training median for numeric, the reserved category for categorical)",
         "error": "rejected at ingest",
     }[model_config.missing_values]
+    if evaluation.task == "regression":
+        predicts = f"task: regression (predicts {model_config.label!r}, in its units)"
+    else:
+        predicts = f"classes: {', '.join(evaluation.classes)}; decision threshold: {evaluation.decision_threshold:.4f}"
     lines = [
         "# Model card",
         "",
         f"- Decision: {decision}",
         f"- Data content hash: `{data_hash or 'unknown'}`",
-        f"- Test rows: {evaluation.rows:,}; classes: {', '.join(evaluation.classes)}; "
-        f"decision threshold: {evaluation.decision_threshold:.4f}",
+        f"- Test rows: {evaluation.rows:,}; {predicts}",
         *([f"- Metrics: {evaluation.averaging}"] if evaluation.averaging else []),
         f"- Features: {', '.join(model_config.features)}",
         f"- Categorical: {', '.join(model_config.categorical) or 'none'}",
@@ -192,21 +220,29 @@ def model_card(evaluation: Evaluation, config: PipelineConfig, model_config: Mod
         f"- Batching: micro_batch_size {batching.get('micro_batch_size')}, gradient_accumulation_steps "
         f"{batching.get('gradient_accumulation_steps')}, workers {batching.get('workers')}{adjusted}",
         "",
-        "| metric | value | threshold | baseline |",
-        "|---|---:|---:|---:|",
+        "| metric | value | threshold | baseline | allowed change |",
+        "|---|---:|---:|---:|---:|",
     ]
     baseline_metrics = evaluation.baseline.metrics if evaluation.baseline else {}
-    for name in [*evaluation.metrics, *evaluation.undefined]:
-        threshold = (
-            f"≥ {settings.min_metrics[name]}"
-            if name in settings.min_metrics
-            else f"≤ {settings.max_metrics[name]}"
-            if name in settings.max_metrics
-            else ""
-        )
+    gated = [*min_metrics, *settings.max_metrics, *max_regression]
+    for name in dict.fromkeys([*evaluation.metrics, *evaluation.undefined, *gated]):
+        threshold = " ".join(
+            [*([f"≥ {min_metrics[name]}"] if name in min_metrics else []),
+             *([f"≤ {settings.max_metrics[name]}"] if name in settings.max_metrics else [])]
+        )  # fmt: skip
+        change = ""
+        if name in max_regression:
+            change = f"{'−' if name in HIGHER_IS_BETTER else '+'}{max_regression[name]}"
         reference = baseline_metrics.get(name)
-        value = f"{evaluation.metrics[name]:.4f}" if name in evaluation.metrics else "undefined"
-        lines.append(f"| {name} | {value} | {threshold} | {'' if reference is None else f'{reference:.4f}'} |")
+        value = (
+            f"{evaluation.metrics[name]:.4f}"
+            if name in evaluation.metrics
+            else "undefined"
+            if name in evaluation.undefined
+            else "not computed"
+        )
+        reference_cell = "" if reference is None else f"{reference:.4f}"
+        lines.append(f"| {name} | {value} | {threshold} | {reference_cell} | {change} |")
     if evaluation.undefined:
         lines += ["", *(f"- {name} is undefined: {reason}" for name, reason in evaluation.undefined.items())]
     if evaluation.per_class:

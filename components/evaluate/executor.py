@@ -1,5 +1,5 @@
 """Evaluate executor: unpacks the KFP artifacts (duck-typed), calls ``core``, records metrics, the UI's
-ClassificationMetrics, the model card and the blessing. Imports no KFP."""
+ClassificationMetrics (a note only, for a regression model), the model card and the blessing. Imports no KFP."""
 
 from __future__ import annotations
 
@@ -27,9 +27,12 @@ def run(
     pipeline_config = load_config(config)
     evaluation = core.evaluate(pipeline_config, model.path, test_data.path)
     log_metrics(metrics, evaluation.metrics)
-    classification_metrics.log_confusion_matrix(evaluation.classes, evaluation.confusion_matrix)
-    roc = evaluation.roc_curve
-    classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
+    if evaluation.task == "regression":  # no classes: the artifact stays empty, save for a note
+        update_metadata(classification_metrics, {"note": "regression model: no confusion matrix or ROC curve"})
+    else:
+        classification_metrics.log_confusion_matrix(evaluation.classes, evaluation.confusion_matrix)
+        roc = evaluation.roc_curve
+        classification_metrics.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
     model_config = read_model_config(model.path)
     data_hash = test_data.metadata.get("content_hash") or model.metadata.get("content_hash", "")
     write_text_atomically(model_card.path, core.model_card(evaluation, pipeline_config, model_config, data_hash))
@@ -42,6 +45,7 @@ def run(
             "baseline_metrics": evaluation.baseline.metrics if evaluation.baseline else {},
             "undefined_metrics": evaluation.undefined,  # metric -> why it has no value on the test split
             "absent_classes": evaluation.absent,
+            "task": evaluation.task,
             "model": model.uri,
         },
     )

@@ -7,6 +7,11 @@ time), ``int8_static`` (QDQ, activation ranges calibrated on seeded train rows) 
 converted, preprocessing and label nodes left as they are). Only MatMul/Gemm are quantized, so imputation, category
 lookup and the decision threshold stay exact. Every figure is taken on raw validation rows through the whole
 serving graph, i.e. what Triton will serve.
+
+A regression model is measured on its ``prediction`` output: mse, rmse, mae and r2 with their deltas, and the
+largest |prediction − fp32 prediction| in standard deviations of the validation labels (``max |Δy|/σ``, judged
+against ``quantize.max_abs_diff``); it has no labels to agree on, so ``label_agreement`` is None (left out of
+metrics and metadata).
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ import pyarrow as pa
 from kfp_mlops.components.shared import model_package as package
 from kfp_mlops.components.shared import serving_graph
 from kfp_mlops.components.shared.config import PipelineConfig
-from kfp_mlops.components.shared.metrics import WEIGHTED, class_indices, compute_metrics, gate_failure
+from kfp_mlops.components.shared.metrics import (
+    HIGHER_IS_BETTER,
+    class_indices,
+    compute_metrics,
+    compute_regression_metrics,
+    gate_failure,
+    label_values,
+    regressed,
+)
 from kfp_mlops.components.shared.splits import read_split
 
 CANDIDATES = ("fp32", "int8_dynamic", "int8_static", "fp16")
@@ -39,7 +52,6 @@ QUANTIZED_OPS = ["MatMul", "Gemm"]  # the network's weights; preprocessing and l
 THROUGHPUT_BATCH = 64
 CALIBRATION_BATCH = 64
 DROPPED_FILES = (package.WEIGHTS_FILE,)  # fp32 PyTorch weights: not what the quantized package serves
-HIGHER_IS_BETTER = ("accuracy", "precision", "recall", "f1", "roc_auc", *WEIGHTED)
 
 
 class QuantizationBudgetError(RuntimeError):
@@ -54,8 +66,10 @@ class Candidate:
     onnx_bytes: int
     metrics: dict[str, float]  # finite values only
     deltas: dict[str, float]  # of the metrics both it and fp32 have
-    max_abs_diff: float  # largest |probability - fp32 probability| over every row and class
-    label_agreement: float  # share of rows whose label equals fp32's
+    # largest |probability - fp32 probability| over every row and class; regression: largest |prediction - fp32
+    # prediction| over the validation labels' standard deviation (inf when they are constant and it is not 0)
+    max_abs_diff: float
+    label_agreement: float | None  # share of rows whose label equals fp32's; None for regression (no labels)
     latency_ms: float  # median batch-1 latency, one ORT thread
     rows_per_second: float  # at batch THROUGHPUT_BATCH, one ORT thread
     reasons: list[str] = field(default_factory=list)  # why it cannot be chosen; empty: it can
@@ -76,6 +90,7 @@ class QuantizeResult:
     validation_rows: int
     calibration_rows: int
     budget: dict[str, Any]
+    task: str = "binary"
 
     def candidate(self, name: str) -> Candidate:
         return next(c for c in self.candidates if c.name == name)
@@ -104,9 +119,10 @@ class QuantizeResult:
             "speedup_batch1": base.latency_ms / chosen.latency_ms,
             f"rows_per_second_batch{THROUGHPUT_BATCH}": chosen.rows_per_second,
             "max_abs_diff": chosen.max_abs_diff,
-            "label_agreement": chosen.label_agreement,
             "candidates_within_budget": sum(c.eligible for c in self.candidates),
         }
+        if chosen.label_agreement is not None:
+            values["label_agreement"] = chosen.label_agreement
         values |= chosen.metrics
         values |= {f"delta_{name}": value for name, value in chosen.deltas.items()}
         for c in self.candidates:
@@ -117,15 +133,17 @@ class QuantizeResult:
 
     def table(self) -> str:
         """The comparison as Markdown (the KFP UI's ``comparison`` artifact)."""
-        return comparison_table(self.candidates, self.budget, self.choose, self.chosen, self.validation_rows)
+        return comparison_table(self.candidates, self.budget, self.choose, self.chosen, self.validation_rows,
+                                self.task)  # fmt: skip
 
     def summary(self) -> str:
         """The step's one outcome line."""
         chosen, base = self.selected, self.baseline
+        headline, diff = ("r2", "max |Δy|/σ") if self.task == "regression" else ("accuracy", "max |Δp|")
+        change = f"{headline} {chosen.deltas[headline]:+.4f}" if headline in chosen.deltas else f"{headline} undefined"
         line = (
             f"[quantize] {chosen.name}: {base.onnx_bytes / chosen.onnx_bytes:.1f}x smaller, "
-            f"{base.latency_ms / chosen.latency_ms:.1f}x faster at batch 1, "
-            f"accuracy {chosen.deltas.get('accuracy', 0.0):+.4f}, max |Δp| {chosen.max_abs_diff:.2g}"
+            f"{base.latency_ms / chosen.latency_ms:.1f}x faster at batch 1, {change}, {diff} {chosen.max_abs_diff:.2g}"
         )
         rejected = [f"{name} ({'; '.join(reasons)})" for name, reasons in self.rejected.items() if name != "fp32"]
         return line + (f"; rejected: {', '.join(rejected)}" if rejected else "")
@@ -159,13 +177,15 @@ def quantize(
             Path(work),
         )
         candidates = measure(graphs, validation, model_config, config)
-        candidates = [judge(c, config) for c in candidates]
+        candidates = [judge(c, config, model_config.task) for c in candidates]
         allowed = [name for name in graphs if name != "fp32" or "fp32" in settings.candidates]
-        budget = {"max_metric_drop": dict(settings.max_metric_drop), "max_abs_diff": settings.max_abs_diff,
-                  "candidates": allowed}  # fmt: skip
+        budget = {"max_metric_drop": dict(settings.metric_drops(model_config.task)),
+                  "max_abs_diff": settings.max_abs_diff, "candidates": allowed}  # fmt: skip
+        if model_config.regression:
+            budget["label_std"] = label_std(validation, model_config)
         eligible = [c for c in candidates if c.eligible]
         if not eligible:
-            table = comparison_table(candidates, budget, settings.choose, None, validation.num_rows)
+            table = comparison_table(candidates, budget, settings.choose, None, validation.num_rows, model_config.task)
             raise QuantizationBudgetError(
                 "no quantization candidate is within the accuracy budget on the validation split; nothing was "
                 f"written.\n\n{table}\nWiden quantize.max_metric_drop or quantize.max_abs_diff, or list fp32 in "
@@ -173,7 +193,8 @@ def quantize(
             )
         chosen = pick(eligible, settings.choose)
         write_package(model_dir, graphs[chosen.name], chosen.name, output_dir)
-    return QuantizeResult(candidates, chosen.name, settings.choose, validation.num_rows, calibration.num_rows, budget)
+    return QuantizeResult(candidates, chosen.name, settings.choose, validation.num_rows, calibration.num_rows, budget,
+                          model_config.task)  # fmt: skip
 
 
 def calibration_rows(train: pa.Table, rows: int, seed: int) -> pa.Table:
@@ -275,18 +296,26 @@ def measure(
     """Accuracy against fp32 on every validation row, then latency and throughput timed in interleaved rounds
     (each round runs every candidate, in rotating order), so machine noise hits all candidates alike."""
     feeds = package.raw_inputs(validation, model_config.numeric, model_config.categorical)
-    y = class_indices(validation, model_config, "validation")
     sessions = {name: session(path) for name, path in graphs.items()}
-    outputs = {name: s.run([package.PROBABILITIES_OUTPUT, package.LABEL_OUTPUT], feeds) for name, s in sessions.items()}
-    base_probabilities, base_labels = outputs["fp32"]
-    threshold = model_config.decision_threshold
-    scored = {name: compute_metrics(y, p, config.evaluate, threshold, model_config.classes)
-              for name, (p, _) in outputs.items()}  # fmt: skip
+    outputs = {name: s.run(model_config.outputs, feeds) for name, s in sessions.items()}
+    if model_config.regression:
+        y = label_values(validation, model_config, "validation")
+        scored = {name: compute_regression_metrics(y, out[0]) for name, out in outputs.items()}
+        scale = label_std(validation, model_config)
+    else:
+        y = class_indices(validation, model_config, "validation")
+        threshold = model_config.decision_threshold
+        scored = {name: compute_metrics(y, out[0], config.evaluate, threshold, model_config.classes)
+                  for name, out in outputs.items()}  # fmt: skip
+        scale = 1.0
+    reference = outputs["fp32"]
     base = scored["fp32"].metrics
-    latency = timings(sessions, batches(feeds, 1, config.quantize.latency_repeats))
-    batch_time = timings(sessions, batches(feeds, THROUGHPUT_BATCH, config.quantize.latency_repeats))
+    latency = timings(sessions, batches(feeds, 1, config.quantize.latency_repeats), model_config.outputs)
+    batch_time = timings(sessions, batches(feeds, THROUGHPUT_BATCH, config.quantize.latency_repeats),
+                         model_config.outputs)  # fmt: skip
     candidates = []
-    for name, (probabilities, labels) in outputs.items():
+    for name, out in outputs.items():
+        diff = float(np.abs(out[0] - reference[0]).max())
         candidates.append(
             Candidate(
                 name=name,
@@ -294,13 +323,18 @@ def measure(
                 metrics=scored[name].metrics,
                 deltas={m: v - base[m] for m, v in scored[name].metrics.items() if m in base},
                 undefined=scored[name].undefined,
-                max_abs_diff=float(np.abs(probabilities - base_probabilities).max()),
-                label_agreement=float(np.mean(labels[:, 0] == base_labels[:, 0])),
+                max_abs_diff=diff / scale if scale > 0 else 0.0 if diff == 0 else math.inf,
+                label_agreement=None if model_config.regression else float(np.mean(out[1] == reference[1])),
                 latency_ms=latency[name] * 1e3,
                 rows_per_second=THROUGHPUT_BATCH / batch_time[name],
             )
         )
     return candidates
+
+
+def label_std(validation: pa.Table, model_config: package.ModelConfig) -> float:
+    """The standard deviation of a regression model's validation labels: the unit of its ``max_abs_diff``."""
+    return float(np.std(label_values(validation, model_config, "validation")))
 
 
 def batches(feeds: dict[str, np.ndarray], size: int, count: int) -> list[dict[str, np.ndarray]]:
@@ -310,9 +344,11 @@ def batches(feeds: dict[str, np.ndarray], size: int, count: int) -> list[dict[st
             for i in range(count)]  # fmt: skip
 
 
-def timings(sessions: dict[str, Any], feeds: list[dict[str, np.ndarray]], warmup: int = 10) -> dict[str, float]:
-    """Median seconds per run of each session over ``feeds``, after ``warmup`` untimed runs each."""
-    outputs = [package.PROBABILITIES_OUTPUT, package.LABEL_OUTPUT]
+def timings(
+    sessions: dict[str, Any], feeds: list[dict[str, np.ndarray]], outputs: list[str], warmup: int = 10
+) -> dict[str, float]:
+    """Median seconds per run of each session over ``feeds`` (fetching ``outputs``), after ``warmup`` untimed runs
+    each."""
     names = list(sessions)
     for name in names:
         for batch in feeds[:warmup]:
@@ -327,28 +363,34 @@ def timings(sessions: dict[str, Any], feeds: list[dict[str, np.ndarray]], warmup
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def judge(candidate: Candidate, config: PipelineConfig) -> Candidate:
-    """The candidate with the reasons it cannot be chosen: a metric drop or probability difference beyond the
-    budget, or (fp32) not being listed."""
+def judge(candidate: Candidate, config: PipelineConfig, task: str = "binary") -> Candidate:
+    """The candidate with the reasons it cannot be chosen: a metric worse than fp32 beyond the budget (a drop, or
+    for a lower-is-better metric a rise), a probability (regression: prediction) difference beyond
+    ``max_abs_diff``, or (fp32) not being listed."""
     settings = config.quantize
     reasons = []
     if candidate.name == "fp32" and "fp32" not in settings.candidates:
         reasons.append("the baseline: list fp32 in quantize.candidates to allow it")
-    for metric, allowed in settings.max_metric_drop.items():
+    for metric, allowed in settings.metric_drops(task).items():
         if candidate.name == "fp32":
             continue  # the baseline itself: no drop
         if metric not in candidate.deltas:  # undefined for the candidate or for fp32: the budget fails closed
             scores = {"metrics": candidate.metrics, "undefined": candidate.undefined}
-            reasons.append(gate_failure(metric, scores, "validation", "quantize.max_metric_drop")
+            reasons.append(gate_failure(metric, scores, "validation", "quantize.max_metric_drop", task)
                            or f"{metric} is undefined for fp32 on the validation split: quantize.max_metric_drop "
                               "cannot pass on it")  # fmt: skip
             continue
-        drop = -candidate.deltas[metric]
-        if not drop <= allowed + 1e-12:  # NaN fails too
-            reasons.append(f"{metric} drops {drop:.4f} > {allowed}")
+        delta = candidate.deltas[metric]
+        if regressed(metric, delta, 0.0, allowed):  # NaN fails too
+            way = f"drops {-delta:.4f}" if metric in HIGHER_IS_BETTER else f"rises {delta:.4f}"
+            reasons.append(f"{metric} {way} > {allowed}")
     if not candidate.max_abs_diff <= settings.max_abs_diff:
         diff = candidate.max_abs_diff
-        reasons.append(f"probabilities differ from fp32 by up to {diff:.4f} > {settings.max_abs_diff}")
+        if task == "regression":
+            reasons.append(f"predictions differ from fp32 by up to {diff:.4f} σ of the validation labels > "
+                           f"{settings.max_abs_diff}")  # fmt: skip
+        else:
+            reasons.append(f"probabilities differ from fp32 by up to {diff:.4f} > {settings.max_abs_diff}")
     return dataclasses.replace(candidate, reasons=reasons)
 
 
@@ -390,18 +432,27 @@ def write_package(model_dir: str, graph: Path, precision: str, output_dir: str) 
 
 
 def comparison_table(
-    candidates: list[Candidate], budget: dict[str, Any], choose: str, chosen: str | None, rows: int
+    candidates: list[Candidate],
+    budget: dict[str, Any],
+    choose: str,
+    chosen: str | None,
+    rows: int,
+    task: str = "binary",
 ) -> str:
     """Markdown: per candidate size, batch-1 latency, batch-64 throughput (ratios against fp32), probability
-    difference, label agreement, every metric with its delta, and its status."""
+    difference (regression: prediction difference over the label σ), label agreement (classifiers), every metric
+    with its delta, and its status."""
     base = next(c for c in candidates if c.name == "fp32")
     metric_names = list(base.metrics)
-    header = ["candidate", "status", "size", "latency b1", f"rows/s b{THROUGHPUT_BATCH}", "max \\|Δp\\|",
-              "labels = fp32", *metric_names]  # fmt: skip
+    regression = task == "regression"
+    diff = "max |Δy|/σ" if regression else "max |Δp|"
+    header = ["candidate", "status", "size", "latency b1", f"rows/s b{THROUGHPUT_BATCH}", diff.replace("|", "\\|"),
+              *([] if regression else ["labels = fp32"]), *metric_names]  # fmt: skip
+    unit = f" (σ = {budget['label_std']:.4g}, the validation labels' standard deviation)" if regression else ""
     lines = [
         f"# Quantization: {rows:,} validation rows, CPU, one ORT thread; choose {choose} within the budget",
         "",
-        f"Budget: metric drop ≤ {budget['max_metric_drop'] or 'none'}, max |Δp| ≤ {budget['max_abs_diff']}; "
+        f"Budget: metric drop ≤ {budget['max_metric_drop'] or 'none'}, {diff} ≤ {budget['max_abs_diff']}{unit}; "
         f"candidates {', '.join(budget['candidates'])}",
         "",
         "| " + " | ".join(header) + " |",
@@ -416,11 +467,13 @@ def comparison_table(
             f"{c.latency_ms:.3f} ms ({base.latency_ms / c.latency_ms:.2f}x faster)",
             f"{c.rows_per_second:,.0f} ({c.rows_per_second / base.rows_per_second:.2f}x)",
             f"{c.max_abs_diff:.2g}",
-            f"{c.label_agreement:.2%}",
+            *([] if c.label_agreement is None else [f"{c.label_agreement:.2%}"]),
             *(f"{c.metrics[m]:.4f} ({c.deltas[m]:+.4f})" if m in c.deltas else "undefined" for m in metric_names),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lower = [m for m in metric_names if m not in HIGHER_IS_BETTER]
-    lines += ["", f"Deltas are candidate − fp32; lower is better for {', '.join(lower)}." if lower else ""]
+    if lower:
+        lines += ["", f"Deltas are candidate − fp32; lower is better for {', '.join(lower)} (a budget on one of them "
+                  "bounds its rise)."]  # fmt: skip
     lines += [f"{name} is undefined on the validation split: {reason}" for name, reason in base.undefined.items()]
     return "\n".join(lines).rstrip() + "\n"

@@ -35,11 +35,12 @@ def run(
             "onnx_bytes": chosen.onnx_bytes,
             "metric_deltas": {name: value for name, value in chosen.deltas.items() if math.isfinite(value)},
             "max_abs_diff": chosen.max_abs_diff,
-            "label_agreement": chosen.label_agreement,
             "latency_ms_batch1": chosen.latency_ms,
             "source_model": getattr(model, "uri", ""),
             "rejected": result.rejected,
-        },
+        }
+        | ({} if chosen.label_agreement is None else {"label_agreement": chosen.label_agreement})
+        | ({"task": result.task, "label_std": result.budget["label_std"]} if "label_std" in result.budget else {}),
     )
     print(result.summary())
     return result

@@ -1,5 +1,5 @@
-"""Classification metrics, one definition for every step that scores a model (evaluate blesses with them,
-quantize compares candidates with them). Needs scikit-learn (the evaluate and quantize images have it).
+"""Model metrics, one definition for every step that scores a model (evaluate blesses with them, quantize
+compares candidates with them). Needs scikit-learn (the evaluate and quantize images have it).
 
 Binary (two classes; the positive class is the second, predicted at the decision threshold): accuracy, precision,
 recall, F1, ROC AUC, log loss, expected calibration error.
@@ -10,9 +10,17 @@ precision 0) and ``precision_weighted``/``recall_weighted``/``f1_weighted`` weig
 over every class of the model; ``roc_auc`` is one-vs-rest, macro-averaged over the classes present in the split
 (the classes left out are named in ``Scores.absent``); a per-class table.
 
-A metric that cannot be computed on the rows (ROC AUC with a single class present, or any value that is not a
-finite number) is never a number: it is left out of ``Scores.metrics`` and recorded in ``Scores.undefined`` with
-its reason, so that a gate needing it fails closed (``gate_failure``) and no NaN reaches artifact metadata.
+Regression (``compute_regression_metrics``, on the ``prediction`` output in the label's units): ``mse``, ``rmse``,
+``mae`` and ``r2`` (1 − residual sum of squares / total sum of squares around the scored labels' mean); no
+confusion matrix, ROC curve or per-class table.
+
+Direction: ``HIGHER_IS_BETTER`` metrics must not fall, every other one (log loss, calibration error, mse, rmse,
+mae) must not rise; ``regressed`` says which way a gate reads a change.
+
+A metric that cannot be computed on the rows (ROC AUC with a single class present, R² on constant labels, or any
+value that is not a finite number) is never a number: it is left out of ``Scores.metrics`` and recorded in
+``Scores.undefined`` with its reason, so that a gate needing it fails closed (``gate_failure``, which also refuses a
+metric the model's task does not compute, such as roc_auc for regression) and no NaN reaches artifact metadata.
 """
 
 from __future__ import annotations
@@ -20,16 +28,33 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
-from kfp_mlops.components.shared.config import EvaluateConfig
+from kfp_mlops.components.shared.config import REGRESSION_METRICS, EvaluateConfig, HigherIsBetter
 from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.model_package import ModelConfig
+from kfp_mlops.components.shared.tabular import regression_targets
 
 MAX_ROC_POINTS = 200
 WEIGHTED = ("precision_weighted", "recall_weighted", "f1_weighted")  # multiclass only
+HIGHER_IS_BETTER = (*get_args(HigherIsBetter), *WEIGHTED)  # the others are lower-is-better
+BINARY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "expected_calibration_error")
+TASK_METRICS = {"binary": BINARY_METRICS, "multiclass": (*BINARY_METRICS, *WEIGHTED), "regression": REGRESSION_METRICS}
+
+
+def regressed(metric: str, value: float, reference: float, allowed: float) -> bool:
+    """Whether ``value`` is worse than ``reference`` by more than ``allowed`` (a fall for a higher-is-better
+    metric, a rise for the others); a value that is not a number counts as worse."""
+    change = reference - value if metric in HIGHER_IS_BETTER else value - reference
+    return not change <= allowed + 1e-12
+
+
+def label_values(table, config: ModelConfig, split: str) -> np.ndarray:
+    """A regression model's true values (float64) from the label column; a missing or non-finite one is an
+    InputError naming split, column and row."""
+    return regression_targets(table[config.label], config.label, f"{split} split")
 
 
 def class_indices(table, config: ModelConfig, split: str) -> np.ndarray:
@@ -68,9 +93,13 @@ class Scores:
     per_class: list[ClassScores] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)  # classes of the model with no row in the split
     multiclass: bool = False
+    regression: bool = False
 
     def averaging(self) -> str:
         """How the metrics are defined, in one sentence for the model card."""
+        if self.regression:
+            return ("regression, on the predicted value in the label's units: mse, rmse and mae of the error; r2 is "
+                    "1 − squared error / squared deviation of the labels from their mean")  # fmt: skip
         if not self.multiclass:
             return ("binary: precision, recall and F1 of the positive class at the decision threshold; ROC AUC of "
                     "its probability")  # fmt: skip
@@ -162,6 +191,29 @@ def compute_metrics(
 _EMPTY_CURVE: dict[str, list[float]] = {"fpr": [], "tpr": [], "thresholds": []}
 
 
+def compute_regression_metrics(y: np.ndarray, prediction: np.ndarray) -> Scores:
+    """Score predicted values [N] (or [N, 1]) against true values ``y`` [N] (see the module docstring)."""
+    prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64)
+    error = prediction - y
+    mse = float(np.mean(error**2))
+    values = {"mse": mse, "rmse": math.sqrt(mse), "mae": float(np.mean(np.abs(error)))}
+    undefined: dict[str, str] = {}
+    spread = float(np.sum((y - y.mean()) ** 2)) if len(y) else 0.0
+    if spread > 0:
+        values["r2"] = 1.0 - float(np.sum(error**2)) / spread
+    else:
+        held = f"every label is {y[0]:g}" if len(y) else "no rows"
+        undefined["r2"] = f"{held} (no variance around the mean); R² needs labels that vary"
+    metrics = {}
+    for name, value in values.items():
+        if math.isfinite(value):
+            metrics[name] = value
+        else:
+            undefined[name] = f"it is not a finite number on these rows ({value})"
+    return Scores(metrics=metrics, undefined=undefined, confusion_matrix=[], roc_curve=_EMPTY_CURVE, regression=True)
+
+
 def _roc_curve(y: np.ndarray, probabilities: np.ndarray, predicted: np.ndarray, binary: bool) -> dict[str, list]:
     """Binary: the positive class's ROC curve; multiclass: "the predicted class is right" against its probability.
     Empty when it is undefined on these rows (one kind of outcome only)."""
@@ -204,11 +256,18 @@ def _per_class(y: np.ndarray, predicted: np.ndarray, names: list[str], auc: dict
 GATE_ADVICE = "choose split.by: entity_hash or split.stratify: true, more data, or another gate metric"
 
 
-def gate_failure(metric: str, scores: Scores | dict[str, Any], split: str, gate: str) -> str | None:
-    """Why ``gate`` cannot judge ``metric`` (undefined on the split, or not computed for this kind of model), or
-    None when it has a value. Gates fail closed on it: never pass on an undefined value."""
+def gate_failure(
+    metric: str, scores: Scores | dict[str, Any], split: str, gate: str, task: str | None = None
+) -> str | None:
+    """Why ``gate`` cannot judge ``metric`` (not a metric of a ``task`` model, undefined on the split, or not
+    computed), or None when it has a value. Gates fail closed on it: never pass on an undefined value."""
     metrics = scores.metrics if isinstance(scores, Scores) else scores.get("metrics", {})
     undefined = scores.undefined if isinstance(scores, Scores) else scores.get("undefined", {})
+    if task is not None and metric not in TASK_METRICS[task]:
+        return (
+            f"{metric} is not a metric of a {task} model (its metrics: {', '.join(TASK_METRICS[task])}); {gate} "
+            f"cannot pass on it: gate on one of those"
+        )
     if metric in metrics and math.isfinite(metrics[metric]):
         return None
     if metric in undefined:
