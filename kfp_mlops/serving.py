@@ -11,8 +11,10 @@ Which features the model takes, in which order and of which kind (numeric or cat
   else the latest version Triton serves. Per version, so versions trained on different features stay right.
 
 ``kfp-mlops.json`` holds the package's model config, either as the whole document or under a ``model_config`` key.
-Every request pins the version whose config was read. Errors: ``InputError`` (bad ids, missing entities, a feature
-repository or model config that does not fit) and ``ServingError`` (Triton unreachable, model not ready, inference).
+Its ``task`` says what comes back: a classifier's probabilities per class and predicted label, or a regression
+model's ``prediction`` (in the label's units). Every request pins the version whose config was read. Errors:
+``InputError`` (bad ids, missing entities, a feature repository or model config that does not fit) and
+``ServingError`` (Triton unreachable, model not ready, inference).
 """
 
 from __future__ import annotations
@@ -35,13 +37,7 @@ from kfp_mlops.components.shared import layout, storage, triton_access
 from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.errors import InputError, ServiceError
 from kfp_mlops.components.shared.layout import FEATURE_STORE_YAML, VERSION_METADATA_FILE
-from kfp_mlops.components.shared.model_package import (
-    LABEL_OUTPUT,
-    MODEL_CONFIG_FILE,
-    PROBABILITIES_OUTPUT,
-    ModelConfig,
-    raw_inputs,
-)
+from kfp_mlops.components.shared.model_package import MODEL_CONFIG_FILE, ModelConfig, raw_inputs
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
@@ -65,15 +61,24 @@ class MissingEntitiesError(InputError):
 
 @dataclass(frozen=True)
 class Predictions:
-    """One row per requested entity, in request order."""
+    """One row per requested entity, in request order. A classifier fills ``classes``, ``probabilities`` and
+    ``labels``; a regression model (``task`` regression) fills ``predictions``, and has no classes, probabilities of
+    shape [N, 0] and no labels."""
 
     entity: str  # the entity's join key, e.g. customer_id
     entity_ids: list[EntityId]
-    classes: list[EntityId]
+    classes: list[EntityId]  # empty for regression
     probabilities: np.ndarray  # float32 [N, len(classes)]
-    labels: list[EntityId]  # the predicted class under the model's decision threshold
+    labels: list[EntityId]  # the predicted class under the model's decision threshold; empty for regression
     model: str
     version: str
+    task: str = "binary"  # binary, multiclass or regression (the model config's)
+    label: str = ""  # the label column the model predicts
+    predictions: np.ndarray | None = None  # regression: float32 [N], the predicted value in the label's units
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
 
 
 # --- the model config ------------------------------------------------------------------------------------------
@@ -171,7 +176,8 @@ class TritonModel:
         )
 
     def check_inputs(self, config: ModelConfig) -> None:
-        """The served model must take the config's columns: one input per kind, the last dimension its width."""
+        """The served model must take the config's columns (one input per kind, the last dimension its width) and
+        give the config's outputs (a classifier's probabilities and label, a regression model's prediction)."""
         widths = {"numeric": len(config.numeric), "categorical": len(config.categorical)}
         served = {i["name"]: [int(d) for d in i["shape"]] for i in self.metadata["inputs"]}
         expected = {name: widths[name] for name in config.inputs}
@@ -183,28 +189,36 @@ class TritonModel:
             for name, width in expected.items()
             if name in served and served[name][-1] not in (-1, width)
         ]
+        outputs = [o["name"] for o in self.metadata.get("outputs", [])]
+        missing = [name for name in config.outputs if name not in outputs]
+        if missing:
+            problems.append(f"outputs {outputs}, the {config.task} model config reads {config.outputs}")
         if problems:
             raise InputError(
                 f"model {self.model!r} version {self.version} on Triton does not fit the model config: "
                 f"{'; '.join(problems)}"
             )
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, list[EntityId]]:
-        """(probabilities [N, classes], labels [N]) in chunks of at most ``max_batch_size`` rows."""
+    def infer(self, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        """The arrays of ``outputs`` (``ModelConfig.outputs``: probabilities [N, classes] and label [N, 1], or
+        prediction [N, 1]), in chunks of at most ``max_batch_size`` rows."""
         rows = len(next(iter(feeds.values())))
         step = self.max_batch_size or rows
-        probabilities, labels = [], []
+        chunks: list[list[np.ndarray]] = [[] for _ in outputs]
         with self._explained():
             for start in range(0, rows, step):
                 chunk = {name: array[start : start + step] for name, array in feeds.items()}
                 inputs = layout.infer_inputs(self._module, chunk)
-                outputs = layout.requested_outputs(self._module)
+                requested = layout.requested_outputs(self._module, outputs)
                 result = self._client.infer(
-                    self.model, inputs, model_version=self.version, outputs=outputs, **self._options
+                    self.model, inputs, model_version=self.version, outputs=requested, **self._options
                 )
-                probabilities.append(result.as_numpy(PROBABILITIES_OUTPUT))
-                labels += layout.decode_labels(result.as_numpy(LABEL_OUTPUT))
-        return np.concatenate(probabilities).astype(np.float32), labels
+                for parts, name in zip(chunks, outputs, strict=True):
+                    array = result.as_numpy(name)
+                    if array is None:
+                        raise ServingError(f"model {self.model!r} version {self.version} returned no {name!r}")
+                    parts.append(array)
+        return [np.concatenate(parts) for parts in chunks]
 
 
 # --- Feast -----------------------------------------------------------------------------------------------------
@@ -328,24 +342,40 @@ def predict_entities(
         view = find_feature_view(store, config, feature_view)
         keys = entity_keys(store, config.entity, entity_ids)
         columns = online_features(store, view, config, keys)
-    probabilities, labels = triton.infer(raw_inputs(columns, config.numeric, config.categorical))
-    if probabilities.shape != (len(keys), len(config.classes)):
+    answers = triton.infer(raw_inputs(columns, config.numeric, config.categorical), config.outputs)
+    expected = (len(keys), 1 if config.regression else len(config.classes))
+    if answers[0].shape != expected:
         raise ServingError(
-            f"model {model_name!r} version {triton.version} returned probabilities of shape {probabilities.shape} for "
-            f"{len(keys)} entities and {len(config.classes)} classes"
+            f"model {model_name!r} version {triton.version} returned {config.outputs[0]} of shape {answers[0].shape} "
+            f"for {len(keys)} entities" + ("" if config.regression else f" and {len(config.classes)} classes")
         )
-    return Predictions(config.entity, keys, list(config.classes), probabilities, labels, model_name, triton.version)
+    common = {"entity": config.entity, "entity_ids": keys, "model": model_name, "version": triton.version,
+              "task": config.task, "label": config.label}  # fmt: skip
+    if config.regression:
+        empty = np.zeros((len(keys), 0), np.float32)
+        return Predictions(**common, classes=[], probabilities=empty, labels=[],
+                           predictions=answers[0][:, 0].astype(np.float32))  # fmt: skip
+    return Predictions(**common, classes=list(config.classes), probabilities=answers[0].astype(np.float32),
+                       labels=layout.decode_labels(answers[1]))  # fmt: skip
 
 
 def format_predictions(predictions: Predictions, digits: int = 6) -> str:
-    """A plain-text table: the entity id, one ``p(<class>)`` column per class, and the predicted label."""
-    header = [predictions.entity, *(f"p({c})" for c in predictions.classes), "label"]
-    rows = [
-        [str(entity), *(f"{p:.{digits}f}" for p in probabilities), str(label)]
-        for entity, probabilities, label in zip(
-            predictions.entity_ids, predictions.probabilities, predictions.labels, strict=True
-        )
-    ]
+    """A plain-text table: the entity id, one ``p(<class>)`` column per class, and the predicted label; for a
+    regression model the entity id and ``<label> (predicted)``."""
+    if predictions.regression:
+        header = [predictions.entity, f"{predictions.label or 'prediction'} (predicted)"]
+        values = predictions.predictions if predictions.predictions is not None else []
+        rows = [
+            [str(entity), f"{value:.{digits}f}"] for entity, value in zip(predictions.entity_ids, values, strict=True)
+        ]
+    else:
+        header = [predictions.entity, *(f"p({c})" for c in predictions.classes), "label"]
+        rows = [
+            [str(entity), *(f"{p:.{digits}f}" for p in probabilities), str(label)]
+            for entity, probabilities, label in zip(
+                predictions.entity_ids, predictions.probabilities, predictions.labels, strict=True
+            )
+        ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]

@@ -16,6 +16,7 @@ from support.configs import pipeline_config
 from support.kfp_api_server import FakeKfpApiServer
 from support.kfp_cli import GOLDEN
 from support.packages import edited_package, halve_weights
+from support.packages import regression_package as build_regression_package
 
 pytest_plugins = ["support.servers"]
 
@@ -114,6 +115,18 @@ def root(request, tmp_path) -> str:
         return str(tmp_path / "root")
     server = request.getfixturevalue(request.param)
     return server.uri(f"t-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="session")
+def regression_package(tmp_path_factory, ingested) -> Path:
+    """A regression package on the ingested sample's features (label ``support.packages.REGRESSION_LABEL``): a
+    least-squares linear core in the serving graph, built in a second, without training."""
+    import pyarrow.parquet as pq
+
+    config, paths = ingested
+    schema = config.schema_
+    return build_regression_package(tmp_path_factory.mktemp("regression") / "model", pq.read_table(paths.train),
+                                    schema.features, schema.categorical, schema.entity, schema.timestamp)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -327,6 +327,84 @@ def test_a_model_answering_nan_fails_verification_instead_of_matching_its_own_na
     assert ready_versions(server, "poisoned") == set() and not (repository / "poisoned").exists()
 
 
+def noisy_regression(package: Path, target: Path, noise: float) -> Path:
+    """``package`` with uniform noise in [noise / 2, noise] (label units) added to its prediction on every run."""
+
+    def add_noise(graph) -> None:
+        for node in graph.node:
+            node.output[:] = ["raw_prediction" if name == "prediction" else name for name in node.output]
+        graph.node.extend(
+            [
+                helper.make_node("RandomUniformLike", ["raw_prediction"], ["noise"], low=noise / 2, high=noise),
+                helper.make_node("Add", ["raw_prediction", "noise"], ["prediction"]),
+            ]
+        )
+
+    return edited_package(package, target, add_noise)
+
+
+def assert_serves_prediction(server, name: str, package: Path, validation: str) -> None:
+    """Triton's ``prediction`` (the served graph's only output) equals the package's own on 256 rows."""
+    import tritonclient.grpc as grpc
+
+    inputs = feeds(package, validation, 256)
+    expected, _ = Predictor(package).run(inputs)
+    client = grpc.InferenceServerClient(_url(server))
+    try:
+        assert [o["name"] for o in client.get_model_metadata(name, as_json=True)["outputs"]] == ["prediction"]
+        served = []
+        for start in range(0, 256, 64):
+            tensors = []
+            for key, array in inputs.items():
+                chunk = array[start : start + 64]
+                tensor = grpc.InferInput(key, list(chunk.shape), "BYTES" if chunk.dtype == object else "FP32")
+                tensor.set_data_from_numpy(chunk)
+                tensors.append(tensor)
+            served.append(client.infer(name, tensors).as_numpy("prediction"))
+        served = np.concatenate(served)
+    finally:
+        client.close()
+    assert served.shape == (256, 1) and served.dtype == np.float32
+    np.testing.assert_allclose(served, expected, rtol=1e-6, atol=0)
+
+
+def test_a_regression_package_is_verified_on_its_prediction_and_served(
+    server, repository, regression_package, validation
+):
+    name = "spend"
+    deployed = core.deploy(str(regression_package), validation, settings(server, repository, name))
+    assert (deployed.status, deployed.version) == ("deployed", 1)
+    assert deployed.deployment.verified["rows"] == 256 and deployed.deployment.verified["max_abs_diff"] <= 1e-4
+    assert files(repository, name) == ["1/kfp-mlops.json", "1/model.onnx", "1/model.py", "config.pbtxt"]
+    outputs = ModelConfig.read(repository / name).outputs
+    assert [(t.name, t.data_type, t.dims) for t in outputs] == [("prediction", "TYPE_FP32", [1])]
+    marker = json.loads((repository / name / "1" / "kfp-mlops.json").read_text())
+    assert marker["model_config"]["task"] == "regression" and marker["model_config"]["classes"] == []
+    assert_serves_prediction(server, name, regression_package, validation)
+
+
+@pytest.mark.parametrize("atols, deploys", [(0.1, True), (10, False)])
+def test_a_regression_package_is_held_to_atol_label_standard_deviations(
+    server, repository, regression_package, validation, tmp_path, atols, deploys
+):
+    """Triton and the package differ by random noise of ``atols`` × verify.atol × the training label's standard
+    deviation: a tenth of it deploys, ten times it rolls back naming the scaled difference."""
+    label_std = json.loads((regression_package / "preprocessing.json").read_text())["label_std"]
+    noisy = noisy_regression(regression_package, tmp_path / "model", atols * 1e-4 * label_std)
+    name = f"spend-noise-{atols:g}".replace(".", "_")
+    if deploys:
+        deployed = core.deploy(str(noisy), validation, settings(server, repository, name))
+        assert deployed.version == 1 and 0 < deployed.deployment.verified["max_abs_diff"] <= 1e-4
+        return
+    message = (
+        rf"{candidate(name)} version 1 on {re.escape(server.grpc_url)} answers differently from the package: max "
+        rf"\|prediction difference\| / label std {label_std:.4g} \d\.\d+(e-0\d)? over 256 rows \(allowed 0\.0001\)"
+    )
+    with pytest.raises(core.DeployError, match=message) as failed:
+        core.deploy(str(noisy), validation, settings(server, repository, name))
+    assert failed.value.stage == "verification" and not (repository / name).exists()
+
+
 def test_a_missed_latency_budget_rolls_back_and_leaves_nothing_on_a_first_deploy(
     server, repository, trained_package, validation
 ):

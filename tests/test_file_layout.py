@@ -7,6 +7,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from kfp_mlops.components.shared import layout
+from kfp_mlops.components.shared.model_package import output_names
 
 
 def test_version_paths_and_files_name_the_graph_the_backend_and_the_marker(tmp_path):
@@ -25,7 +26,7 @@ def test_decode_labels_gives_plain_python_values_for_string_and_integer_labels()
     assert decoded == [1, 0] and all(type(v) is int for v in decoded)
 
 
-def test_infer_inputs_are_fp32_and_bytes_for_both_clients():
+def test_infer_inputs_are_fp32_and_bytes_and_the_outputs_follow_the_task_for_both_clients():
     feeds = {"numeric": np.zeros((2, 3), np.float32), "categorical": np.array([["a"], [""]], dtype=object)}
     for client in (httpclient, grpcclient):
         tensors = layout.infer_inputs(client, feeds)
@@ -33,4 +34,6 @@ def test_infer_inputs_are_fp32_and_bytes_for_both_clients():
             ("numeric", "FP32", [2, 3]),
             ("categorical", "BYTES", [2, 1]),
         ]
-        assert [o.name() for o in layout.requested_outputs(client)] == ["probabilities", "label"]
+        for task, outputs in (("binary", ["probabilities", "label"]), ("regression", ["prediction"])):
+            requested = layout.requested_outputs(client, output_names(task))
+            assert [o.name() for o in requested] == outputs

@@ -5,6 +5,7 @@ must equal the package's own onnxruntime run on the entities' latest offline row
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +15,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.packages import REGRESSION_LABEL
 from support.triton import running_triton
 
 from kfp_mlops import serving, triton_local
 from kfp_mlops.cli import main
+from kfp_mlops.components.deploy.core import deploy
 from kfp_mlops.components.features.core import build_feature_sets
 from kfp_mlops.components.shared import layout, storage
-from kfp_mlops.components.shared.config import FeaturesConfig
+from kfp_mlops.components.shared.config import DeployConfig, FeaturesConfig
 from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.model_package import ModelConfig, Predictor, read_model_config
 from kfp_mlops.components.shared.splits import SplitPaths
@@ -198,6 +201,79 @@ def test_an_entity_with_missing_feature_values_is_predicted_not_refused(triton, 
     probabilities, labels = Predictor(trained_package).predict({k: [v] for k, v in row.items()})
     np.testing.assert_allclose(predictions.probabilities, probabilities, atol=1e-5, rtol=0)
     assert predictions.labels == labels.tolist()
+
+
+# --- a regression model ------------------------------------------------------------------------------------------
+
+
+REGRESSION_MODEL = "spend"
+
+
+@pytest.fixture(scope="module")
+def regression_triton(
+    regression_package, ingested, tmp_path_factory
+) -> Iterator[tuple[triton_local.TritonServer, Path]]:
+    """The regression package put into a real Triton by the deploy step (verified there on validation rows), with
+    max_batch_size 4: (the server, its model repository, whose version 1 holds the kfp-mlops.json predict reads)."""
+    repository = tmp_path_factory.mktemp("regression-models")
+    with running_triton(repository, state_dir=tmp_path_factory.mktemp("regression-triton")) as server:
+        settings = DeployConfig(model_repository=str(repository), triton_url=server.grpc_url,
+                                model_name=REGRESSION_MODEL, backend="python", max_batch_size=4,
+                                preferred_batch_sizes=[4], ready_timeout_seconds=60,
+                                verify={"rows": 64, "requests": 10, "max_p50_ms": 500, "max_p99_ms": 5000})  # fmt: skip
+        assert deploy(str(regression_package), ingested[1].validation, settings).version == 1
+        yield server, repository
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_regression_model_predicts_the_value_of_its_label_as_the_package_does(
+    protocol, regression_triton, sqlite_repo, regression_package, latest, entities
+):
+    server, repository = regression_triton
+    url = server.http_url if protocol == "http" else server.grpc_url
+    ids = [*entities, entities[0]]  # 8 rows: two requests of max_batch_size 4
+    predictions = serving.predict_entities(
+        ids, str(sqlite_repo), url, REGRESSION_MODEL, model_repository=str(repository), protocol=protocol
+    )
+    assert (predictions.task, predictions.label, predictions.version) == ("regression", REGRESSION_LABEL, "1")
+    assert predictions.entity == ENTITY and predictions.entity_ids == ids
+    assert predictions.classes == [] and predictions.labels == [] and predictions.probabilities.shape == (len(ids), 0)
+    _, values = expected(regression_package, latest, ids)
+    assert predictions.predictions.dtype == np.float32 and predictions.predictions.shape == (len(ids),)
+    np.testing.assert_allclose(predictions.predictions, values, rtol=1e-6, atol=0)
+    assert predictions.predictions[0] == predictions.predictions[-1]
+
+
+def test_cli_prints_the_predicted_value_of_a_regression_model_s_label(
+    regression_triton, sqlite_repo, regression_package, latest, entities, capsys
+):
+    server, repository = regression_triton
+    code = predict_cli(
+        *(f"--entity={e}" for e in entities[:3]),
+        f"--url={server.http_url}",
+        f"--feature-repo={sqlite_repo}",
+        f"--model={REGRESSION_MODEL}",
+        f"--model-repository={repository}",
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[0] == f"model {REGRESSION_MODEL} version 1 on {server.http_url} (http)"
+    assert out[1].split() == [ENTITY, REGRESSION_LABEL, "(predicted)"]
+    _, values = expected(regression_package, latest, entities[:3])
+    for line, entity, value in zip(out[2:], entities[:3], values, strict=True):
+        cells = line.split()
+        assert len(cells) == 2 and cells[0] == str(entity) and re.fullmatch(r"-?\d+\.\d{6}", cells[1])
+        assert float(cells[1]) == pytest.approx(float(value), abs=1e-5)
+
+
+def test_a_classifier_config_for_a_regression_model_is_refused_naming_the_outputs(
+    regression_triton, sqlite_repo, regression_package
+):
+    server, _ = regression_triton
+    classifier = read_model_config(regression_package).model_copy(update={"task": "binary", "classes": [0, 1]})
+    message = r"outputs \['prediction'\], the binary model config reads \['probabilities', 'label'\]"
+    with pytest.raises(InputError, match=message):
+        serving.predict_entities([1], str(sqlite_repo), server.http_url, REGRESSION_MODEL, model_config=classifier)
 
 
 # --- errors --------------------------------------------------------------------------------------------------

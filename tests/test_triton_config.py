@@ -7,8 +7,11 @@ import textwrap
 
 import pytest
 from pydantic import ValidationError
+from support.packages import regression_package
 from support.triton import signature_model
 
+from kfp_mlops.components.deploy.package import model_config
+from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.triton_config import (
     DynamicBatching,
     InstanceGroup,
@@ -18,6 +21,7 @@ from kfp_mlops.components.shared.triton_config import (
     config_for_onnx,
     signature_from_onnx,
 )
+from kfp_mlops.sample_data import CATEGORICAL, ENTITY, NUMERIC, TIMESTAMP, make_sample_table
 
 CLUSTER_PBTXT = textwrap.dedent("""\
     name: "churn"
@@ -184,6 +188,53 @@ def test_config_for_onnx_serves_the_signature(tmp_path):
     assert config.platform == "onnxruntime_onnx" and config.backend is None
     assert [t.name for t in config.inputs] == ["numeric", "categorical"]
     assert ModelConfig.from_pbtxt(config.to_pbtxt()) == config
+
+
+REGRESSION_PBTXT = textwrap.dedent("""\
+    name: "spend"
+    platform: "onnxruntime_onnx"
+    version_policy {
+      specific {
+        versions: 2
+      }
+    }
+    max_batch_size: 64
+    input {
+      name: "numeric"
+      data_type: TYPE_FP32
+      dims: 6
+    }
+    input {
+      name: "categorical"
+      data_type: TYPE_STRING
+      dims: 3
+    }
+    output {
+      name: "prediction"
+      data_type: TYPE_FP32
+      dims: 1
+    }
+    instance_group {
+      count: 1
+      kind: KIND_CPU
+    }
+    dynamic_batching {
+      preferred_batch_size: 8
+      preferred_batch_size: 32
+      preferred_batch_size: 64
+    }
+""")
+
+
+def test_config_of_a_regression_package_serves_its_prediction_only(tmp_path):
+    """A regression serving graph's one output, ``prediction`` FP32 [N, 1], becomes ``dims: [1]`` (no probabilities,
+    no label), as the deploy step generates it; the text parses back to the same config."""
+    package = regression_package(tmp_path / "model", make_sample_table(400), NUMERIC + CATEGORICAL, CATEGORICAL,
+                                 ENTITY, TIMESTAMP)  # fmt: skip
+    config = model_config("spend", package / "model.onnx", DeployConfig(), gpu=False, version=2)
+    assert config.outputs == [Tensor(name="prediction", data_type="TYPE_FP32", dims=[1])]
+    assert config.to_pbtxt() == REGRESSION_PBTXT
+    assert ModelConfig.from_pbtxt(REGRESSION_PBTXT) == config
 
 
 def test_signature_from_onnx_raise_error_when_the_batch_dimension_is_fixed(tmp_path):

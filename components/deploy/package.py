@@ -14,6 +14,7 @@ from kfp_mlops.components.deploy.errors import DeployError, Stage
 from kfp_mlops.components.shared import layout, model_package, triton_config
 from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.splits import read_split
+from kfp_mlops.components.shared.tabular import Preprocessing
 
 
 def model_config(
@@ -72,18 +73,25 @@ class Package:
 
 @dataclass(frozen=True)
 class Reference:
-    """The verification rows as Triton inputs, and the package's own outputs on them."""
+    """The verification rows as Triton inputs, and the package's own outputs on them: ``values`` is the graph's first
+    output (``outputs[0]``: probabilities [N, classes], or a regression model's prediction [N, 1]) and ``labels``
+    the predicted classes (empty for regression). ``scale`` divides a difference before ``verify.atol`` bounds it:
+    1 for probabilities, the training label's standard deviation (``preprocessing.json`` ``label_std``) for a
+    prediction in the label's units, so one atol means the same share of the target's spread for every label."""
 
     inputs: dict[str, np.ndarray]
-    probabilities: np.ndarray
+    outputs: list[str]  # the package's graph outputs (ModelConfig.outputs), what verification asks Triton for
+    values: np.ndarray
     labels: list[Any]
     decision_threshold: float
+    scale: float = 1.0
 
     @classmethod
     def compute(cls, package: Package, validation_path: str, rows: int, batch_size: int) -> Reference:
         """The package's outputs in the batches verification sends (``batch_size`` rows each, one request at a
         time, so Triton runs each alone): an int8_dynamic model quantizes activations per batch, so a row's
         outputs depend on the rows it is run with."""
+        config = package.config
         try:
             table = read_split(validation_path, "validation")
             table = table.slice(0, min(rows, table.num_rows))
@@ -93,23 +101,35 @@ class Reference:
                 predictor.run({key: value[start : start + batch_size] for key, value in inputs.items()})
                 for start in range(0, table.num_rows, batch_size)
             ]
-            probabilities = np.concatenate([batch[0] for batch in batches])
-            labels = np.concatenate([batch[1] for batch in batches])
+            values = np.concatenate([batch[0] for batch in batches])
+            labels = [] if config.regression else layout.decode_labels(np.concatenate([batch[1] for batch in batches]))
+            scale = label_scale(package.model_dir) if config.regression else 1.0
         except Exception as exc:
             raise DeployError(
                 Stage.PACKAGE,
                 f"reference outputs of {package.model_dir} on {validation_path}: {type(exc).__name__}: {exc}",
             ) from None
-        return cls(inputs, probabilities, layout.decode_labels(labels), package.config.decision_threshold)
+        return cls(inputs, config.outputs, values, labels, config.decision_threshold, scale)
 
     @property
     def rows(self) -> int:
-        return len(self.probabilities)
+        return len(self.values)
+
+    @property
+    def regression(self) -> bool:
+        return self.outputs == [model_package.PREDICTION_OUTPUT]
 
     def excused(self, row: int, atol: float) -> bool:
         """A label may differ where the reference sits within ``atol`` of the decision boundary."""
-        p = self.probabilities[row]
+        p = self.values[row]
         if len(p) == 2:
             return abs(float(p[1]) - self.decision_threshold) <= atol
         top = np.sort(p)[-2:]
         return float(top[1] - top[0]) <= 2 * atol
+
+
+def label_scale(model_dir: str | Path) -> float:
+    """A regression package's unit of difference: the standard deviation of the training labels, which
+    ``preprocessing.json`` keeps (``label_std``; 1 where it is not positive)."""
+    std = float(Preprocessing.load(model_dir).label_std)
+    return std if std > 0 else 1.0

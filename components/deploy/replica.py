@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from kfp_mlops.components.deploy.errors import DeployError, Stage
-from kfp_mlops.components.shared import layout, model_package, triton_access
+from kfp_mlops.components.shared import layout, triton_access
 from kfp_mlops.components.shared.config import DeployConfig
 
 RETRIES = 4
@@ -189,12 +189,15 @@ class Replica:
         if {v for v, state in states.items() if state == "READY"} != {version}:
             self.load(name, version, timeout)
 
-    def infer(self, name: str, version: int, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        tensors, outputs = layout.infer_inputs(grpcclient, inputs), layout.requested_outputs(grpcclient)
+    def infer(
+        self, name: str, version: int, inputs: dict[str, np.ndarray], outputs: Sequence[str]
+    ) -> list[np.ndarray | None]:
+        """The arrays of ``outputs`` (the package's ``ModelConfig.outputs``), None for one Triton did not return."""
+        tensors, requested = layout.infer_inputs(grpcclient, inputs), layout.requested_outputs(grpcclient, outputs)
         result = self.client.infer(
-            name, tensors, model_version=str(version), outputs=outputs, client_timeout=self.call_seconds
+            name, tensors, model_version=str(version), outputs=requested, client_timeout=self.call_seconds
         )
-        return result.as_numpy(model_package.PROBABILITIES_OUTPUT), result.as_numpy(model_package.LABEL_OUTPUT)
+        return [result.as_numpy(output) for output in outputs]
 
 
 def first_line(message: str) -> str:

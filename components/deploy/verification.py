@@ -23,7 +23,7 @@ class Verification:
     """What the candidate showed in Triton (the worst replica's figures)."""
 
     rows: int
-    max_abs_diff: float  # largest |Triton - package| probability
+    max_abs_diff: float  # largest |Triton - package| probability, or prediction / label std (Reference.scale)
     p50_ms: float
     p99_ms: float
     requests: int
@@ -39,35 +39,45 @@ class Verification:
 
 def verify(replica: Replica, name: str, version: int, reference: Reference, settings: DeployConfig) -> Verification:
     """Send the reference rows (batches of max_batch_size) and time batch-1 requests; raise DeployError when the
-    answers differ beyond ``verify.atol`` or the latency exceeds the budget."""
+    answers differ beyond ``verify.atol`` or the latency exceeds the budget. A classifier's probabilities differ by
+    at most atol and its labels match (except rows within atol of the decision boundary); a regression model's
+    prediction differs by at most atol × the training label's standard deviation (``Reference.scale``: with the
+    default 1e-4, a ten-thousandth of the target's spread, float32 rounding of the same graph stays far below
+    it while any real change of the model exceeds it)."""
     check: VerifyConfig = settings.verify
+    what = (
+        f"|prediction difference| / label std {reference.scale:.4g}"
+        if reference.regression
+        else "|probability difference|"
+    )
+    where = f"{name} version {version} on {replica.endpoint}"
     worst, mismatched = 0.0, []
     try:
         for start in range(0, reference.rows, settings.max_batch_size):
             stop = min(start + settings.max_batch_size, reference.rows)
             batch = {key: value[start:stop] for key, value in reference.inputs.items()}
-            probabilities, labels = replica.infer(name, version, batch)
-            if probabilities is None or probabilities.shape != reference.probabilities[start:stop].shape:
-                shape = None if probabilities is None else probabilities.shape
+            answers = replica.infer(name, version, batch, reference.outputs)
+            got, want = answers[0], reference.values[start:stop]
+            if got is None or got.shape != want.shape:
+                shape = None if got is None else got.shape
                 raise DeployError(
-                    Stage.VERIFICATION,
-                    f"{name} version {version} on {replica.endpoint}: probabilities "
-                    f"of shape {shape}, expected "
-                    f"{reference.probabilities[start:stop].shape}",
+                    Stage.VERIFICATION, f"{where}: {reference.outputs[0]} of shape {shape}, expected {want.shape}"
                 )
-            difference = np.abs(probabilities - reference.probabilities[start:stop])
+            difference = np.abs(got.astype(np.float64) - want) / reference.scale
             if not np.isfinite(difference).all():  # max() would drop a NaN: a model answering NaN must not pass
                 rows = (start + np.flatnonzero(~np.isfinite(difference).all(axis=1)))[:5].tolist()
                 raise DeployError(
                     Stage.VERIFICATION,
-                    f"{name} version {version} on {replica.endpoint}: probabilities that are not finite numbers (NaN "
-                    f"or infinity) from Triton or from the package itself, rows {rows}",
+                    f"{where}: {reference.outputs[0]} that are not finite numbers (NaN or infinity) from Triton or "
+                    f"from the package itself, rows {rows}",
                 )
             worst = max(worst, float(difference.max()))
-            for offset, (got, want) in enumerate(
-                zip(layout.decode_labels(labels), reference.labels[start:stop], strict=True)
+            if reference.regression:
+                continue
+            for offset, (got_label, want_label) in enumerate(
+                zip(layout.decode_labels(answers[1]), reference.labels[start:stop], strict=True)
             ):
-                if got != want and not reference.excused(start + offset, check.atol):
+                if got_label != want_label and not reference.excused(start + offset, check.atol):
                     mismatched.append(start + offset)
         if not worst <= check.atol or mismatched:  # NaN fails too
             labels = (
@@ -75,19 +85,19 @@ def verify(replica: Replica, name: str, version: int, reference: Reference, sett
             )
             raise DeployError(
                 Stage.VERIFICATION,
-                f"{name} version {version} on {replica.endpoint} answers differently from the package: max "
-                f"|probability difference| {worst:.3g} over {reference.rows} rows (allowed {check.atol:g}){labels}",
+                f"{where} answers differently from the package: max {what} {worst:.3g} over {reference.rows} rows "
+                f"(allowed {check.atol:g}){labels}",
             )
         single = [
             {key: value[row : row + 1] for key, value in reference.inputs.items()}
             for row in range(min(reference.rows, check.requests))
         ]
         for index in range(WARMUP_REQUESTS):
-            replica.infer(name, version, single[index % len(single)])
+            replica.infer(name, version, single[index % len(single)], reference.outputs)
         times = []
         for index in range(check.requests):
             started = time.perf_counter()
-            replica.infer(name, version, single[index % len(single)])
+            replica.infer(name, version, single[index % len(single)], reference.outputs)
             times.append((time.perf_counter() - started) * 1000)
     except InferenceServerException as exc:
         raise DeployError(

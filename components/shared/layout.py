@@ -15,13 +15,14 @@ A feature repository (the features step writes it, serving reads it): ``feature_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from kfp_mlops.components.shared.model_package import LABEL_OUTPUT, ONNX_FILE, PROBABILITIES_OUTPUT
+from kfp_mlops.components.shared.model_package import ONNX_FILE
 
 VERSION_METADATA_FILE = "kfp-mlops.json"  # written last into a version directory: the version is committed
 PYTHON_BACKEND_FILE = "model.py"
@@ -60,9 +61,10 @@ def infer_inputs(client: ModuleType, feeds: dict[str, np.ndarray]) -> list[Any]:
     return tensors
 
 
-def requested_outputs(client: ModuleType) -> list[Any]:
-    """The graph's outputs (probabilities, label) as ``client``'s requested outputs."""
-    return [client.InferRequestedOutput(name) for name in (PROBABILITIES_OUTPUT, LABEL_OUTPUT)]
+def requested_outputs(client: ModuleType, outputs: Sequence[str]) -> list[Any]:
+    """The graph's outputs (``ModelConfig.outputs``: probabilities and label, or a regression model's prediction) as
+    ``client``'s requested outputs."""
+    return [client.InferRequestedOutput(name) for name in outputs]
 
 
 def decode_labels(labels: Any) -> list[Any]:
