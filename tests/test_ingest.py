@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import datetime
-import io
-import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,7 +11,16 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from support import weather
-from support.ingest_data import make_config, outputs, write_parquet
+from support.ingest_data import (
+    csv_bytes,
+    float_label,
+    make_config,
+    outputs,
+    parquet_bytes,
+    with_column,
+    with_value,
+    write_parquet,
+)
 
 from kfp_mlops.components.ingest.core import entity_buckets, ingest, render_summary
 from kfp_mlops.components.shared import storage
@@ -110,7 +116,7 @@ def test_extra_columns_are_dropped_when_allowed(tmp_path, table):
 
 @pytest.mark.servers
 def test_reads_a_prefix_from_s3(s3, table, tmp_path):
-    storage.write_bytes(s3.uri("ingest/raw/part-0.parquet"), _parquet_bytes(table))
+    storage.write_bytes(s3.uri("ingest/raw/part-0.parquet"), parquet_bytes(table))
     result = ingest(make_config(s3.uri("ingest/raw/")), outputs(tmp_path))
     assert result.files == [s3.uri("ingest/raw/part-0.parquet")]
     assert result.rows_read == table.num_rows
@@ -119,141 +125,124 @@ def test_reads_a_prefix_from_s3(s3, table, tmp_path):
 # --- bad input: a clear message naming file/column/row/value, and no output at all -------------------------------
 
 
-def _set(table: pa.Table, column: str, values) -> pa.Table:
-    index = table.column_names.index(column)
-    return table.set_column(index, column, pa.array(values) if not isinstance(values, pa.Array) else values)
-
-
-def _with_value(table: pa.Table, column: str, row: int, value, type_=None) -> pa.Table:
-    values = table[column].to_pylist()
-    values[row] = value
-    return _set(table, column, pa.array(values, type_ or table[column].type))
-
-
-def _csv_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pacsv.write_csv(table, sink)
-    return sink.getvalue()
-
-
 def _timestamps_as_text(table: pa.Table, fmt: str = "%Y-%m-%dT%H:%M:%SZ") -> pa.Table:
-    return _set(table, "event_timestamp", pc.strftime(table["event_timestamp"], fmt).combine_chunks())
+    return with_column(table, "event_timestamp", pc.strftime(table["event_timestamp"], fmt).combine_chunks())
 
 
 BAD_INPUTS = {
     "empty file": ("data.parquet", lambda t: b"", r"data\.parquet: file is empty"),
     "truncated parquet": (
         "data.parquet",
-        lambda t: _parquet_bytes(t)[:-100],
+        lambda t: parquet_bytes(t)[:-100],
         r"data\.parquet: not a readable PARQUET file",
     ),
     "garbage csv": ("data.csv", lambda t: b"a,b\n1,2\n3,4,5\n", r"data\.csv: not a readable CSV file"),
-    "zero rows": ("data.parquet", lambda t: _parquet_bytes(t.slice(0, 0)), r"data\.parquet: no data rows"),
+    "zero rows": ("data.parquet", lambda t: parquet_bytes(t.slice(0, 0)), r"data\.parquet: no data rows"),
     "missing column": (
         "data.parquet",
-        lambda t: _parquet_bytes(t.drop_columns(["support_calls"])),
+        lambda t: parquet_bytes(t.drop_columns(["support_calls"])),
         r"data\.parquet: missing column\(s\) \['support_calls'\]",
     ),
     "extra column": (
         "data.parquet",
-        lambda t: _parquet_bytes(t.append_column("notes", pa.array(["x"] * t.num_rows))),
+        lambda t: parquet_bytes(t.append_column("notes", pa.array(["x"] * t.num_rows))),
         r"data\.parquet: unexpected column\(s\) \['notes'\]",
     ),
     "non-numeric value in a numeric feature": (
         "data.csv",
-        lambda t: _csv_bytes(_with_value(t.cast(_all_text(t.schema)), "monthly_charges", 41, "12,5 EUR")),
+        lambda t: csv_bytes(with_value(t.cast(_all_text(t.schema)), "monthly_charges", 41, "12,5 EUR")),
         r"data\.csv: column 'monthly_charges' row 42 \(line 43\): value '12,5 EUR' is not numeric",
     ),
     "timestamps without timezone (parquet)": (
         "data.parquet",
-        lambda t: _parquet_bytes(
-            _set(t, "event_timestamp", t["event_timestamp"].cast(pa.timestamp("us")).combine_chunks())
+        lambda t: parquet_bytes(
+            with_column(t, "event_timestamp", t["event_timestamp"].cast(pa.timestamp("us")).combine_chunks())
         ),
         r"data\.parquet: column 'event_timestamp' holds timestamps without a timezone",
     ),
     "timestamp without timezone (csv)": (
         "data.csv",
-        lambda t: _csv_bytes(_with_value(_timestamps_as_text(t), "event_timestamp", 7, "2026-02-01T10:00:00")),
+        lambda t: csv_bytes(with_value(_timestamps_as_text(t), "event_timestamp", 7, "2026-02-01T10:00:00")),
         r"data\.csv: column 'event_timestamp' row 8 \(line 9\): value '2026-02-01T10:00:00' has no timezone",
     ),
     "unparseable timestamp": (
         "data.csv",
-        lambda t: _csv_bytes(_with_value(_timestamps_as_text(t), "event_timestamp", 3, "yesterday")),
+        lambda t: csv_bytes(with_value(_timestamps_as_text(t), "event_timestamp", 3, "yesterday")),
         r"data\.csv: column 'event_timestamp' row 4 \(line 5\): value 'yesterday' is not an ISO 8601 timestamp",
     ),
     "null entity id": (
         "data.parquet",
-        lambda t: _parquet_bytes(_with_value(t, "customer_id", 12, None)),
+        lambda t: parquet_bytes(with_value(t, "customer_id", 12, None)),
         r"data\.parquet: column 'customer_id' row 13: entity id is null",
     ),
     "null label": (
         "data.parquet",
-        lambda t: _parquet_bytes(_with_value(t, "churned", 99, None)),
+        lambda t: parquet_bytes(with_value(t, "churned", 99, None)),
         r"data\.parquet: column 'churned' row 100: label is null or NaN",
     ),
     "NaN label": (
         "data.parquet",
-        lambda t: _parquet_bytes(_with_value(t.cast(_float_label(t.schema)), "churned", 5, float("nan"))),
+        lambda t: parquet_bytes(with_value(t.cast(float_label(t.schema)), "churned", 5, float("nan"))),
         r"data\.parquet: column 'churned' row 6: label is null or NaN",
     ),
     "label with more classes than schema.max_classes": (
         "data.parquet",
-        lambda t: _parquet_bytes(_set(t, "churned", [i % 60 for i in range(t.num_rows)])),
+        lambda t: parquet_bytes(with_column(t, "churned", [i % 60 for i in range(t.num_rows)])),
         r"label 'churned' looks continuous: more than schema.max_classes \(50\) distinct values, such as "
         r"0 \(\S*data\.parquet, row 1\), 1 \(\S*data\.parquet, row 2\), 50 \(\S*data\.parquet, row 51\); "
         r"schema.task: auto trains a classifier, .* set schema.task: regression to predict the number",
     ),
     "duplicated column name (csv)": (
         "data.csv",
-        lambda t: _csv_bytes(t.rename_columns([c if c != "region" else "plan" for c in t.column_names])),
+        lambda t: csv_bytes(t.rename_columns([c if c != "region" else "plan" for c in t.column_names])),
         r"data\.csv: column name\(s\) \['plan'\] appear more than once in the header",
     ),
     "duplicated column name (parquet)": (
         "data.parquet",
-        lambda t: _parquet_bytes(t.rename_columns([c if c != "region" else "plan" for c in t.column_names])),
+        lambda t: parquet_bytes(t.rename_columns([c if c != "region" else "plan" for c in t.column_names])),
         r"data\.parquet: column name\(s\) \['plan'\] appear more than once in the header",
     ),
     "list-typed label": (
         "data.parquet",
-        lambda t: _parquet_bytes(_set(t, "churned", [[v] for v in t["churned"].to_pylist()])),
+        lambda t: parquet_bytes(with_column(t, "churned", [[v] for v in t["churned"].to_pylist()])),
         r"data\.parquet: column 'churned' \(the label\) holds nested values \(list<element: int64>\)",
     ),
     "list-typed entity": (
         "data.parquet",
-        lambda t: _parquet_bytes(_set(t, "customer_id", [[v] for v in t["customer_id"].to_pylist()])),
+        lambda t: parquet_bytes(with_column(t, "customer_id", [[v] for v in t["customer_id"].to_pylist()])),
         r"data\.parquet: column 'customer_id' \(the entity\) holds nested values \(list<element: int64>\)",
     ),
     "struct-typed feature": (
         "data.parquet",
-        lambda t: _parquet_bytes(_set(t, "age", [{"years": v} for v in t["age"].to_pylist()])),
+        lambda t: parquet_bytes(with_column(t, "age", [{"years": v} for v in t["age"].to_pylist()])),
         r"data\.parquet: column 'age' \(the feature\) holds nested values \(struct<years: double>\)",
     ),
     "float entity ids (parquet)": (
         "data.parquet",
-        lambda t: _parquet_bytes(_set(t, "customer_id", t["customer_id"].cast(pa.float64()).combine_chunks())),
+        lambda t: parquet_bytes(with_column(t, "customer_id", t["customer_id"].cast(pa.float64()).combine_chunks())),
         r"data\.parquet: column 'customer_id' row 1: entity id \d+\.0 is a float \(double\); entity ids must be "
         r"integers or strings",
     ),
     "float entity ids (csv)": (
         "data.csv",
-        lambda t: _csv_bytes(_with_value(t.cast(_float_entity(t.schema)), "customer_id", 3, 17.5)),
+        lambda t: csv_bytes(with_value(t.cast(_float_entity(t.schema)), "customer_id", 3, 17.5)),
         r"data\.csv: column 'customer_id' row 4 \(line 5\): entity id 17\.5 is a float \(double\)",
     ),
     "timestamp far in the future (parquet)": (
         "data.parquet",
-        lambda t: _parquet_bytes(_with_value(t, "event_timestamp", 5, _FUTURE)),
+        lambda t: parquet_bytes(with_value(t, "event_timestamp", 5, _FUTURE)),
         r"data\.parquet: column 'event_timestamp' row 6: timestamp 2126-01-01T00:00:00\+00:00 is more than 1 day\(s\) "
         r"after now \(20\d\d-.*\): check the clock or unit that wrote it, or raise schema.max_future_days",
     ),
     "timestamp far in the future (csv)": (
         "data.csv",
-        lambda t: _csv_bytes(_with_value(_timestamps_as_text(t), "event_timestamp", 9, "2126-01-01T00:00:00Z")),
+        lambda t: csv_bytes(with_value(_timestamps_as_text(t), "event_timestamp", 9, "2126-01-01T00:00:00Z")),
         r"data\.csv: column 'event_timestamp' row 10 \(line 11\): timestamp 2126-01-01T00:00:00\+00:00 is more than",
     ),
     "contradictory labels for one entity and timestamp": (
         "data.parquet",
-        lambda t: _parquet_bytes(
-            pa.concat_tables([t, _with_value(t.slice(0, 1), "churned", 0, 1 - t["churned"][0].as_py())])
+        lambda t: parquet_bytes(
+            pa.concat_tables([t, with_value(t.slice(0, 1), "churned", 0, 1 - t["churned"][0].as_py())])
         ),
         r"entity \d+ at 20\d\d-.* has two labels: [01] \(\S*data\.parquet row 1\) and [01] "
         r"\(\S*data\.parquet row 2001\) in column 'churned'; fix the data, or set "
@@ -261,24 +250,14 @@ BAD_INPUTS = {
     ),
     "too few rows for the split": (
         "data.parquet",
-        lambda t: _parquet_bytes(t.slice(0, 5)),
+        lambda t: parquet_bytes(t.slice(0, 5)),
         r"5 rows after removing duplicates are too few for the split .* at least 8",
     ),
 }
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
-
-
 def _all_text(schema: pa.Schema) -> pa.Schema:
     return pa.schema([f.with_type(pa.string()) if f.name == "monthly_charges" else f for f in schema])
-
-
-def _float_label(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([f.with_type(pa.float64()) if f.name == "churned" else f for f in schema])
 
 
 def _float_entity(schema: pa.Schema) -> pa.Schema:
@@ -306,7 +285,7 @@ def test_source_without_data_files_fails_naming_the_source(tmp_path):
 
 
 def test_entity_hash_split_with_too_few_entities_names_the_empty_split(tmp_path, table):
-    one_entity = _set(table, "customer_id", pa.array([7] * table.num_rows))
+    one_entity = with_column(table, "customer_id", pa.array([7] * table.num_rows))
     source = write_parquet(tmp_path / "d.parquet", one_entity)
     with pytest.raises(InputError, match=r"from 1 entities are too few for an entity_hash split"):
         ingest(make_config(source, split={"by": "entity_hash"}), outputs(tmp_path))
@@ -409,7 +388,7 @@ def test_a_class_with_rows_only_outside_train_is_warned_at_ingest_and_refused_by
 
     table = weather.make_table()
     late = pc.greater_equal(table["event_timestamp"], pa.scalar(table["event_timestamp"][-18].as_py()))  # 18 days
-    relabelled = _set(table, "weather", pc.if_else(late, "hail", table["weather"]))
+    relabelled = with_column(table, "weather", pc.if_else(late, "hail", table["weather"]))
     source = write_parquet(tmp_path / "d.parquet", relabelled)
     result = ingest(weather_config(source), outputs(tmp_path))
     assert result.warnings[0] == (
@@ -422,148 +401,3 @@ def test_a_class_with_rows_only_outside_train_is_warned_at_ingest_and_refused_by
         prepare(weather_config(source), paths.train, paths.test, str(tmp_path / "prepared"))
     stratified = ingest(weather_config(source, stratify=True), outputs(tmp_path / "s"))
     assert not any("'hail'" in warning for warning in stratified.warnings)
-
-
-# --- the task: schema.task resolved over every row of every file --------------------------------------------------
-
-
-def _regression_config(source, task="auto", **split):
-    return make_config(source, schema={"label": "spend_next_90d", "task": task}, split=split)
-
-
-@pytest.fixture(scope="module")
-def spend() -> pa.Table:
-    return make_sample_table(rows=2_000, seed=1, task="regression")
-
-
-def test_a_float_label_with_fractions_is_a_regression_target_under_auto_with_its_moments_in_the_summary(
-    tmp_path, spend
-):
-    source = write_parquet(tmp_path / "d.parquet", spend)
-    config = _regression_config(source)
-    result = ingest(config, outputs(tmp_path))
-    assert result.task == "regression" and result.warnings == []
-    assert (
-        result.task_reason
-        == f"label 'spend_next_90d' is floating-point with fractions (in {source}); schema.task: auto"
-    )
-    train = pq.read_table(outputs(tmp_path).train)
-    label = result.statistics["train"]["spend_next_90d"]
-    assert label["mean"] == pytest.approx(pc.mean(train["spend_next_90d"]).as_py()) and "top" not in label
-    summary = render_summary(result, config)
-    assert f"- Task: regression ({result.task_reason})" in summary
-    assert "| split | rows | label mean, std |" in summary and f"| train | {result.rows['train']:,} | " in summary
-
-
-def test_schema_task_regression_takes_a_numeric_label_of_whole_numbers_too(tmp_path, table):
-    source = write_parquet(tmp_path / "d.parquet", table)
-    result = ingest(make_config(source, schema={"task": "regression"}), outputs(tmp_path))
-    assert (result.task, result.task_reason) == ("regression", "schema.task: regression")
-    assert ingest(make_config(source), outputs(tmp_path / "auto")).task == "binary"
-
-
-def test_one_file_with_fractions_makes_every_file_a_regression_target(tmp_path, spend):
-    unique = spend.slice(0, 1_990)  # the last 10 rows copy earlier ones
-    whole = _set(unique, "spend_next_90d", pc.round(unique["spend_next_90d"]).combine_chunks())
-    write_parquet(tmp_path / "raw" / "part-0.parquet", whole.slice(1))
-    write_parquet(tmp_path / "raw" / "part-1.parquet", unique.slice(0, 1))  # one row, with cents
-    assert ingest(_regression_config(tmp_path / "raw"), outputs(tmp_path)).task == "regression"
-    write_parquet(tmp_path / "raw" / "part-1.parquet", whole.slice(0, 1))
-    with pytest.raises(InputError, match=r"label 'spend_next_90d' looks continuous: more than schema.max_classes"):
-        ingest(_regression_config(tmp_path / "raw"), outputs(tmp_path / "whole"))  # whole numbers: classes
-
-
-def test_three_string_classes_are_multiclass(tmp_path):
-    source = write_parquet(tmp_path / "d.parquet", make_sample_table(rows=2_000, seed=1, task="multiclass"))
-    result = ingest(make_config(source, schema={"label": "outcome"}), outputs(tmp_path))
-    assert (result.task, result.task_reason) == ("multiclass", "label 'outcome' has 3 classes; schema.task: auto")
-
-
-def test_a_string_label_under_schema_task_regression_names_the_file_column_row_and_value(tmp_path, table):
-    texts = ["yes" if v else "no" for v in table["churned"].to_pylist()]
-    source = tmp_path / "data" / "d.csv"
-    source.parent.mkdir()
-    source.write_bytes(_csv_bytes(_set(table, "churned", pa.array(texts))))
-    with pytest.raises(InputError) as error:
-        ingest(make_config(source, schema={"task": "regression"}), outputs(tmp_path))
-    assert re.search(
-        rf"d\.csv: column 'churned' row 1 \(line 2\): label '{texts[0]}' is not a number \(the column is string\); "
-        "schema.task: regression needs a numeric label",
-        str(error.value),
-    ), str(error.value)
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [(None, r"row 6: label is null or NaN"), (float("nan"), r"row 6: label is null or NaN"),
-     (float("inf"), r"row 6: regression label inf is not a finite number")],
-)  # fmt: skip
-def test_a_missing_or_infinite_regression_label_in_any_file_names_it_and_nothing_is_written(
-    tmp_path, spend, value, message
-):
-    write_parquet(tmp_path / "raw" / "part-0.parquet", spend.slice(0, 1_000))
-    write_parquet(tmp_path / "raw" / "part-1.parquet", _with_value(spend.slice(1_000), "spend_next_90d", 5, value))
-    for task in ("auto", "regression"):
-        with pytest.raises(InputError, match=r"part-1\.parquet: column 'spend_next_90d' " + message):
-            ingest(_regression_config(tmp_path / "raw", task), outputs(tmp_path))
-        assert not (tmp_path / "out").exists()
-
-
-def test_split_stratify_with_a_regression_target_is_refused(tmp_path, spend):
-    source = write_parquet(tmp_path / "d.parquet", spend)
-    for task in ("auto", "regression"):
-        message = rf"label 'spend_next_90d' is a regression target \(schema.task: {task}\) and has no classes"
-        with pytest.raises(InputError, match=r"split.stratify: true splits within each label class, but " + message):
-            ingest(_regression_config(source, task, stratify=True), outputs(tmp_path))
-        assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize(
-    ("name", "make", "message"),
-    [
-        (
-            "data.parquet",
-            lambda t: _parquet_bytes(_set(t.slice(0, 1_990), "churned", [0.444 + i / 1000 for i in range(1_990)])),
-            r"label 'churned' looks continuous: 1,990 distinct values in \S*data\.parquet, such as 0\.444 \(row 1\), "
-            r"not all whole numbers; schema.task: classification trains a classifier, whose classes are a few label "
-            r"values: .* or set schema.task: regression \(or auto\) to predict the number",
-        ),
-        (
-            "data.csv",
-            lambda t: _csv_bytes(_with_value(t.cast(_float_label(t.schema)), "churned", 4, 0.5)),
-            r"label 'churned' looks continuous: 3 distinct values in \S*data\.csv, such as 0\.5 \(row 5 \(line 6\)\)",
-        ),
-    ],
-    ids=["parquet", "csv"],
-)
-def test_a_continuous_label_is_refused_under_schema_task_classification_and_a_regression_target_under_auto(
-    tmp_path, table, name, make, message
-):
-    source = tmp_path / "data" / name
-    source.parent.mkdir()
-    source.write_bytes(make(table))
-    with pytest.raises(InputError, match=message):
-        ingest(make_config(source, schema={"task": "classification"}), outputs(tmp_path / "c"))
-    assert not (tmp_path / "c" / "out").exists()
-    assert ingest(make_config(source), outputs(tmp_path / "a")).task == "regression"
-
-
-def test_executor_records_the_task_in_every_split_for_training_and_prints_it(tmp_path, spend, capsys):
-    from kfp_mlops.components.ingest import executor
-
-    def artifact(path: Path) -> SimpleNamespace:
-        logged: dict[str, float] = {}
-        return SimpleNamespace(path=str(path), uri=str(path), metadata={}, logged=logged, log_metric=logged.__setitem__)
-
-    source = write_parquet(tmp_path / "d.parquet", spend)
-    step = tmp_path / "root" / "run-7" / "ingest"
-    splits = {name: artifact(step / name) for name in ("train", "validation", "test")}
-    metrics, summary = artifact(step / "metrics"), artifact(step / "summary.md")
-    pod = {"gpu_type": "", "gpus_per_node": "0", "cpu": "2", "memory": "4Gi", "node_selector": {}, "tolerations": []}
-    executor.run(_regression_config(source).to_yaml(), "", "run-7", pod, *splits.values(), metrics, summary)
-    assert {artifact.metadata["task"] for artifact in splits.values()} == {"regression"} == {metrics.metadata["task"]}
-    assert "mean" in splits["train"].metadata["statistics"]["spend_next_90d"]
-    printed = capsys.readouterr().out
-    assert "[ingest] task: regression (label 'spend_next_90d' is floating-point with fractions (in " in printed
-    assert "- Task: regression" in Path(summary.path).read_text()

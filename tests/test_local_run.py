@@ -1,4 +1,8 @@
-"""The compiled training YAML, loaded back from disk, runs through kfp.local (SubprocessRunner, no venv)."""
+"""The compiled training YAML, loaded back from disk, runs through kfp.local (SubprocessRunner, no venv).
+
+Over 500 lines on purpose: every run here (binary, multiclass, the custom-model regression example, monitoring)
+deploys to one running Triton from one compiled package, which each module would otherwise start and compile again.
+"""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ class SchemaConfig(_Strict):
     # impute: a missing feature value (empty, null, NaN, "n/a") becomes the training median (numeric) or the
     # reserved category (categorical), inside the exported model too; error: ingest rejects it naming file/row
     missing_values: Literal["impute", "error"] = "impute"
-    # a label with more distinct values than this (or a float one with a fraction) looks continuous: refused
+    # classification: a label with more distinct values than this (or a float one with a fraction) is refused
     max_classes: int = Field(50, ge=2)
     # rows of one entity and timestamp with different labels: error, or keep_latest (the last row in file order)
     conflicting_labels: Literal["error", "keep_latest"] = "error"

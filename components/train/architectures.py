@@ -1,4 +1,5 @@
-"""The built-in networks, each an entry point of the model contract (``model.py``): ``function(spec, **options)``.
+"""The built-in networks, each an entry point of the model contract (``model.py``), named in ``model.BUILT_IN``:
+``function(spec, **options)``.
 
 ``mlp``: category embeddings beside the numeric features, then fully connected layers; small and fast.
 ``ft_transformer``: the FT-Transformer of Gorishniy et al., "Revisiting Deep Learning Models for Tabular Data"
@@ -18,11 +19,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from kfp_mlops.components.train.model import FeatureSpec
-
-BUILT_IN = {
-    "mlp": "kfp_mlops.components.train.architectures:mlp",
-    "ft_transformer": "kfp_mlops.components.train.architectures:ft_transformer",
-}
 
 
 class MLP(nn.Module):

@@ -1,7 +1,7 @@
 """The model contract: the feature spec a network is built from, the entry point that builds it, the wrapper the
 step trains (standardisation inside the network) and the serving head it exports.
 
-A network is built by ``train.model.entry_point`` — a built-in architecture (``architectures.BUILT_IN``) or the
+A network is built by ``train.model.entry_point`` — a built-in architecture (``BUILT_IN``) or the
 user's ``package.module:function`` — called as ``function(spec, **train.model.options)``. It returns a
 ``torch.nn.Module`` whose ``forward(numeric, categorical)`` takes numeric features standardised with the training
 split's statistics (float, [N, len(spec.numeric)], in the network's dtype) and category indices (int64,
@@ -46,10 +46,14 @@ class ModelContractError(ConfigError):
     and what was expected."""
 
 
+BUILT_IN = {  # the built-in architectures (architectures.py) by name
+    "mlp": "kfp_mlops.components.train.architectures:mlp",
+    "ft_transformer": "kfp_mlops.components.train.architectures:ft_transformer",
+}
+
+
 def resolve_entry_point(entry_point: str) -> str:
     """A built-in name as its ``module:function``; a user entry point as it is."""
-    from kfp_mlops.components.train.architectures import BUILT_IN
-
     if ":" in entry_point:
         return entry_point
     if entry_point not in BUILT_IN:

@@ -11,10 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
+import torch
 
 from kfp_mlops.components.shared.config import ModelSpecConfig
+from kfp_mlops.components.shared.model_package import output_names
 from kfp_mlops.components.shared.tabular import Preprocessing
-from kfp_mlops.components.train.model import ONNX_OPSET, ModelContractError
+from kfp_mlops.components.train.model import (
+    ONNX_OPSET,
+    ModelContractError,
+    ServingHead,
+    build_model,
+    export_onnx,
+    training_loss,
+)
 
 CHECK_ROWS = 8  # the batch traced for the export; parity is checked on a batch of another size
 PARITY_ROWS = 3
@@ -29,9 +39,6 @@ class ModelCheck:
 
 def check_model(model: ModelSpecConfig, preprocessing: Preprocessing, arrays: dict[str, np.ndarray]) -> ModelCheck:
     """Build ``model`` for ``preprocessing`` and check the contract on the first training rows of ``arrays``."""
-    import torch
-
-    from kfp_mlops.components.train.model import ServingHead, build_model, training_loss
 
     name = f"train.model.entry_point {model.entry_point!r}"
     torch.manual_seed(0)
@@ -61,7 +68,6 @@ def check_model(model: ModelSpecConfig, preprocessing: Preprocessing, arrays: di
 
 
 def _check_output(name: str, output: Any, preprocessing: Preprocessing, rows: int) -> None:
-    import torch
 
     regression = preprocessing.task == "regression"
     expected = f"[{rows}, 1] or [{rows}]" if regression else f"[{rows}, {preprocessing.outputs}]"
@@ -79,11 +85,6 @@ def _check_output(name: str, output: Any, preprocessing: Preprocessing, rows: in
 
 
 def _check_export(name: str, head: Any, numeric: Any, categorical: Any, preprocessing: Preprocessing) -> float:
-    import onnxruntime
-    import torch
-
-    from kfp_mlops.components.shared.model_package import output_names
-    from kfp_mlops.components.train.model import export_onnx
 
     output = output_names(preprocessing.task)[0]
     with tempfile.TemporaryDirectory(prefix="kfp-mlops-model-check-") as tmp:
