@@ -507,7 +507,7 @@ def test_an_impossible_training_pod_parameter_fails_in_the_first_cpu_step(packag
 def custom_model_run(package, triton, tmp_path_factory) -> TrainingRun:
     """examples/custom_model as its README runs it: the regression sample (`sample-data --task regression`), the
     example's network importable through PYTHONPATH (the train image has it installed), its config with the local
-    Triton of this module and a shorter training, from the compiled YAML to Triton as model ``spend``."""
+    Triton of this module and a shorter training, from the compiled YAML to Triton as model ``spend-resnet``."""
     server, repository = triton
     work = tmp_path_factory.mktemp("custom-model")
     write_sample_data(str(work / "data"), rows=3_000, seed=4, task="regression")
@@ -554,12 +554,12 @@ def test_the_custom_model_example_trains_a_regression_model_through_the_compiled
         tensor = grpcclient.InferInput(name, list(values.shape), "BYTES" if values.dtype == object else "FP32")
         tensor.set_data_from_numpy(values)
         inputs.append(tensor)
-    served = client.infer("spend", inputs).as_numpy("prediction")
+    served = client.infer("spend-resnet", inputs).as_numpy("prediction")
     np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-3)
     entity = test["customer_id"][0].as_py()
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         code = main(["predict", "--entity", str(entity), "--url", custom_model_run.triton.grpc_url, "--protocol",
-                     "grpc", "--model", "spend", "--model-repository", str(custom_model_run.repository),
+                     "grpc", "--model", "spend-resnet", "--model-repository", str(custom_model_run.repository),
                      "--feature-repo", str(run_dir / "features" / "feature_repo")])  # fmt: skip
     assert code == 0, printed.getvalue()
     assert re.search(rf"^{entity}\s+-?\d+\.\d+", printed.getvalue(), re.MULTILINE), printed.getvalue()
