@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from support import configs as support_configs
 from support.triton import running_triton
 
@@ -227,3 +228,42 @@ def test_monitoring_in_containers_on_a_drifted_window_retrains_and_redeploys(dep
         assert re.search(rf"^{task} +SUCCESS", out, re.MULTILINE), f"{task} did not succeed:\n{out}"
     _ran_in_their_images(run_dir, tasks)
     assert (run_dir / "drift-check" / "report").read_text().lstrip().lower().startswith("<")
+
+
+# --- examples/custom_model: the user's own train image --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def custom_train_image(engine) -> str:
+    """examples/custom_model/Dockerfile built FROM the local train image, as its README builds it (removed after)."""
+    image = f"{containers.LOCAL_REGISTRY}/kfp-mlops-train-tabular-resnet:custom-model-test"
+    extra = ["--pull=never", "--network=none"] if engine.name == "podman" else []
+    engine.run("build", *extra, "--build-arg", f"TRAIN_IMAGE={IMAGES.ref('train')}", "-t", image,
+               str(REPO / "examples" / "custom_model"), timeout=300)  # fmt: skip
+    yield image
+    engine.run("rmi", "-f", image, check=False)
+
+
+def test_the_custom_model_example_image_trains_its_network_in_the_pipeline_and_serves_it(
+    custom_train_image, triton, tmp_path
+):
+    server, repository = triton
+    images = ImageConfig(registry=containers.LOCAL_REGISTRY, overrides={"train": custom_train_image})
+    package = compile_pipeline("training", tmp_path / "training-custom-model.yaml", images)
+    write_sample_data(str(tmp_path / "data"), rows=3_000, seed=4, task="regression")
+    document = yaml.safe_load((REPO / "examples" / "custom_model" / "config.yaml").read_text())
+    document["data"]["source"] = str(tmp_path / "data")
+    document["evaluate"]["baseline"] = str(tmp_path / "serving" / "record.json")
+    document["deploy"] |= {"model_repository": str(repository), "triton_url": server.grpc_url}
+    document["train"] |= {"epochs": 4, "micro_batch_size": 64}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(document))
+    code, out = run_in_containers("training", package, tmp_path / "root", "--config", str(config))
+    assert code == 0, out
+    (run_dir,) = (tmp_path / "root").glob("kfp-mlops-training-*")
+    for task in ("prepare-training", "train-model"):  # the user's image, nothing importable from this checkout
+        assert f"container: running {custom_train_image}" in (run_dir / "logs" / f"{task}.log").read_text()
+    model_config = json.loads((run_dir / "train-model" / "model" / "model_config.json").read_text())
+    assert model_config["task"] == "regression"
+    assert model_config["architecture"]["entry_point"] == "tabular_resnet.model:build"
+    assert "[evaluate] BLESSED" in out and re.search(r"^deploy-model +SUCCESS", out, re.MULTILINE), out
