@@ -450,3 +450,19 @@ def test_serving_graph_of_a_multiclass_model_maps_every_missing_spelling_to_the_
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-6)
     assert labels[:, 0].tolist() == [p.classes[i] for i in probabilities.argmax(1)]
     assert onnx.checker.check_model(served) is None
+
+
+def test_one_process_under_zero_0_takes_the_fast_path_and_trains_the_same_weights_as_the_engine_path(
+    ingested, tmp_path
+):
+    config, paths = ingested
+    weights = {}
+    for stage in (0, 1):  # ZeRO 1 with one process: the engine's collectives and clipping, the same arithmetic
+        settings = config.train.model_copy(update={"workers": 1, "zero_stage": stage, "epochs": 2,
+                                                   "micro_batch_size": 64, "gradient_clipping": 0.05})  # fmt: skip
+        staged = config.model_copy(update={"train": settings})
+        result = train(staged, paths.train, paths.validation, str(tmp_path / f"m{stage}"), str(tmp_path / f"c{stage}"))
+        assert result.metrics["fast_path"] is (stage == 0)
+        weights[stage] = torch.load(tmp_path / f"m{stage}" / "weights.pt")
+    for name, tensor in weights[0].items():  # a clip of 0.05 binds on every step: clipping must match too
+        torch.testing.assert_close(tensor, weights[1][name], rtol=1e-4, atol=1e-5, msg=name)

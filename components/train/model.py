@@ -115,10 +115,13 @@ class TabularModel(nn.Module):
         self.network = network
         self.register_buffer("mean", torch.tensor(preprocessing.means, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(preprocessing.stds, dtype=torch.float32))
+        # the parameter whose dtype the network runs in: DeepSpeed casts parameters in place (the same objects), so
+        # it is looked up once, not per step (a walk over the modules costs as much as a small network's forward)
+        self._dtype_of = [p for p in network.parameters() if p.is_floating_point()][:1]
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
         """Standardise in fp32, then run in the weights' dtype (bf16/fp16 under DeepSpeed on a GPU)."""
-        dtype = next((p.dtype for p in self.network.parameters() if p.is_floating_point()), torch.float32)
+        dtype = self._dtype_of[0].dtype if self._dtype_of else torch.float32
         standardised = ((numeric.float() - self.mean.float()) / self.std.float()).to(dtype)
         return self.network(standardised, categorical)
 

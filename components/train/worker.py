@@ -134,11 +134,18 @@ class Trainer:
         preprocessing = Preprocessing.load(spec.preprocessing_dir)
         self.task = preprocessing.task
         model = build_model(self.config.model.entry_point, self.config.model.options, preprocessing)
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), config=spec.deepspeed
-        )
-        _load_checkpoints_weights_only(self.engine)
         ds = spec.deepspeed
+        # One process, ZeRO 0, fp32: nothing to all-reduce, so the engine's per-step collectives (the gradients'
+        # all-reduce, the gradient norm's) are skipped and the gradients are clipped by torch's own clip_grad_norm_,
+        # the same norm. For a small network they cost as much as the step itself (benchmarks/train.py).
+        self.fast_path = (self.world == 1 and ds["zero_optimization"]["stage"] == 0
+                          and not ds["bf16"]["enabled"] and not ds["fp16"]["enabled"])  # fmt: skip
+        self.clip = ds["gradient_clipping"] if self.fast_path else 0.0
+        config = {**ds, "gradient_clipping": 0.0} if self.fast_path else ds
+        self.engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+        if self.fast_path:
+            self.engine.enable_backward_allreduce = False
+        _load_checkpoints_weights_only(self.engine)
         self.dtype = torch.bfloat16 if ds["bf16"]["enabled"] else torch.float16 if ds["fp16"]["enabled"] else None
         arrays = np.load(spec.arrays)
         self.data = {key: torch.from_numpy(arrays[key]) for key in arrays.files}
@@ -237,6 +244,8 @@ class Trainer:
                 output = self.engine(*self._inputs("train", index))
                 loss = training_loss(output, self.data["train_y"][index].to(self.device), self.task)
                 self.engine.backward(loss)
+                if self.clip and self.engine.is_gradient_accumulation_boundary():
+                    torch.nn.utils.clip_grad_norm_(self.engine.module.parameters(), self.clip)
                 self.engine.step()
                 if startup_seconds is None and self.engine.global_steps > resumed_from:
                     startup_seconds = time.time() - started
@@ -287,6 +296,7 @@ class Trainer:
             "history": history,
             "precision": "bf16" if self.dtype == torch.bfloat16 else "fp16" if self.dtype == torch.float16 else "fp32",
             "zero_stage": self.spec.deepspeed["zero_optimization"]["stage"],
+            "fast_path": self.fast_path,
             "device": self.device.type,
             "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(self.device) if self.cuda else 0,
             "parameters": sum(
