@@ -119,3 +119,25 @@ def test_a_storage_location_holding_an_unresolved_placeholder_fails_naming_it(wh
         call = lambda: load_config(yaml.safe_dump(document))  # noqa: E731
     with pytest.raises(ConfigError, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    ("task", "sections", "message"),
+    [
+        ("regression", {"evaluate": {"min_metrics": {"roc_auc": 0.6}}},
+         r"^config: evaluate\.min_metrics gates on roc_auc, which a regression model does not have \(schema\.task: "
+         r"regression\); its metrics are mse, rmse, mae, r2$"),
+        ("regression", {"quantize": {"max_metric_drop": {"accuracy": 0.01}}}, r"quantize\.max_metric_drop gates on"),
+        ("classification", {"evaluate": {"max_metrics": {"mse": 3.0}}}, r"evaluate\.max_metrics gates on mse, which a "
+                                                                          r"classification model does not have"),
+    ],
+)  # fmt: skip
+def test_a_gate_on_a_metric_the_stated_task_never_computes_is_refused_when_the_config_is_read(task, sections, message):
+    document = {**VALID, "schema": {**VALID["schema"], "task": task}, **sections}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(document)
+    auto = parse_config({**document, "schema": {**VALID["schema"], "task": "auto"}})  # decided at ingest: judged then
+    assert auto.schema_.task == "auto"
+    fitting = {"regression": {"r2": 0.5}, "classification": {"roc_auc": 0.6}}[task]
+    assert parse_config({**VALID, "schema": {**VALID["schema"], "task": task},
+                         "evaluate": {"min_metrics": fitting}}).evaluate.min_metrics == fitting  # fmt: skip

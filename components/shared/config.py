@@ -391,6 +391,30 @@ class PipelineConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
 
+    @model_validator(mode="after")
+    def _gates_fit_the_task(self) -> PipelineConfig:
+        """With the task stated (not auto), a gate on a metric that task never computes is refused here, not at
+        blessing time; under auto, evaluate and quantize fail such a gate closed, naming it."""
+        if self.schema_.task == "auto":
+            return self
+        classification = ["accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "expected_calibration_error"]
+        own, foreign = (
+            (list(REGRESSION_METRICS), classification)
+            if self.schema_.task == "regression"
+            else (classification, list(REGRESSION_METRICS))
+        )
+        gates = {"evaluate.min_metrics": self.evaluate.min_metrics, "evaluate.max_metrics": self.evaluate.max_metrics,
+                 "evaluate.max_regression": self.evaluate.max_regression,
+                 "quantize.max_metric_drop": self.quantize.max_metric_drop}  # fmt: skip
+        for key, gate in gates.items():
+            wrong = sorted(set(gate or {}) & set(foreign))
+            if wrong:
+                raise ValueError(
+                    f"{key} gates on {', '.join(wrong)}, which a {self.schema_.task} model does not have (schema.task: "
+                    f"{self.schema_.task}); its metrics are {', '.join(own)}"
+                )
+        return self
+
     def with_source(self, source: str) -> PipelineConfig:
         """Return a copy whose data.source is ``source`` (the pipeline's ``data_source`` override)."""
         return self.model_copy(update={"data": self.data.model_copy(update={"source": source})})
@@ -408,9 +432,9 @@ def parse_config(document: Any, origin: str = "config") -> PipelineConfig:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+            key = ".".join(str(part) for part in error["loc"])
             message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-            problems.append(f"{key}: {message}")
+            problems.append(f"{key}: {message}" if key else message.removeprefix("Value error, "))
         raise ConfigError(f"{origin}: " + "; ".join(problems)) from None
 
 
