@@ -221,6 +221,7 @@ class TrainConfig(_Strict):
 HigherIsBetter = Literal["accuracy", "precision", "recall", "f1", "roc_auc", "r2"]  # r2: regression
 LowerIsBetter = Literal["log_loss", "expected_calibration_error", "mse", "rmse", "mae"]  # mse, rmse, mae: regression
 REGRESSION_METRICS = ("mse", "rmse", "mae", "r2")
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "expected_calibration_error")
 # the gates a config leaves unset (None), by task: classification models are judged on ROC AUC, regression ones on
 # R² (above 0: better than predicting the training mean)
 DEFAULT_GATES = {
@@ -397,11 +398,10 @@ class PipelineConfig(_Strict):
         blessing time; under auto, evaluate and quantize fail such a gate closed, naming it."""
         if self.schema_.task == "auto":
             return self
-        classification = ["accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "expected_calibration_error"]
         own, foreign = (
-            (list(REGRESSION_METRICS), classification)
+            (REGRESSION_METRICS, CLASSIFICATION_METRICS)
             if self.schema_.task == "regression"
-            else (classification, list(REGRESSION_METRICS))
+            else (CLASSIFICATION_METRICS, REGRESSION_METRICS)
         )
         gates = {"evaluate.min_metrics": self.evaluate.min_metrics, "evaluate.max_metrics": self.evaluate.max_metrics,
                  "evaluate.max_regression": self.evaluate.max_regression,

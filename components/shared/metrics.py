@@ -32,7 +32,12 @@ from typing import Any, get_args
 
 import numpy as np
 
-from kfp_mlops.components.shared.config import REGRESSION_METRICS, EvaluateConfig, HigherIsBetter
+from kfp_mlops.components.shared.config import (
+    CLASSIFICATION_METRICS,
+    REGRESSION_METRICS,
+    EvaluateConfig,
+    HigherIsBetter,
+)
 from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.model_package import ModelConfig
 from kfp_mlops.components.shared.tabular import regression_targets
@@ -40,8 +45,8 @@ from kfp_mlops.components.shared.tabular import regression_targets
 MAX_ROC_POINTS = 200
 WEIGHTED = ("precision_weighted", "recall_weighted", "f1_weighted")  # multiclass only
 HIGHER_IS_BETTER = (*get_args(HigherIsBetter), *WEIGHTED)  # the others are lower-is-better
-BINARY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "expected_calibration_error")
-TASK_METRICS = {"binary": BINARY_METRICS, "multiclass": (*BINARY_METRICS, *WEIGHTED), "regression": REGRESSION_METRICS}
+TASK_METRICS = {"binary": CLASSIFICATION_METRICS, "multiclass": (*CLASSIFICATION_METRICS, *WEIGHTED),
+                "regression": REGRESSION_METRICS}  # fmt: skip
 
 
 def regressed(metric: str, value: float, reference: float, allowed: float) -> bool:
