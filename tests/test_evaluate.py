@@ -219,7 +219,6 @@ def test_a_gate_on_an_undefined_metric_fails_closed_naming_the_metric_and_the_re
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from google.protobuf import json_format, struct_pb2
-    from kfp import dsl
 
     from kfp_mlops.components.evaluate import executor
 
@@ -244,17 +243,7 @@ def test_a_gate_on_an_undefined_metric_fails_closed_naming_the_metric_and_the_re
     assert "| roc_auc | undefined | ≥ 0.6 |" in card and "**NOT BLESSED**: roc_auc is undefined" in card
     assert "nan" not in card.lower()
 
-    def output(kind, name):
-        artifact = kind(name=name, uri=str(tmp_path / name))
-        artifact.path = str(tmp_path / name)
-        return artifact
-
-    outputs = {name: output(kind, name) for name, kind in (("metrics", dsl.Metrics), ("blessing", dsl.Artifact),
-               ("classification_metrics", dsl.ClassificationMetrics), ("model_card", dsl.Markdown))}  # fmt: skip
-    model = output(dsl.Model, "model")
-    model.path = str(directory / "model")
-    test_data = output(dsl.Dataset, "test")
-    test_data.path = str(one_class)
+    model, test_data, outputs = executor_artifacts(tmp_path, directory / "model", one_class)
     blessed = executor.run(config.to_yaml(), model, test_data, **outputs)
     assert blessed is False
     assert outputs["blessing"].metadata["undefined_metrics"] == evaluation.undefined
@@ -330,7 +319,6 @@ def test_bless_reads_a_lower_is_better_regression_as_an_increase():
 
 def test_a_regression_model_is_scored_on_its_prediction_and_blessed_on_the_default_r2_gate(regression, tmp_path):
     from google.protobuf import json_format, struct_pb2
-    from kfp import dsl
     from sklearn.metrics import r2_score
     from support.regression import LABEL
 
@@ -352,15 +340,7 @@ def test_a_regression_model_is_scored_on_its_prediction_and_blessed_on_the_defau
     assert "| r2 | " in card and "| ≥ 0.0 |" in card and "| mse | " in card
     assert "classes:" not in card and "decision threshold" not in card and "nan" not in card.lower()
 
-    def output(kind, name):
-        artifact = kind(name=name, uri=str(tmp_path / name))
-        artifact.path = str(tmp_path / name)
-        return artifact
-
-    outputs = {name: output(kind, name) for name, kind in (("metrics", dsl.Metrics), ("blessing", dsl.Artifact),
-               ("classification_metrics", dsl.ClassificationMetrics), ("model_card", dsl.Markdown))}  # fmt: skip
-    model_artifact, test_data = output(dsl.Model, "model"), output(dsl.Dataset, "test")
-    model_artifact.path, test_data.path = str(model), paths.test
+    model_artifact, test_data, outputs = executor_artifacts(tmp_path, model, paths.test)
     assert executor.run(config.to_yaml(), model_artifact, test_data, **outputs) is True
     assert set(outputs["metrics"].metadata) == {"mse", "rmse", "mae", "r2"}
     assert outputs["classification_metrics"].metadata == {"note": "regression model: no confusion matrix or ROC curve"}
@@ -368,6 +348,22 @@ def test_a_regression_model_is_scored_on_its_prediction_and_blessed_on_the_defau
     for artifact in outputs.values():
         json_format.MessageToJson(json_format.ParseDict(artifact.metadata, struct_pb2.Struct()))
         json.dumps(artifact.metadata, allow_nan=False)
+
+
+def executor_artifacts(directory, model_path, test_path) -> tuple:
+    """The evaluate executor's KFP artifacts: (model, test split, outputs by name), outputs under ``directory``."""
+    from kfp import dsl
+
+    def output(kind, name):
+        artifact = kind(name=name, uri=str(directory / name))
+        artifact.path = str(directory / name)
+        return artifact
+
+    outputs = {name: output(kind, name) for name, kind in (("metrics", dsl.Metrics), ("blessing", dsl.Artifact),
+               ("classification_metrics", dsl.ClassificationMetrics), ("model_card", dsl.Markdown))}  # fmt: skip
+    model, test_data = output(dsl.Model, "model"), output(dsl.Dataset, "test")
+    model.path, test_data.path = str(model_path), str(test_path)
+    return model, test_data, outputs
 
 
 def pq_read(path):

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from support import configs as support_configs
 from support.triton import running_triton
 
@@ -239,7 +238,7 @@ def custom_train_image(engine) -> str:
     image = f"{containers.LOCAL_REGISTRY}/kfp-mlops-train-tabular-resnet:custom-model-test"
     extra = ["--pull=never", "--network=none"] if engine.name == "podman" else []
     engine.run("build", *extra, "--build-arg", f"TRAIN_IMAGE={IMAGES.ref('train')}", "-t", image,
-               str(REPO / "examples" / "custom_model"), timeout=300)  # fmt: skip
+               str(support_configs.CUSTOM_MODEL_EXAMPLE), timeout=300)  # fmt: skip
     yield image
     engine.run("rmi", "-f", image, check=False)
 
@@ -250,14 +249,7 @@ def test_the_custom_model_example_image_trains_its_network_in_the_pipeline_and_s
     server, repository = triton
     images = ImageConfig(registry=containers.LOCAL_REGISTRY, overrides={"train": custom_train_image})
     package = compile_pipeline("training", tmp_path / "training-custom-model.yaml", images)
-    write_sample_data(str(tmp_path / "data"), rows=3_000, seed=4, task="regression")
-    document = yaml.safe_load((REPO / "examples" / "custom_model" / "config.yaml").read_text())
-    document["data"]["source"] = str(tmp_path / "data")
-    document["evaluate"]["baseline"] = str(tmp_path / "serving" / "record.json")
-    document["deploy"] |= {"model_repository": str(repository), "triton_url": server.grpc_url}
-    document["train"] |= {"epochs": 4, "micro_batch_size": 64}
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(document))
+    config = support_configs.write_custom_model_config(tmp_path, server.grpc_url, repository)
     code, out = run_in_containers("training", package, tmp_path / "root", "--config", str(config))
     assert code == 0, out
     (run_dir,) = (tmp_path / "root").glob("kfp-mlops-training-*")

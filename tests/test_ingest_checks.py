@@ -5,16 +5,23 @@ schema.max_future_days. Single-file bad inputs are in tests/test_ingest.py's BAD
 from __future__ import annotations
 
 import datetime
-import io
 import re
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from support.ingest_data import make_config, outputs, write_parquet
+from support.ingest_data import (
+    csv_bytes,
+    float_label,
+    make_config,
+    outputs,
+    parquet_bytes,
+    with_column,
+    with_value,
+    write_parquet,
+)
 
 from kfp_mlops.components.ingest.core import ingest, render_summary
 from kfp_mlops.components.shared.errors import InputError
@@ -26,33 +33,6 @@ def table() -> pa.Table:
     return make_sample_table(rows=2_000, seed=1)
 
 
-def _set(table: pa.Table, column: str, values) -> pa.Table:
-    index = table.column_names.index(column)
-    return table.set_column(index, column, pa.array(values) if not isinstance(values, pa.Array) else values)
-
-
-def _with_value(table: pa.Table, column: str, row: int, value) -> pa.Table:
-    values = table[column].to_pylist()
-    values[row] = value
-    return _set(table, column, pa.array(values, table[column].type))
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
-
-
-def _csv_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pacsv.write_csv(table, sink)
-    return sink.getvalue()
-
-
-def _float_label(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([f.with_type(pa.float64()) if f.name == "churned" else f for f in schema])
-
-
 def _no_output(directory: Path) -> bool:
     return not (directory / "out").exists() or list((directory / "out").iterdir()) == []
 
@@ -61,10 +41,10 @@ def _no_output(directory: Path) -> bool:
 def test_a_column_typed_differently_in_two_files_names_both_files_and_types(tmp_path, table, fmt):
     (tmp_path / "raw").mkdir()
     first, second = table.slice(0, 1_000), table.slice(1_000)
-    second = _set(second, "churned", pa.array(["yes" if v else "no" for v in second["churned"].to_pylist()]))
+    second = with_column(second, "churned", pa.array(["yes" if v else "no" for v in second["churned"].to_pylist()]))
     for i, part in enumerate((first, second)):
         path = tmp_path / "raw" / f"part-{i}.{fmt}"
-        path.write_bytes(_parquet_bytes(part) if fmt == "parquet" else _csv_bytes(part))
+        path.write_bytes(parquet_bytes(part) if fmt == "parquet" else csv_bytes(part))
     with pytest.raises(
         InputError, match=rf"column 'churned' is int64 in \S*part-0\.{fmt} but string in \S*part-1\.{fmt}"
     ):
@@ -77,16 +57,16 @@ def test_numbers_typed_int_in_one_file_and_float_in_another_are_one_column(tmp_p
     floats = table.slice(1_000)
     write_parquet(
         tmp_path / "raw" / "part-1.parquet",
-        _set(floats, "support_calls", floats["support_calls"].cast(pa.float64()).combine_chunks()),
+        with_column(floats, "support_calls", floats["support_calls"].cast(pa.float64()).combine_chunks()),
     )
     result = ingest(make_config(tmp_path / "raw"), outputs(tmp_path))
     assert result.rows_read == 2_000
 
 
 def test_a_float_label_of_whole_numbers_is_a_class_label_and_max_classes_is_configurable(tmp_path, table):
-    source = write_parquet(tmp_path / "d.parquet", table.cast(_float_label(table.schema)))
+    source = write_parquet(tmp_path / "d.parquet", table.cast(float_label(table.schema)))
     assert ingest(make_config(source), outputs(tmp_path / "a")).rows_read == 2_000
-    four = _set(table, "churned", pc.bit_wise_and(table["customer_id"], 3).combine_chunks())  # 0..3
+    four = with_column(table, "churned", pc.bit_wise_and(table["customer_id"], 3).combine_chunks())  # 0..3
     source = write_parquet(tmp_path / "four.parquet", four)
     with pytest.raises(InputError, match=r"more than schema.max_classes \(3\) distinct values, such as"):
         ingest(make_config(source, schema={"max_classes": 3}), outputs(tmp_path / "b"))
@@ -97,8 +77,8 @@ def test_a_float_label_of_whole_numbers_is_a_class_label_and_max_classes_is_conf
 def _contradicting(table: pa.Table, rows: list[int]) -> pa.Table:
     """Copies of ``rows`` with the other label and other features: the same entity and timestamp."""
     copies = table.take(rows)
-    copies = _set(copies, "churned", pa.array([1 - v for v in copies["churned"].to_pylist()]))
-    return _set(copies, "support_calls", pa.array([v + 1 for v in copies["support_calls"].to_pylist()]))
+    copies = with_column(copies, "churned", pa.array([1 - v for v in copies["churned"].to_pylist()]))
+    return with_column(copies, "support_calls", pa.array([v + 1 for v in copies["support_calls"].to_pylist()]))
 
 
 def test_contradictory_labels_across_files_name_both_files_and_keep_latest_keeps_the_last_file_order_row(
@@ -129,7 +109,7 @@ def test_contradictory_labels_across_files_name_both_files_and_keep_latest_keeps
 
 def test_max_future_days_sets_how_far_ahead_a_timestamp_may_be(tmp_path, table):
     soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3)
-    source = write_parquet(tmp_path / "d.parquet", _with_value(table, "event_timestamp", 0, soon))
+    source = write_parquet(tmp_path / "d.parquet", with_value(table, "event_timestamp", 0, soon))
     with pytest.raises(InputError, match=r"row 1: timestamp .* is more than 1 day\(s\) after now"):
         ingest(make_config(source), outputs(tmp_path / "a"))
     assert ingest(make_config(source, schema={"max_future_days": 5}), outputs(tmp_path / "b")).rows_read == 2_000
@@ -137,7 +117,7 @@ def test_max_future_days_sets_how_far_ahead_a_timestamp_may_be(tmp_path, table):
 
 def test_contradictory_regression_labels_are_refused_or_the_latest_kept(tmp_path):
     spend = make_sample_table(rows=2_000, seed=1, task="regression").slice(0, 1_990)  # no exact duplicates
-    later = _set(spend.take([3]), "spend_next_90d", pa.array([spend["spend_next_90d"][3].as_py() + 0.5]))
+    later = with_column(spend.take([3]), "spend_next_90d", pa.array([spend["spend_next_90d"][3].as_py() + 0.5]))
     write_parquet(tmp_path / "raw" / "part-0.parquet", spend)
     write_parquet(tmp_path / "raw" / "part-1.parquet", later)
     config = make_config(tmp_path / "raw", schema={"label": "spend_next_90d"})

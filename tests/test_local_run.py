@@ -512,17 +512,10 @@ def custom_model_run(package, triton, tmp_path_factory) -> TrainingRun:
     Triton of this module and a shorter training, from the compiled YAML to Triton as model ``spend-resnet``."""
     server, repository = triton
     work = tmp_path_factory.mktemp("custom-model")
-    write_sample_data(str(work / "data"), rows=3_000, seed=4, task="regression")
-    example = REPO / "examples" / "custom_model"
-    document = yaml.safe_load((example / "config.yaml").read_text())
-    document["data"]["source"] = str(work / "data")
-    document["evaluate"]["baseline"] = str(work / "serving" / "record.json")
-    document["deploy"] |= {"model_repository": str(repository), "triton_url": server.grpc_url}
-    document["train"] |= {"epochs": 4, "micro_batch_size": 64}
-    config = work / "config.yaml"
-    config.write_text(yaml.safe_dump(document))
+    config = support_configs.write_custom_model_config(work, server.grpc_url, repository)
+    example = str(support_configs.CUSTOM_MODEL_EXAMPLE)
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
-        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(example), os.environ.get("PYTHONPATH")])))
+        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [example, os.environ.get("PYTHONPATH")])))
         code = run_training(package, work / "root", "--config", str(config))
     return TrainingRun(code, out.getvalue(), run_dir_of(work / "root"), config, work / "serving" / "record.json",
                        server, repository, work)  # fmt: skip

@@ -87,11 +87,13 @@ class Prepared:
 
 
 def check_training_inputs(
-    tables: dict[str, pa.Table], features: list[str], categorical: list[str], label: str, task: Task
-) -> None:
-    """Fail before any worker starts: missing columns, one-class labels, infinite features (a regression label's
-    missing or infinite values fail when the targets are read). Missing feature values (null, NaN) are imputed
-    (schema.missing_values: impute; ingest already rejected them under ``error``)."""
+    tables: dict[str, pa.Table], features: list[str], categorical: list[str], label: str, requested: str
+) -> Task:
+    """Fail before any worker starts: missing columns, infinite features, a label that does not fit the task (one
+    class, or not a number for regression; a regression label's missing or infinite values fail when the targets
+    are read). Returns the task ``requested`` (schema.task) resolves to on the train and validation labels. Missing
+    feature values (null, NaN) are imputed (schema.missing_values: impute; ingest already rejected them under
+    ``error``)."""
     for name, table in tables.items():
         missing = [c for c in [*features, label] if c not in table.column_names]
         if missing:
@@ -106,9 +108,12 @@ def check_training_inputs(
                 raise InputError(
                     f"{name} split: column {column!r} row {row + 1}: value {values[row].as_py()} is not finite"
                 )
+    labels = pa.chunked_array([*tables["train"][label].chunks, *tables["validation"][label].chunks])
+    task = resolve_task(requested, labels, label)
     classes = pc.unique(tables["train"][label]).to_pylist()
     if task != "regression" and len(classes) < 2:
         raise InputError(f"train split: column {label!r} holds a single class {classes}; a classifier needs two")
+    return task
 
 
 def prepare(
@@ -131,13 +136,8 @@ def prepare(
     tables = {"train": read_split(train_path, "train"), "validation": read_split(validation_path, "validation")}
     features = feature_columns(schema.features, tables["train"].column_names, schema.entity, schema.timestamp,
                                schema.label)  # fmt: skip
-    for name, table in tables.items():
-        if schema.label not in table.column_names:
-            raise InputError(f"{name} split: missing column(s) [{schema.label!r}]")
-    labels = pa.chunked_array([*tables["train"][schema.label].chunks, *tables["validation"][schema.label].chunks])
     requested = "regression" if task == "regression" and schema.task == "auto" else schema.task
-    resolved = resolve_task(requested, labels, schema.label)
-    check_training_inputs(tables, features, schema.categorical, schema.label, resolved)
+    resolved = check_training_inputs(tables, features, schema.categorical, schema.label, requested)
     if gpus_per_node == 0:
         resolve_precision(settings.precision, "cpu")
     if settings.nodes > 1 and checkpoint_dir and not storage.is_remote(checkpoint_dir):

@@ -37,3 +37,23 @@ def write_config(directory: Path, source: str | Path, **sections: dict[str, Any]
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config_document(source, **sections)))
     return path
+
+
+CUSTOM_MODEL_EXAMPLE = REPO / "examples" / "custom_model"
+
+
+def write_custom_model_config(directory: Path, triton_url: str, repository: Path) -> Path:
+    """examples/custom_model/config.yaml on the regression sample written to ``directory/data`` (3,000 rows), with
+    its serving record in ``directory``, the given Triton and a shorter training; written to
+    ``directory/config.yaml``."""
+    from kfp_mlops.sample_data import write_sample_data
+
+    write_sample_data(str(directory / "data"), rows=3_000, seed=4, task="regression")
+    document = yaml.safe_load((CUSTOM_MODEL_EXAMPLE / "config.yaml").read_text())
+    document["data"]["source"] = str(directory / "data")
+    document["evaluate"]["baseline"] = str(directory / "serving" / "record.json")
+    document["deploy"] |= {"model_repository": str(repository), "triton_url": triton_url}
+    document["train"] |= {"epochs": 4, "micro_batch_size": 64}
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
