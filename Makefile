@@ -9,6 +9,12 @@ KEEP_TRITON ?=
 TORCH_SPEC ?= torch==2.13.0
 DEMO_ENTITIES ?= 100000 100001 100002
 
+# The MLflow tracking server (tests start it; `mlflow ui` browses the local runs) in its own virtualenv: the full
+# mlflow pins pyarrow<26 and a web stack the steps never need (they use mlflow-skinny, the same version).
+MLFLOW_VENV ?= .venv-mlflow
+MLFLOW_SPEC ?= mlflow==3.17.2
+MLFLOW := $(MLFLOW_VENV)/bin/mlflow
+
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV := $(CHECKOV_VENV)/bin/checkov
 
@@ -24,9 +30,9 @@ export CONTAINERS_STORAGE_CONF ?= $(CURDIR)/images/podman/storage.conf
 IMAGES_LOCAL_FLAGS ?=
 STEPS := $(notdir $(patsubst %/,%,$(dir $(wildcard images/*/Dockerfile))))
 
-.PHONY: install system-deps checkov triton-venv demo test lint golden constraints image-locks images \
+.PHONY: install system-deps checkov mlflow-venv triton-venv demo test lint golden constraints image-locks images \
 	container-deps images-local test-images \
-	bench-ingest bench-materialize bench-train bench-quantize bench-serve bench-drift bench-lease clean
+	bench-ingest bench-materialize bench-train bench-quantize bench-serve bench-drift bench-lease bench-tracking clean
 
 # DeepSpeed is built here with its CPU shared-memory op compiled in (as the train image does), so no training process
 # compiles anything at start; it needs torch in the virtualenv first (--no-build-isolation).
@@ -59,11 +65,20 @@ demo: install triton-venv  ## sample data, local Triton, the training pipeline f
 	echo; cat "$${run}evaluate-model/model_card"; echo; \
 	echo "Predictions by entity id (features from Feast's online store, probabilities from Triton):"; \
 	$(BIN)/kfp-mlops predict $(addprefix --entity ,$(DEMO_ENTITIES)) --url 127.0.0.1:8001 --protocol grpc \
-		--model churn --model-repository build/triton/models --feature-repo "$${run}features/feature_repo"
+		--model churn --model-repository build/triton/models --feature-repo "$${run}features/feature_repo"; \
+	echo; echo "Lineage of the served model, from the MLflow registry (build/local-runs/mlflow.db):"; \
+	$(BIN)/kfp-mlops lineage churn@champion
 
 system-deps:  ## Debian's redis-server and PostgreSQL, which the Feast tests start (installed only where missing)
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }
+
+$(MLFLOW):
+	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet "$(MLFLOW_SPEC)" "psycopg[binary]>=3.1"
+
+mlflow-venv: $(MLFLOW)  ## the MLflow tracking server and UI in their own virtualenv (.venv-mlflow)
 
 $(CHECKOV):
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
@@ -72,7 +87,7 @@ $(CHECKOV):
 
 checkov: $(CHECKOV)  ## checkov (the manifests' policy scanner) in its own virtualenv: it pins many packages
 
-test: install system-deps $(CHECKOV) triton-venv  ## lint, image checks and the whole suite, real servers included
+test: install system-deps $(CHECKOV) $(MLFLOW) triton-venv  ## lint, image checks and the whole suite, real servers included
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint images/*/Dockerfile
@@ -129,6 +144,9 @@ bench-serve: triton-venv  ## Triton against a hand-written FastAPI server, drive
 
 bench-drift: install
 	$(BIN)/python benchmarks/drift.py
+
+bench-tracking: install  ## tracking's cost on a training pipeline run, and batched against one call per metric
+	$(BIN)/python benchmarks/tracking.py
 
 bench-lease: install  ## the deploy lease and the record's compare-and-swap against plain writes (local, SeaweedFS)
 	$(BIN)/python benchmarks/lease.py

@@ -38,6 +38,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         args.image_registry = LOCAL_REGISTRY  # the images `make images-local` builds
     with package_and_arguments(args, defaults=_local_defaults) as (package, arguments):
+        tracking = cli_common.with_local_tracking(arguments, Path(args.pipeline_root))
+        if tracking:
+            print(f"Tracking: MLflow at {tracking} (browse: {cli_common.mlflow_ui(tracking)})")
         result = run_local(
             package, arguments, Path(args.pipeline_root), verbose=args.verbose, containers=args.containers
         )
@@ -51,6 +54,29 @@ def _local_defaults(package: Path) -> dict[str, str]:
     from kfp_mlops.local_run import local_gpus, parameter_types
 
     return {"gpus_per_node": str(local_gpus())} if "gpus_per_node" in parameter_types(package) else {}
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from kfp_mlops.lineage import as_json, lineage, render
+
+    uri = cli_common.tracking_uri(args.tracking_uri, Path(DEFAULT_PIPELINE_ROOT))
+    if not uri:
+        hint = f"or run a pipeline with `kfp-mlops run --local` first (it keeps {DEFAULT_PIPELINE_ROOT}/mlflow.db)"
+        print(
+            f"kfp-mlops lineage: no tracking server: pass --tracking-uri, set MLFLOW_TRACKING_URI, {hint}",
+            file=sys.stderr,
+        )
+        return 2
+    cli_common.bound_mlflow_requests()
+    try:
+        chain = lineage(MlflowClient(tracking_uri=uri, registry_uri=uri), args.model)
+    except LookupError as exc:
+        print(f"kfp-mlops lineage: {exc}", file=sys.stderr)
+        return 1
+    print(as_json(chain) if args.format == "json" else render(chain))
+    return 0
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
@@ -98,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the label: churned (0/1, churn.parquet), outcome (3 classes, outcome.parquet) or "
                         "spend_next_90d (a number, spend.parquet)")  # fmt: skip
     sample.set_defaults(func=cmd_sample_data)
+
+    lineage = commands.add_parser("lineage", help="a registered model version's chain: data → training → "
+                                  "evaluation → quantization → Triton → monitoring (MLflow)")  # fmt: skip
+    lineage.add_argument("model", help="MODEL (its champion), MODEL@alias or MODEL/version, e.g. churn@previous")
+    default_uri = f"sqlite:///{DEFAULT_PIPELINE_ROOT}/mlflow.db"
+    lineage.add_argument("--tracking-uri", default="", help=f"default: MLFLOW_TRACKING_URI, else {default_uri}")
+    lineage.add_argument("--format", choices=["text", "json"], default="text")
+    lineage.set_defaults(func=cmd_lineage)
 
     from kfp_mlops.cluster_cli import add_commands as add_cluster_commands
     from kfp_mlops.local_cli import add_commands as add_local_commands

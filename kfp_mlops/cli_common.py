@@ -104,3 +104,60 @@ def package_and_arguments(
         for key, value in defaults(package).items():
             raw.setdefault(key, value)
         yield package, coerce_arguments(package, raw)
+
+
+LOCAL_TRACKING_DB = "mlflow.db"  # beside the local runs (their pipeline root), with mlartifacts/
+
+
+def local_tracking_uri(pipeline_root: Path) -> str:
+    return f"sqlite:///{(pipeline_root / LOCAL_TRACKING_DB).resolve()}"
+
+
+def with_local_tracking(arguments: dict, pipeline_root: Path) -> str:
+    """The embedded default of a local run: with no ``tracking.uri`` in the config and no MLFLOW_TRACKING_URI, a
+    SQLite file beside the runs (``<pipeline root>/mlflow.db``; artifacts in ``mlartifacts/``), set in the config
+    text the run gets. Returns the URI the run tracks to ("" for none)."""
+    import os
+
+    from kfp_mlops.components.shared.config import parse_config
+
+    text = arguments.get("config")
+    if not isinstance(text, str) or "\n" not in text.strip():
+        return os.environ.get("MLFLOW_TRACKING_URI", "")
+    config = parse_config(yaml.safe_load(text))
+    if not config.tracking.enabled:
+        return ""
+    if config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return config.tracking.uri or os.environ["MLFLOW_TRACKING_URI"]
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    uri = local_tracking_uri(pipeline_root)
+    tracking = config.tracking.model_copy(update={"uri": uri})
+    arguments["config"] = config.model_copy(update={"tracking": tracking}).to_yaml()
+    return uri
+
+
+def tracking_uri(given: str, pipeline_root: Path) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the local runs' SQLite file when it exists."""
+    import os
+
+    if given or os.environ.get("MLFLOW_TRACKING_URI"):
+        return given or os.environ["MLFLOW_TRACKING_URI"]
+    return local_tracking_uri(pipeline_root) if (pipeline_root / LOCAL_TRACKING_DB).is_file() else ""
+
+
+def mlflow_ui(uri: str) -> str:
+    """The command that browses ``uri``'s runs in the MLflow UI (the server's own virtualenv: make mlflow-venv)."""
+    if uri.startswith(("http://", "https://")):
+        return uri
+    return f".venv-mlflow/bin/mlflow ui --backend-store-uri {uri} --port 5000"
+
+
+def bound_mlflow_requests(timeout_seconds: int = 10, retries: int = 2) -> None:
+    """MLflow's HTTP requests, bounded (its defaults wait 120 s a request, with 7 retries)."""
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_seconds))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -10,7 +10,7 @@ from kfp_mlops.components.deploy import component as deploy_component
 from kfp_mlops.components.evaluate import component as evaluate_component
 from kfp_mlops.components.features import component as features_component
 from kfp_mlops.components.quantize import component as quantize_component
-from kfp_mlops.components.shared import storage, triton_access
+from kfp_mlops.components.shared import storage, tracking, triton_access
 from kfp_mlops.components.shared.images import ImageConfig
 from kfp_mlops.components.train import component as train_component
 
@@ -103,6 +103,14 @@ def with_storage_credentials(task: dsl.PipelineTask, secret: str) -> dsl.Pipelin
     )
 
 
+def with_tracking_settings(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """The MLflow client's settings (tracking URI and credentials) from the Secret ``tracking.SECRET``, optional
+    like the control key's below: without it, a step tracks only where ``tracking.uri`` is set."""
+    return kubernetes.use_secret_as_env(
+        task, tracking.SECRET, {key: key for key in tracking.SECRET_KEYS}, optional=True
+    )
+
+
 def task_timeouts(overrides: str | None = None) -> dict[str, int]:
     """TIMEOUTS with ``overrides`` (default: the environment variable KFP_MLOPS_TASK_TIMEOUTS), written
     ``task=seconds,task=seconds``; raises ValueError naming an unknown task or a value that is not whole seconds > 0."""
@@ -130,14 +138,14 @@ def with_triton_control_key(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 def configure(task: dsl.PipelineTask, storage_secret: str, timeouts: dict[str, int] | None = None) -> dsl.PipelineTask:
     """What every task gets: its caching choice (CACHING), its resources (RESOURCES), its pod's deadline
-    (``timeouts``, default ``task_timeouts()``) and the object-storage credentials."""
+    (``timeouts``, default ``task_timeouts()``), the object-storage credentials and the tracking settings."""
     task.set_caching_options(CACHING[task.name])
     kubernetes.set_timeout(task, (timeouts or task_timeouts())[task.name])
     if task.name in RESOURCES:
         cpu_request, cpu_limit, memory_request, memory_limit = RESOURCES[task.name]
         task.set_cpu_request(cpu_request).set_cpu_limit(cpu_limit)
         task.set_memory_request(memory_request).set_memory_limit(memory_limit)
-    return with_storage_credentials(task, storage_secret)
+    return with_tracking_settings(with_storage_credentials(task, storage_secret))
 
 
 def training_pod_arguments(parameters: dict) -> dict:
@@ -173,7 +181,9 @@ def build(images: ImageConfig):
         storage_secret: str,
         feast_secret: str,
     ):
-        features_task = features_op(config=config, train=train, validation=validation, test=test)
+        features_task = features_op(
+            config=config, train=train, validation=validation, test=test, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        )
         features_task.set_display_name("Feast features")
         kubernetes.use_secret_as_env(features_task, feast_secret, FEAST_SECRET_KEYS, optional=True)
 
@@ -228,6 +238,7 @@ def build(images: ImageConfig):
                 model=train_task.outputs["model"],
                 train_data=features_task.outputs["train_features"],
                 validation_data=features_task.outputs["validation_features"],
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
             quantize_task.set_display_name("quantize within the accuracy budget")
             deploy_task = deploy_op(

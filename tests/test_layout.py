@@ -119,6 +119,7 @@ FUNCTION_IMPORT_EXCEPTIONS = {
     "components/train/core.py": "the network module imports torch: only training and export need it, not "
     "prepare-training's checks on a CPU pod",
     "components/shared/images.py": "kfp_mlops.__version__ at call time (see CLI_LAYER_EXCEPTIONS)",
+    "components/shared/tracking.py": "kfp_mlops.__version__ at call time (see CLI_LAYER_EXCEPTIONS)",
     "benchmarks/drift.py": "it times the drift step's imports (Evidently's among them) itself",
 }
 

@@ -24,6 +24,9 @@ latency), ``protocol`` (the rollout and its rollback, on the ``errors.Stage`` en
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from kfp_mlops.components.deploy.errors import DeployError, Stage
 from kfp_mlops.components.deploy.lease import Lease
 from kfp_mlops.components.deploy.package import Package, model_config
@@ -38,7 +41,12 @@ __all__ = ["DeployError", "DeployResult", "Stage", "Verification", "deploy", "mo
 
 
 def deploy(
-    model_dir: str, validation_path: str, settings: DeployConfig, gpu: bool = False, holder: str = ""
+    model_dir: str,
+    validation_path: str,
+    settings: DeployConfig,
+    gpu: bool = False,
+    holder: str = "",
+    after_promotion: Callable[[DeployResult], Any] | None = None,
 ) -> DeployResult:
     """Deploy the package at ``model_dir`` as the next version of ``settings.model_name`` (see the module
     docstring), verified on ``settings.verify.rows`` rows of the validation split at ``validation_path``.
@@ -46,14 +54,18 @@ def deploy(
     this deployment in the lease. Idempotent: the package that already serves (same content and config) only has its
     readiness checked. Raises DeployError after rolling back; while it runs (on the main thread), SIGTERM (a cancelled
     KFP run) raises DeployError at CANCELLED where the deployment is, so that it rolls back (within 25 s) before the
-    pod goes."""
+    pod goes. ``after_promotion(result)`` runs under the lease once the version serves (or at once when nothing is
+    deployed)."""
     if not settings.model_repository:
-        return DeployResult(status="not_deployed")
+        result = DeployResult(status="not_deployed")
+        if after_promotion is not None:
+            after_promotion(result)
+        return result
     package = Package.read(model_dir, settings, gpu)
     repository = Repository(settings.model_repository, settings.model_name)
     lease = Lease(settings.model_repository, settings.model_name, holder, settings.lease_seconds)
     with cancellation.on_sigterm(_cancelled, "roll the deployment back"):
-        return Rollout(package, repository, settings, lease).run(validation_path)
+        return Rollout(package, repository, settings, lease).run(validation_path, after_promotion)
 
 
 def _cancelled(signum: int) -> None:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from kfp_mlops.components.deploy.errors import DeployError, Stage
 from kfp_mlops.components.deploy.lease import Lease
@@ -138,21 +138,27 @@ class Rollout:
     def _unload(self, endpoint: str) -> None:
         self.replica(endpoint).unload(self.name, self.unload_timeout)
 
-    def run(self, validation_path: str) -> DeployResult:
+    def run(self, validation_path: str, after_promotion: Callable[[DeployResult], Any] | None = None) -> DeployResult:
+        """The rollout; ``after_promotion(result)`` runs once the version serves, still under the lease (the
+        registry's aliases move there: they follow the deployment that won)."""
         try:
-            return self._run(validation_path)
+            return self._run(validation_path, after_promotion)
         finally:
             for replica in self.replicas.values():
                 replica.close()
 
-    def _run(self, validation_path: str) -> DeployResult:
+    def _run(self, validation_path: str, after_promotion: Callable[[DeployResult], Any] | None) -> DeployResult:
         self.resolve(self.settings.triton_url)  # before anything is read or written
         endpoints = replica_endpoints(self.settings)
         for endpoint in endpoints:
             self.resolve(endpoint)
         self.lease.acquire(self.settings.lease_wait_seconds)
         try:
-            return self._deploy(validation_path, endpoints)
+            result = self._deploy(validation_path, endpoints)
+            if after_promotion is not None:
+                self.lease.renew()
+                after_promotion(result)
+            return result
         finally:
             self.lease.release()
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.model_package import read_model_config
 from kfp_mlops.components.shared.outcomes import DriftOutcome, Outcomes, RetrainOutcome
 from kfp_mlops.components.shared.records import read_record
+from kfp_mlops.components.shared.tracking import TAG_COMPARED_WITH, StepLog, Tracker
 
 NO_ACTION = "none"
 # Where kfp.Client reads a projected token for the audience pipelines.kubeflow.org (KFP's multi-user auth):
@@ -48,7 +50,24 @@ def run(config: str, current: list[Any], run_id: str, report: Any, metrics: Any,
                          model.numeric, model.categorical, report.path, summary.path)  # fmt: skip
     log_metrics(metrics, result.metrics())
     action = pipeline_config.monitoring.retrain if result.drifted else NO_ACTION
-    outcomes.record(runs.run_directory(report.uri, run_id) if run_id else "", DriftOutcome(
+    run_dir = runs.run_directory(report.uri, run_id) if run_id else ""
+    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "drift-check", runs.pipeline_name(run_dir, run_id))
+    compared = (
+        f"{record.registry.model_name}/{record.registry.version}" if record.registry and record.registry.version else ""
+    )
+    tracker.log_step(
+        StepLog(
+            params={"drift": pipeline_config.drift.model_dump(exclude_none=True)},
+            metrics={k: float(v) for k, v in result.metrics().items() if math.isfinite(float(v))},
+            tags={TAG_COMPARED_WITH: compared, "reference_data": record.reference_data, "serving_model": record.model,
+                  "drifted": str(result.drifted), "drifted_columns": ", ".join(result.drifted_columns),
+                  "action": action},
+            artifacts={report.path: "", summary.path: ""},
+        )
+    )  # fmt: skip
+    if compared:
+        tracker.tag_pipeline({TAG_COMPARED_WITH: compared})
+    outcomes.record(run_dir, DriftOutcome(
         drifted=result.drifted, share=result.share, drifted_columns=result.drifted_columns,
         reference=record.reference_data, serving_model=record.model, action=action,
     ))  # fmt: skip

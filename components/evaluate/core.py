@@ -10,7 +10,9 @@ which is re-scored on the candidate's own test split (its recorded metrics stand
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from kfp_mlops.components.shared.metrics import (
 )
 from kfp_mlops.components.shared.model_package import ModelConfig, Predictor, read_model_config
 from kfp_mlops.components.shared.records import Deployment, ServingRecord, read_record, write_record
+from kfp_mlops.components.shared.registry import RegistryState
 from kfp_mlops.components.shared.splits import read_split
 
 
@@ -100,16 +103,19 @@ class BaselineUnavailableError(RuntimeError):
     """The baseline's model could not be re-scored, and the config does not allow its recorded metrics instead."""
 
 
-def rescore_baseline(record: ServingRecord, table, settings: EvaluateConfig) -> Baseline:
+def rescore_baseline(
+    record: ServingRecord, table, settings: EvaluateConfig, fetch: Callable[[str, str], Any] = storage.copy_tree
+) -> Baseline:
     """Score the baseline's model on this run's test split, so candidate and baseline are compared on the same rows
     (TFX's way). If its model cannot be read or scored here, the step fails (a credential problem must not quietly
-    change the gate), unless ``evaluate.allow_recorded_baseline_metrics`` lets the recorded metrics stand."""
+    change the gate), unless ``evaluate.allow_recorded_baseline_metrics`` lets the recorded metrics stand.
+    ``fetch(model_uri, folder)`` copies the package into a local folder (the registry's download for a champion)."""
     import tempfile
 
     model_uri = record.model
     try:
         with tempfile.TemporaryDirectory(prefix="kfp-mlops-baseline-") as local:
-            if not storage.copy_tree(model_uri, local):
+            if not fetch(model_uri, local):
                 raise FileNotFoundError(f"{model_uri} holds no files")
             scores, _, _ = score_package(local, table, settings)
     except Exception as exc:
@@ -165,12 +171,21 @@ def bless(
     return reasons
 
 
-def evaluate(config: PipelineConfig, model_dir: str, test_path: str) -> Evaluation:
-    """Score the model on the test split and decide the blessing."""
+def evaluate(
+    config: PipelineConfig,
+    model_dir: str,
+    test_path: str,
+    record: ServingRecord | None | Literal["from_config"] = "from_config",
+    fetch: Callable[[str, str], Any] = storage.copy_tree,
+) -> Evaluation:
+    """Score the model on the test split and decide the blessing, against ``record``'s model (by default the
+    serving record at ``evaluate.baseline``; the executor passes the registry's champion when it is newer), whose
+    package ``fetch`` copies into a local folder."""
     table = read_split(test_path, "test")
     scores, model_config, threshold = score_package(model_dir, table, config.evaluate)
-    record = load_baseline(config.evaluate.baseline)
-    baseline = None if record is None else rescore_baseline(record, table, config.evaluate)
+    if record == "from_config":
+        record = load_baseline(config.evaluate.baseline)
+    baseline = None if record is None else rescore_baseline(record, table, config.evaluate, fetch)
     reasons = bless(scores.metrics, config.evaluate, baseline, scores.undefined, model_config.task)
     return Evaluation(
         metrics=scores.metrics,
@@ -275,10 +290,11 @@ def record_baseline(
     run_id: str,
     reference_data: str = "",
     deployment: Deployment | None = None,
+    registry: RegistryState | None = None,
 ) -> ServingRecord:
     """Record a blessed (and, when configured, deployed) model as the one the next candidate is compared with and
     the next drift check's reference comes from (compare-and-swap); returns the record that stands: another run's
     when it names a later version of the same deployment (``records.write_record``)."""
     record = ServingRecord(model=model_uri, metrics=metrics, content_hash=data_hash, run_id=run_id,
-                           reference_data=reference_data, deployment=deployment)  # fmt: skip
+                           reference_data=reference_data, deployment=deployment, registry=registry)  # fmt: skip
     return write_record(uri, record)

@@ -7,11 +7,13 @@ import json
 from typing import Any
 
 from kfp_mlops.components.evaluate import core
-from kfp_mlops.components.shared import outcomes, runs
+from kfp_mlops.components.shared import outcomes, registry, runs, storage
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
-from kfp_mlops.components.shared.config import load_config
+from kfp_mlops.components.shared.config import PipelineConfig, load_config
 from kfp_mlops.components.shared.model_package import read_model_config
-from kfp_mlops.components.shared.records import Deployment
+from kfp_mlops.components.shared.records import Deployment, ServingRecord
+from kfp_mlops.components.shared.registry import RegistryState
+from kfp_mlops.components.shared.tracking import TAG_RUN, StepLog, Tracker
 
 
 def run(
@@ -25,7 +27,10 @@ def run(
     run_id: str = "",
 ) -> bool:
     pipeline_config = load_config(config)
-    evaluation = core.evaluate(pipeline_config, model.path, test_data.path)
+    run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
+    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "evaluate-model", runs.pipeline_name(run_dir, run_id))
+    record, fetch = baseline_source(tracker, pipeline_config)
+    evaluation = core.evaluate(pipeline_config, model.path, test_data.path, record, fetch)
     log_metrics(metrics, evaluation.metrics)
     if evaluation.task == "regression":  # no classes: the artifact stays empty, save for a note
         update_metadata(classification_metrics, {"note": "regression model: no confusion matrix or ROC curve"})
@@ -54,27 +59,65 @@ def run(
     for name, reason in evaluation.undefined.items():
         print(f"[evaluate] {name} is undefined on the test split: {reason}")
     print(f"[evaluate] {'BLESSED' if evaluation.blessed else 'NOT BLESSED: ' + '; '.join(evaluation.reasons)}")
-    run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
     outcomes.record(run_dir, outcomes.EvaluateOutcome(blessed=evaluation.blessed, reasons=evaluation.reasons,
                                                       metrics=evaluation.metrics))  # fmt: skip
+    baseline_metrics = evaluation.baseline.metrics if evaluation.baseline else {}
+    tracker.log_step(
+        StepLog(
+            metrics={**evaluation.metrics, **{f"baseline.{name}": v for name, v in baseline_metrics.items()}},
+            tags={"blessed": str(evaluation.blessed), "reasons": "; ".join(evaluation.reasons), "task": evaluation.task,
+                  "baseline.model": evaluation.baseline.model if evaluation.baseline else "",
+                  "baseline.registry_version": str(_registry_version(evaluation.baseline))},
+            artifacts={model_card.path: "", blessing.path: ""},
+        )
+    )  # fmt: skip
     return evaluation.blessed
+
+
+def baseline_source(tracker: Tracker, config: PipelineConfig) -> tuple[ServingRecord | None, Any]:
+    """The model the candidate is compared with, and how to copy its package: the serving record's (the embedded
+    default and the cache), unless the registry's champion is another version (then the champion, downloaded)."""
+    record = core.load_baseline(config.evaluate.baseline)
+    champion = registry.champion(tracker, config.deploy.model_name)
+    mirrored = record.registry.version if record is not None and record.registry is not None else 0
+    if champion is None or champion.version == mirrored:
+        return record, storage.copy_tree
+    print(f"[evaluate] baseline: {config.deploy.model_name} version {champion.version} (the registry's champion)")
+    state = RegistryState(model_name=champion.name, version=champion.version, aliases_moved=True)
+    from_registry = ServingRecord(model=champion.source, metrics=champion.metrics,
+                                  content_hash=champion.tags.get("content_hash", ""),
+                                  run_id=champion.tags.get(TAG_RUN, ""), registry=state)  # fmt: skip
+    return from_registry, lambda _uri, folder: registry.download(tracker, champion, folder)
+
+
+def _registry_version(baseline: core.Baseline | None) -> int:
+    return baseline.record.registry.version if baseline is not None and baseline.record.registry else 0
 
 
 def record(config: str, model: Any, metrics: Any, reference_data: Any, deployment: Any, run_id: str) -> None:
     """Record the blessed model (the package that serves, when deployed) in the serving record
-    (evaluate.baseline), with its train split as the next drift check's reference; without one configured, say so."""
+    (evaluate.baseline), with its train split as the next drift check's reference and the registry version it
+    mirrors (whose tags get the metrics); without a record configured, say so."""
     pipeline_config = load_config(config)
+    values = {
+        k: float(v) for k, v in metrics.metadata.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    state = deployment.metadata.get("registry") if deployment is not None else None
+    registered = RegistryState.model_validate(state) if state else None
+    if registered is not None and registered.version:
+        run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
+        tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "record-baseline")
+        registry.tag_version(tracker, registered.model_name, registered.version,
+                             {**{f"{registry.METRIC_TAG_PREFIX}{k}": str(v) for k, v in values.items()},
+                              "reference_data": reference_data.uri})  # fmt: skip
     uri = pipeline_config.evaluate.baseline
     if not uri:
         print("[record] evaluate.baseline is empty: no serving record kept")
         return
-    values = {
-        k: float(v) for k, v in metrics.metadata.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
     served = deployment.metadata.get("deployment") if deployment is not None else None
     record_ = core.record_baseline(
         uri, model.uri, values, model.metadata.get("content_hash", ""), run_id, reference_data.uri,
-        Deployment.model_validate(served) if served else None,
+        Deployment.model_validate(served) if served else None, registered,
     )  # fmt: skip
     if record_.run_id != run_id or record_.model != model.uri:
         later = record_.deployment
@@ -82,4 +125,5 @@ def record(config: str, model: Any, metrics: Any, reference_data: Any, deploymen
               f"{record_.run_id}), deployed after this run's version {int(served['version'])}")  # fmt: skip
         return
     where = f", serving as {served['model_name']} version {int(served['version'])}" if served else ""
-    print(f"[record] serving record {uri} now points at {record_.model}{where}")
+    mirrors = f"; registry version {registered.version}" if registered is not None and registered.version else ""
+    print(f"[record] serving record {uri} now points at {record_.model}{where}{mirrors}")

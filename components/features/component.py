@@ -17,11 +17,13 @@ def features(
     validation_features: Output[Dataset],
     test_features: Output[Dataset],
     metrics: Output[Metrics],
+    run_id: str = "",
 ):
     """Register the features with Feast, materialize them online and write point-in-time correct datasets.
 
     Args:
         config: The pipeline config as the ingest step resolved it (YAML text).
+        run_id: The KFP run id: this step's MLflow run is nested in the run's.
     """
     from kfp_mlops.components.features import executor
 
@@ -35,6 +37,7 @@ def features(
         validation_features,
         test_features,
         metrics,
+        run_id,
     )
 
 

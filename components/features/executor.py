@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from kfp_mlops.components.features.core import FeaturesResult, build_feature_sets
+from kfp_mlops.components.shared import runs
 from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, update_metadata
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
 from kfp_mlops.components.shared.layout import FEATURE_STORE_YAML
 from kfp_mlops.components.shared.splits import SplitPaths
+from kfp_mlops.components.shared.tracking import StepLog, Tracker
 
 
 def run(
@@ -22,6 +24,7 @@ def run(
     validation_features: Any,
     test_features: Any,
     metrics: Any,
+    run_id: str = "",
 ) -> None:
     pipeline_config = load_config(config)
     result = build_feature_sets(
@@ -32,6 +35,19 @@ def run(
     )
     datasets = {"train": train_features, "validation": validation_features, "test": test_features}
     publish(result, pipeline_config, feature_repo, datasets, metrics, train.metadata.get("content_hash", ""))
+    run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
+    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "features", runs.pipeline_name(run_dir, run_id))
+    tracker.log_step(
+        StepLog(
+            params={"feast.project": result.project, "feast.view": result.view, "feast.entity": result.entity,
+                    "feast.online_store": result.online_store, "feast.registry": result.registry},
+            metrics={"rows_materialized": result.rows_materialized,
+                     "materialize_rows_per_second": result.materialize_rows_per_second,
+                     **{f"rows_{name}": rows for name, rows in result.rows.items()}},
+            tags={"feast.feature_repo": getattr(feature_repo, "uri", feature_repo.path),
+                  "feast.materialized_to": str(result.materialized_to)},
+        )
+    )  # fmt: skip
 
 
 def publish(

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from kfp_mlops.components.ingest.core import IngestResult, ingest, render_summary
@@ -11,6 +14,7 @@ from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics,
 from kfp_mlops.components.shared.cluster import check_training_pod
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
 from kfp_mlops.components.shared.splits import SplitPaths
+from kfp_mlops.components.shared.tracking import StepLog, Tracker
 
 
 def run(
@@ -31,13 +35,37 @@ def run(
     check_training_pod(**training_pod)
     pipeline_config = load_config(config, data_source=data_source)
     run_dir = runs.run_directory(train.uri, run_id)
+    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "ingest", runs.pipeline_name(run_dir, run_id))
     storage.check_access(runs.checkpoint_dir(run_dir, pipeline_config.train.checkpoint_dir, run_id))
     result = ingest(pipeline_config, SplitPaths(train.path, validation.path, test.path))
     print(f"[ingest] task: {result.task} ({result.task_reason})")
     for warning in result.warnings:  # before any training: the console shows a step's [ingest] lines
         print(f"[ingest] warning: {warning}")
     publish(result, pipeline_config, {"train": train, "validation": validation, "test": test}, metrics, summary)
+    track(tracker, result, pipeline_config, summary.path)
     return pipeline_config.to_yaml()
+
+
+def track(tracker: Tracker, result: IngestResult, config: PipelineConfig, summary_path: str) -> None:
+    """The resolved config as params; rows, the data's content hash and statistics on the step's MLflow run; the
+    hash and the source on the pipeline's."""
+    if not tracker.enabled:
+        return
+    data = {"data.source": config.data.source, "data.content_hash": result.content_hash, "task": result.task}
+    with tempfile.TemporaryDirectory(prefix="kfp-mlops-ingest-") as folder:
+        statistics = Path(folder) / "statistics.json"
+        statistics.write_text(json.dumps(result.statistics, indent=2, default=str))
+        tracker.log_step(
+            StepLog(
+                params=config.model_dump(by_alias=True, exclude_none=True),
+                metrics={"rows_read": result.rows_read, "duplicates_dropped": result.duplicates_dropped,
+                         "missing_values": sum(result.missing.values()),
+                         **{f"rows_{name}": rows for name, rows in result.rows.items()}},
+                tags=data,
+                artifacts={str(statistics): "", summary_path: ""},
+            )
+        )  # fmt: skip
+    tracker.tag_pipeline(data)
 
 
 def publish(result: IngestResult, config: PipelineConfig, datasets: dict[str, Any], metrics: Any, summary: Any) -> None:

@@ -7,8 +7,10 @@ import math
 from typing import Any
 
 from kfp_mlops.components.quantize import core
+from kfp_mlops.components.shared import runs
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
+from kfp_mlops.components.shared.tracking import StepLog, Tracker
 
 CARRIED_METADATA = ("framework", "format", "onnx_file", "content_hash")  # of the input model, kept as they are
 
@@ -21,6 +23,7 @@ def run(
     quantized_model: Any,
     metrics: Any,
     comparison: Any,
+    run_id: str = "",
 ) -> core.QuantizeResult:
     pipeline_config = load_config(config)
     result = core.quantize(pipeline_config, model.path, train_data.path, validation_data.path, quantized_model.path)
@@ -43,4 +46,15 @@ def run(
         | ({"task": result.task, "label_std": result.budget["label_std"]} if "label_std" in result.budget else {}),
     )
     print(result.summary())
+    run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
+    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "quantize-model", runs.pipeline_name(run_dir, run_id))
+    finite = {name: value for name, value in result.metrics().items() if isinstance(value, (int, float))}
+    tracker.log_step(
+        StepLog(
+            params={f"quantize.{key}": value for key, value in pipeline_config.quantize.model_dump().items()},
+            metrics={k: float(v) for k, v in finite.items() if math.isfinite(v)},
+            tags={"quantize.chosen": chosen.name, "quantize.rejected": ", ".join(sorted(result.rejected))},
+            artifacts={comparison.path: ""},
+        )
+    )  # fmt: skip
     return result

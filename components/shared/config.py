@@ -2,12 +2,15 @@
 
 A run receives it as the pipeline parameter ``config``: either the YAML text itself or the URI of a YAML file
 (local path, ``file://``, ``s3://``, ``gs://``). Later steps add a section each.
+
+Over 500 lines on purpose: one typed section per step, read and validated as the one document users write.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -378,6 +381,57 @@ class MonitoringConfig(_Strict):
     wait_timeout_seconds: float = Field(28 * 3600, gt=0)
 
 
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_tracking_uri(uri: str, key: str = "tracking.uri") -> str:
+    """``uri`` if MLflow can use it as a tracking and registry URI (``http(s)://host[:port][/path]``,
+    ``sqlite:////absolute/path.db``, a SQLAlchemy URL of a database) with no password in it; else ValueError naming
+    ``key``: a password belongs in MLFLOW_TRACKING_PASSWORD (or in MLFLOW_TRACKING_URI from a Secret), never in a
+    config a compiled pipeline or a log could carry."""
+    if not uri:
+        return uri
+    parsed = urlsplit(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme not in TRACKING_SCHEMES:
+        raise ValueError(
+            f"{key} {uri!r} is not an MLflow tracking URI: expected http(s)://host[:port], sqlite:////path/mlflow.db "
+            "or a database URL (postgresql://, mysql://)"
+        )
+    if scheme in ("http", "https") and not parsed.hostname:
+        raise ValueError(f"{key} {uri!r} names no host: expected {scheme}://host[:port]")
+    if scheme == "sqlite" and not uri.startswith("sqlite:////"):
+        raise ValueError(f"{key} {uri!r}: a SQLite file needs an absolute path, sqlite:////absolute/path/mlflow.db")
+    if parsed.password:
+        raise ValueError(
+            f"{key} holds a password: put it in MLFLOW_TRACKING_PASSWORD (or the whole URI in MLFLOW_TRACKING_URI), "
+            "from a Kubernetes Secret"
+        )
+    return uri
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking and model registry (components/shared/tracking.py). ``uri`` empty: the environment's
+    MLFLOW_TRACKING_URI (the Secret kfp-mlops-tracking in a cluster); neither set: no tracking. ``kfp-mlops run
+    --local`` sets a SQLite file beside the runs. Tracking never fails a step unless ``required``."""
+
+    enabled: bool = True  # false: nothing is tracked, even where MLFLOW_TRACKING_URI is set
+    uri: str = ""
+    experiment: str = Field("kfp-mlops", min_length=1)
+    registry: bool = True  # a blessed model becomes a version of deploy.model_name; deploy moves champion/previous
+    required: bool = False  # an unreachable server fails the step instead of a warning
+    timeout_seconds: int = Field(10, ge=1, le=600)  # each request to the server (MLFLOW_HTTP_REQUEST_TIMEOUT)
+    retries: int = Field(2, ge=0, le=10)  # of a request that failed to connect or got a 5xx/429
+    # the KFP UI's page of a run, tagged on the MLflow run: {run_id} is replaced, e.g.
+    # https://kubeflow.example.com/_/pipeline/#/runs/details/{run_id}
+    run_url: str = ""
+
+    @field_validator("uri")
+    @classmethod
+    def _tracking_uri(cls, uri: str) -> str:
+        return check_tracking_uri(uri)
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline config."""
 
@@ -391,6 +445,7 @@ class PipelineConfig(_Strict):
     deploy: DeployConfig = DeployConfig()
     drift: DriftConfig = DriftConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _gates_fit_the_task(self) -> PipelineConfig:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.errors import InputError
+from kfp_mlops.components.shared.registry import RegistryState
 
 
 class Deployment(BaseModel):
@@ -43,6 +44,9 @@ class ServingRecord(BaseModel):
     recorded_at: str = ""
     reference_data: str = ""  # URI of its train split (Parquet): drift's reference
     deployment: Deployment | None = None
+    # the model registry's version this record mirrors (components/shared/registry.py); aliases_moved false: the
+    # registry was unreachable when it was deployed, and the next deploy reconciles
+    registry: RegistryState | None = None
 
 
 def read_record(uri: str) -> ServingRecord | None:

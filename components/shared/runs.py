@@ -51,6 +51,15 @@ def run_directory(artifact_uri: str, run_id: str) -> str:
     )
 
 
+def pipeline_name(run_dir: str, run_id: str = "") -> str:
+    """The name of the pipeline whose run directory is ``run_dir`` (see the module docstring): the folder above the
+    run id in a cluster, the ``<pipeline name>-<timestamp>`` folder's name without its timestamp here."""
+    parts = storage.parse(run_dir).key.rstrip("/").split("/")
+    if _LOCAL_RUN_FOLDER.match(parts[-1]):
+        return parts[-1][: -len("-0000-00-00-00-00-00-000000")]
+    return parts[-2] if len(parts) >= 2 and (not run_id or parts[-1] == run_id) else ""
+
+
 def checkpoint_dir(run_dir: str, configured: str = "", run_id: str = "") -> str:
     """Training checkpoints: ``<run dir>/kfp-mlops-state/checkpoints/train``, or ``<configured>/<run id>/train``
     when ``train.checkpoint_dir`` is set (a retried task resumes from them; a run never resumes another's model)."""

