@@ -12,6 +12,7 @@ Over 500 lines on purpose: one rendering of every kustomization, shared by the c
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import os
 import re
@@ -65,6 +66,10 @@ TRITON_S3_ENDPOINT_PATH = re.compile(
 TRITON_STORAGE_SECRET = "kfp-mlops-triton-storage"  # Triton's read-only credentials (never STORAGE_SECRET)
 TRITON_CLIENT_LABEL = {"kfp-mlops.io/triton-client": "true"}  # namespaces the operator admits to inference
 TRITON_METRICS_LABEL = {"kfp-mlops.io/triton-metrics": "true"}  # namespaces admitted to the metrics port
+MLFLOW_SECRET = "kfp-mlops-mlflow"  # the tracking server's backend store URI and S3 credentials
+TRACKING_SECRET = "kfp-mlops-tracking"  # how the steps reach the server (mlflow-skinny reads these variables)
+TRACKING_SECRET_KEYS = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+MLFLOW_PORT = 5000  # the tracking server's Service port (in-cluster URL http://mlflow.<namespace>:5000)
 ACCEPTED = yaml.safe_load((MANIFESTS / "checkov-accepted.yaml").read_text())
 README = (MANIFESTS / "README.md").read_text()
 
@@ -293,7 +298,7 @@ def test_secret_templates_document_every_key_the_manifests_and_pipeline_read_and
     templates = {p.name.removesuffix(".env.example"): _template_keys(p) for p in (MANIFESTS / "secrets").iterdir()}
     assert set(templates) == {
         "kfp-mlops-storage", "kfp-mlops-feast", "kfp-mlops-feast-stores", TRITON_STORAGE_SECRET,
-        triton_access.CONTROL_SECRET,
+        triton_access.CONTROL_SECRET, MLFLOW_SECRET, TRACKING_SECRET,
     }  # fmt: skip
     for name, keys in templates.items():
         assert keys and not any(keys.values()), f"{name}: a template holds a value"
@@ -306,6 +311,8 @@ def test_secret_templates_document_every_key_the_manifests_and_pipeline_read_and
     assert set(FEAST_SECRET_KEYS.values()) == set(templates["kfp-mlops-feast"])
     assert set(templates[triton_access.CONTROL_SECRET]) == {triton_access.CONTROL_SECRET_KEY}
     assert set(templates[TRITON_STORAGE_SECRET]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+    assert set(templates[TRACKING_SECRET]) == TRACKING_SECRET_KEYS
+    assert set(templates[MLFLOW_SECRET]) == set(_secret_references(rendered[Path(".")])[MLFLOW_SECRET])
 
 
 # --- Triton -------------------------------------------------------------------------------------------------------
@@ -638,7 +645,7 @@ def test_gpu_overlay_requests_a_gpu_and_tolerates_the_default_taint_cpu_overlay_
 
 def test_every_image_is_pinned_to_a_release_tag(rendered):
     images = {container["image"] for docs in rendered.values() for doc in docs for container in _containers(doc)}
-    assert len(images) == 4, images  # redis, postgres, tritonserver, the runtime's default pytorch
+    assert len(images) == 5, images  # redis, postgres, tritonserver, the runtime's default pytorch, mlflow
     for image in images:
         name, _, tag = image.rpartition(":")
         assert name and re.fullmatch(r"[\w.-]*\d[\w.-]*", tag) and tag != "latest", image
@@ -651,6 +658,257 @@ def _containers(node: Any) -> list[dict[str, Any]]:
     if isinstance(node, list):
         return [c for value in node for c in _containers(value)]
     return []
+
+
+# --- MLflow tracking server ---------------------------------------------------------------------------------------
+
+MLFLOW_ARTIFACTS = "s3://mlpipeline/kfp-mlops/mlflow"  # beside the standalone paths (examples/cluster.yaml)
+MLFLOW_OVERLAYS = {  # kustomization -> the namespace of the runs, where the server is, and its artifacts' destination
+    Path("mlflow"): (PIPELINES_NAMESPACE, MLFLOW_ARTIFACTS),
+    Path("pipelines"): (PIPELINES_NAMESPACE, MLFLOW_ARTIFACTS),
+    Path("."): (PIPELINES_NAMESPACE, MLFLOW_ARTIFACTS),
+    Path("overlays/cpu"): (PIPELINES_NAMESPACE, MLFLOW_ARTIFACTS),
+    # the profile's own, lasting prefix (PROFILE_PREFIXES), as examples/profile.yaml's paths
+    PROFILE: (PROFILE_NAMESPACE, f"s3://mlpipeline/private/{PROFILE_NAMESPACE}/kfp-mlops/mlflow"),
+}
+# What the server reads from its Secret, by secretKeyRef of the same key; the backend store URI is required.
+MLFLOW_SECRET_VARIABLES = ("MLFLOW_BACKEND_STORE_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def mlflow_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    """The value click would take for option ``name`` (``--name=value`` or ``--name value``; the last one wins)."""
+    value = None
+    for index, arg in enumerate(args):
+        if arg == name and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith(f"{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _mlflow_allows_host(allowed_hosts: list[str], host: str) -> bool:
+    """MLflow's Host header check (mlflow-skinny 3.17.2 mlflow/server/security_utils.py, is_allowed_host_header):
+    a pattern with ``*`` matches by fnmatch, any other exactly; ``*`` alone admits every host."""
+    return "*" in allowed_hosts or any(
+        fnmatch.fnmatch(host, allowed) if "*" in allowed else host == allowed for allowed in allowed_hosts
+    )
+
+
+def _kubelet_variables(container: dict[str, Any], namespace: str) -> dict[str, str]:
+    """The container's variables as the kubelet resolves them for ``$(VAR)``: in order, a ``value`` expanded from the
+    variables defined before it; the pod's namespace from its fieldRef (Secrets are left out: never expanded here)."""
+    variables: dict[str, str] = {}
+    for entry in container.get("env", []):
+        if isinstance(entry.get("value"), str):
+            variables[entry["name"]] = _expand(entry["value"], variables)
+        elif ((entry.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") == "metadata.namespace":
+            variables[entry["name"]] = namespace
+    return variables
+
+
+def _expand(text: str, variables: dict[str, str]) -> str:
+    """``$(VAR)`` replaced as the kubelet does; an unknown one is left as it is."""
+    return re.sub(r"\$\((\w+)\)", lambda match: variables.get(match[1], match[0]), text)
+
+
+def mlflow_problems(docs: list[dict[str, Any]], namespace: str, artifacts: str = MLFLOW_ARTIFACTS) -> list[str]:
+    """What breaks the tracking server's contract: it proxies artifacts to S3 under ``artifacts`` (clients need no
+    storage credentials);
+    its backend store URI and S3 key come only from the Secret kfp-mlops-mlflow (required URI, no literal anywhere,
+    no other Secret); it listens, on all interfaces, on the port its Service targets and its probes check; it accepts
+    the Service's in-cluster names as Host (and no other domain); its NetworkPolicy admits port 5000 from the runs'
+    namespace only."""
+    problems = []
+    deployment = one(docs, "Deployment", "mlflow")
+    pod = deployment["spec"]["template"]["spec"]
+    container = mlflow_container(docs)
+    variables = _kubelet_variables(container, namespace)
+    args = [_expand(arg, variables) for arg in container.get("args", [])]
+    if container.get("command") != ["mlflow", "server"]:
+        problems.append(f"serve: command {container.get('command')} is not mlflow server")
+    # artifacts
+    destination = _flag(args, "--artifacts-destination")
+    if "--serve-artifacts" not in args or {"--no-serve-artifacts", "--artifacts-only"} & set(args):
+        problems.append("artifacts: the server does not proxy artifacts (--serve-artifacts)")
+    if destination != artifacts:
+        problems.append(f"artifacts: destination {destination!r} is not {artifacts}")
+    if _flag(args, "--default-artifact-root"):
+        problems.append("artifacts: --default-artifact-root sends clients to the store itself")
+    # secrets
+    env = {e["name"]: e for e in container.get("env", [])}
+    for name in MLFLOW_SECRET_VARIABLES:
+        ref = (env.get(name, {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+        if (ref.get("name"), ref.get("key")) != (MLFLOW_SECRET, name):
+            problems.append(f"secrets: {name} does not come from the Secret {MLFLOW_SECRET}")
+        elif name == "MLFLOW_BACKEND_STORE_URI" and ref.get("optional"):
+            problems.append("secrets: the backend store URI is optional (a missing Secret would start on SQLite)")
+    for option in ("--backend-store-uri", "--registry-store-uri"):
+        if _flag(args, option):
+            problems.append(f"secrets: {option} is an argument (the process list), not the Secret's variable")
+    if other := sorted(_secret_names(pod) - {MLFLOW_SECRET}):
+        problems.append(f"secrets: the pod reads other Secrets {other}")
+    problems += [f"secrets: {finding}" for finding in literal_credentials(deployment)]
+    # the port the Service targets
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    listens = int(_flag(args, "--port") or 5000)  # MLflow's default
+    binds = _flag(args, "--host") or "127.0.0.1"  # MLflow's default
+    service = one(docs, "Service", "mlflow")
+    (service_port,) = service["spec"]["ports"]
+    target = service_port["targetPort"]
+    target_number = ports.get(target) if isinstance(target, str) else target
+    if service_port["port"] != MLFLOW_PORT:
+        problems.append(f"port: the Service serves {service_port['port']}, not {MLFLOW_PORT}")
+    if target_number != listens:
+        problems.append(f"port: the Service targets {target} ({target_number}), the server listens on {listens}")
+    if binds != "0.0.0.0":
+        problems.append(f"port: the server binds {binds}, which other pods cannot reach")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    if not service["spec"]["selector"].items() <= labels.items():
+        problems.append("port: the Service selects no server pod")
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = (container.get(kind) or {}).get("httpGet") or {}
+        port = ports.get(probe.get("port")) if isinstance(probe.get("port"), str) else probe.get("port")
+        if (probe.get("path"), port) != ("/health", listens):
+            problems.append(f"port: {kind} does not check /health on {listens}")
+    # Host headers: $(POD_NAMESPACE) expanded as the kubelet does, from the pod's own namespace
+    namespace_ref = (env.get("POD_NAMESPACE", {}).get("valueFrom") or {}).get("fieldRef") or {}
+    if namespace_ref.get("fieldPath") != "metadata.namespace":
+        problems.append("hosts: POD_NAMESPACE is not the pod's namespace")
+    allowed = _flag(args, "--allowed-hosts")
+    if allowed is None:
+        problems.append("hosts: no --allowed-hosts: MLflow's default (localhost, private IPs) refuses the Service")
+    else:
+        hosts = [host.strip() for host in allowed.split(",")]
+        for host in (f"mlflow.{namespace}:{MLFLOW_PORT}", f"mlflow.{namespace}.svc.cluster.local:{MLFLOW_PORT}",
+                     f"mlflow:{MLFLOW_PORT}", f"localhost:{MLFLOW_PORT}"):  # fmt: skip
+            if not _mlflow_allows_host(hosts, host):
+                problems.append(f"hosts: the server refuses Host {host}")
+        for host in (f"mlflow.evil.example:{MLFLOW_PORT}", "evil.example"):
+            if _mlflow_allows_host(hosts, host):
+                problems.append(f"hosts: the server accepts Host {host}")
+    # who reaches it
+    callers = {  # name: (namespace, port, admitted)
+        f"a pipeline pod of {namespace}": (namespace, listens, True),
+        "a pod of another namespace": ("elsewhere", listens, False),
+        f"a pipeline pod of {namespace} on another port": (namespace, listens + 1, False),
+    }
+    for name, (caller_namespace, port, expected) in callers.items():
+        admitted = network_policies_admit(
+            docs, to_namespace=namespace, to_labels=labels, port=port, from_namespace=caller_namespace,
+            from_namespace_labels=namespace_labels(caller_namespace), from_labels={"app": "x"},
+        )  # fmt: skip
+        if admitted != expected:
+            problems.append(f"network: NetworkPolicy {'admits' if admitted else 'refuses'} {name} ({port})")
+    return problems
+
+
+@pytest.mark.parametrize("overlay", sorted(MLFLOW_OVERLAYS), ids=str)
+def test_mlflow_serves_artifacts_reads_the_secret_listens_where_the_service_targets_and_admits_the_runs(
+    rendered, overlay
+):
+    docs = rendered[overlay]
+    namespace, artifacts = MLFLOW_OVERLAYS[overlay]
+    assert one(docs, "Deployment", "mlflow")["metadata"]["namespace"] == namespace
+    assert mlflow_problems(docs, namespace, artifacts) == []
+
+
+def test_mlflow_artifacts_in_a_profile_follow_the_pods_namespace_only_if_it_is_defined_first(rendered):
+    """The profile overlay names the destination by $(POD_NAMESPACE); the kubelet expands a variable only from those
+    defined before it, so the patch keeps POD_NAMESPACE first."""
+    docs = copy.deepcopy(rendered[PROFILE])
+    namespace, artifacts = MLFLOW_OVERLAYS[PROFILE]
+    assert mlflow_problems(docs, namespace, artifacts) == []
+    env = mlflow_container(docs)["env"]
+    env.append(env.pop(0))  # POD_NAMESPACE last
+    assert f"artifacts: destination 's3://mlpipeline/private/$(POD_NAMESPACE)/kfp-mlops/mlflow' is not {artifacts}" in (
+        mlflow_problems(docs, namespace, artifacts)
+    )
+
+
+def _mlflow_env(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (entry,) = [e for e in mlflow_container(docs)["env"] if e["name"] == name]
+    return entry
+
+
+def _replace_mlflow_arg(prefix: str, new: str | None) -> Any:
+    def mutate(docs: list[dict[str, Any]]) -> None:
+        args = mlflow_container(docs)["args"]
+        (index,) = [i for i, arg in enumerate(args) if arg.startswith(prefix)]
+        args[index : index + 1] = [] if new is None else [new]
+
+    return mutate
+
+
+def _mlflow_ingress(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return one(docs, "NetworkPolicy", "mlflow")["spec"]["ingress"]
+
+
+LITERAL_BACKEND = "postgresql://mlflow:hunter2@db:5432/mlflow"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "problem"),
+    [
+        (_replace_mlflow_arg("--serve-artifacts", None), r"artifacts: the server does not proxy artifacts"),
+        (lambda docs: mlflow_container(docs)["args"].append("--no-serve-artifacts"),
+         r"artifacts: the server does not proxy artifacts"),
+        (_replace_mlflow_arg("--artifacts-destination", "--artifacts-destination=./mlartifacts"),
+         r"destination './mlartifacts' is not s3://mlpipeline/kfp-mlops/mlflow"),
+        (lambda docs: _mlflow_env(docs, "MLFLOW_BACKEND_STORE_URI").update(valueFrom=None, value=LITERAL_BACKEND),
+         r"secrets: MLFLOW_BACKEND_STORE_URI does not come from the Secret kfp-mlops-mlflow"),
+        (lambda docs: mlflow_container(docs)["args"].append(f"--backend-store-uri={LITERAL_BACKEND}"),
+         r"secrets: --backend-store-uri is an argument"),
+        (lambda docs: mlflow_container(docs)["args"].append(f"--backend-store-uri={LITERAL_BACKEND}"),
+         r"secrets: .*args\[\d+\]: .* carries a password"),
+        (lambda docs: _mlflow_env(docs, "MLFLOW_BACKEND_STORE_URI")["valueFrom"]["secretKeyRef"].update(optional=True),
+         r"the backend store URI is optional"),
+        (lambda docs: _mlflow_env(docs, "AWS_SECRET_ACCESS_KEY").update(valueFrom=None, value="x"),
+         r"secrets: .*env AWS_SECRET_ACCESS_KEY has a literal value"),
+        (lambda docs: _mlflow_env(docs, "AWS_SECRET_ACCESS_KEY")["valueFrom"]["secretKeyRef"].update(
+            name=STORAGE_SECRET), r"AWS_SECRET_ACCESS_KEY does not come from the Secret kfp-mlops-mlflow"),
+        (lambda docs: mlflow_container(docs).update(envFrom=[{"secretRef": {"name": STORAGE_SECRET}}]),
+         r"the pod reads other Secrets \['kfp-mlops-storage'\]"),
+        (_replace_mlflow_arg("--port=", "--port=8080"),
+         r"port: the Service targets http \(5000\), the server listens on 8080"),
+        (lambda docs: one(docs, "Service", "mlflow")["spec"]["ports"][0].update(targetPort=8080),
+         r"port: the Service targets 8080 \(8080\), the server listens on 5000"),
+        (_replace_mlflow_arg("--host=", "--host=127.0.0.1"), r"port: the server binds 127.0.0.1"),
+        (lambda docs: mlflow_container(docs)["readinessProbe"]["httpGet"].update(path="/healthz"),
+         r"port: readinessProbe does not check /health on 5000"),
+        (_replace_mlflow_arg("--allowed-hosts=", None), r"hosts: no --allowed-hosts"),
+        (lambda docs: mlflow_container(docs)["args"].__setitem__(-1, mlflow_container(docs)["args"][-1].replace(
+            "$(POD_NAMESPACE)", "default")), rf"hosts: the server refuses Host mlflow.{PIPELINES_NAMESPACE}:5000"),
+        (_replace_mlflow_arg("--allowed-hosts=", "--allowed-hosts=mlflow.*"),
+         r"hosts: the server accepts Host mlflow.evil.example:5000"),
+        (lambda docs: _mlflow_env(docs, "POD_NAMESPACE").update(valueFrom=None, value="kubeflow"),
+         r"hosts: POD_NAMESPACE is not the pod's namespace"),
+        (lambda docs: _mlflow_ingress(docs)[0].update({"from": [{"namespaceSelector": {}}]}),
+         r"network: NetworkPolicy admits a pod of another namespace \(5000\)"),
+        (lambda docs: _mlflow_ingress(docs).pop(0),
+         rf"network: NetworkPolicy refuses a pipeline pod of {PIPELINES_NAMESPACE} \(5000\)"),
+        (lambda docs: _mlflow_ingress(docs)[0].pop("ports"),
+         rf"network: NetworkPolicy admits a pipeline pod of {PIPELINES_NAMESPACE} on another port \(5001\)"),
+        (lambda docs: one(docs, "NetworkPolicy", "mlflow")["spec"].update(
+            podSelector={"matchLabels": {"app": "mlflow"}}),
+         r"network: NetworkPolicy admits a pod of another namespace"),
+    ],
+    ids=["no-serve-artifacts", "no-serve-artifacts-flag", "local-destination", "backend-literal-env",
+         "backend-argument", "backend-argument-literal", "backend-optional", "key-literal", "key-other-secret",
+         "envfrom-storage", "listens-elsewhere", "service-targets-elsewhere", "binds-localhost", "probe-path",
+         "hosts-missing", "hosts-other-namespace", "hosts-any-domain", "hosts-fixed-namespace",
+         "network-any-namespace", "network-no-rule", "network-any-port", "network-selects-nothing"],
+)  # fmt: skip
+def test_each_mlflow_rule_fails_when_the_manifests_break_it(rendered, mutate, problem):
+    docs = copy.deepcopy(rendered[Path(".")])
+    assert mlflow_problems(docs, PIPELINES_NAMESPACE) == []
+    mutate(docs)
+    problems = mlflow_problems(docs, PIPELINES_NAMESPACE)
+    assert any(re.search(problem, p) for p in problems), problems
 
 
 # --- Trainer runtime ----------------------------------------------------------------------------------------------
@@ -715,6 +973,7 @@ IN_PROFILE = {
       for name in ("kfp-mlops-trainjob-launcher", "kfp-mlops-kfp-executor")),
     *((kind, store) for store in ("kfp-mlops-redis", "kfp-mlops-postgres") for kind in
       ("Deployment", "Service", "PersistentVolumeClaim", "NetworkPolicy", "AuthorizationPolicy")),
+    *((kind, "mlflow") for kind in ("Deployment", "Service", "NetworkPolicy", "AuthorizationPolicy")),
 }  # fmt: skip
 FEAST_STORES = {"kfp-mlops-redis": 6379, "kfp-mlops-postgres": 5432}
 TRITON_GRPC_PORT = int(DeployConfig().triton_url.rsplit(":", 1)[1])  # the deploy step drives Triton over gRPC only
@@ -905,12 +1164,12 @@ def _reach(
 
 
 def store_access_problems(docs: list[dict[str, Any]], namespace: str) -> list[str]:
-    """The Feast stores, meshed in the profile namespace (Kubeflow's deny-all and the profile's own policy beside
-    ours): reached by the profile's pipeline pods (plain text) and notebooks (mTLS); not by another profile's pods.
-    Istio cannot tell a plain-text caller's namespace: for those the NetworkPolicy is the fence."""
+    """The Feast stores and the MLflow server, meshed in the profile namespace (Kubeflow's deny-all and the profile's
+    own policy beside ours): reached by the profile's pipeline pods (plain text) and notebooks (mTLS); not by another
+    profile's pods. Istio cannot tell a plain-text caller's namespace: for those the NetworkPolicy is the fence."""
     kubeflow_policies = [GLOBAL_DENY_ALL, ns_owner_access_istio(namespace)]
     problems = []
-    for store, port in FEAST_STORES.items():
+    for store, port in {**FEAST_STORES, "mlflow": MLFLOW_PORT}.items():
         labels = _pod_labels(docs, store)
         for caller, expect in (
             (pipeline_pod(namespace), (True, True)),
@@ -1050,6 +1309,8 @@ SEAWEEDFS_URL = "s3://seaweedfs.kubeflow.svc.cluster.local:8333/mlpipeline"
          r"kfp-mlops-redis:6379 from pipeline pod of team-ml: Istio refuses it"),  # an HTTP-only field on TCP
         (lambda docs: _rules(docs, "AuthorizationPolicy", "kfp-mlops-redis")[0].pop("to"),
          r"kfp-mlops-redis:6380 from pipeline pod of team-ml: Istio admits it"),
+        (lambda docs: docs.remove(one(docs, "AuthorizationPolicy", "mlflow")),
+         r"mlflow:5000 from pipeline pod of team-ml: Istio refuses it"),
         (lambda docs: _rules(docs, "AuthorizationPolicy", "triton-from-profile")[0]["to"][0]["operation"].update(
             ports=["8000"]),
          r"triton:8001 from pipeline pod of team-ml: Istio refuses it"),
@@ -1067,7 +1328,8 @@ SEAWEEDFS_URL = "s3://seaweedfs.kubeflow.svc.cluster.local:8333/mlpipeline"
         "store-outside-profile", "seaweedfs-policy-in-profile", "binding-subject-elsewhere", "policy-missing",
         "role-wrong-group", "role-without-delete", "trainjob-sidecar", "store-network-any-namespace",
         "store-network-misses-pipeline-pods", "store-istio-no-plain-text", "store-istio-other-namespace",
-        "store-istio-http-field-on-tcp", "store-istio-any-port", "triton-istio-wrong-port",
+        "store-istio-http-field-on-tcp", "store-istio-any-port", "mlflow-istio-policy-missing",
+        "triton-istio-wrong-port",
         "seaweedfs-whole-namespace", "seaweedfs-policy-missing", "repository-outside-prefixes",
         "repository-expiring", "repository-shared", "repository-old-endpoint",
     ],
