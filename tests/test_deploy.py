@@ -23,15 +23,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from mlflow import MlflowClient
 from onnx import helper, numpy_helper
 from support.packages import edited_package
 from support.triton import running_pod, running_triton
 from support.waiting import holds_for, wait_for
 
 from kfp_mlops.components.deploy import core, executor
+from kfp_mlops.components.evaluate.core import record_baseline
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.model_package import Predictor
+from kfp_mlops.components.shared.records import Deployment
+from kfp_mlops.components.shared.registry import CHAMPION, PREVIOUS, RegistryState
 from kfp_mlops.components.shared.triton_access import CONTROL_ENV
 from kfp_mlops.components.shared.triton_config import ModelConfig
 from kfp_mlops.processes import free_port
@@ -775,3 +779,47 @@ def test_component_compiles_with_its_image_and_artifacts(tmp_path):
     container = spec["deploymentSpec"]["executors"]["exec-deploy-model"]["container"]
     assert container["image"] == "r.example/x/kfp-mlops-deploy:t1"
     assert "pip install" not in " ".join(container["command"])
+
+
+@pytest.mark.servers
+def test_a_deploy_with_the_registry_unreachable_still_serves_and_the_next_deploy_reconciles_the_aliases(
+    server, repository, trained_package, other_package, validation, ingested, mlflow_server, tmp_path, capsys
+):
+    """Run a: the registry is down; Triton still verifies and promotes, and the deployment (then the serving record)
+    says the aliases were not moved. Run b, with the registry up: what run a deployed is registered and made the
+    champion first, so b's champion has run a's model as ``previous``."""
+    record_uri = tmp_path / "record.json"
+    document = yaml.safe_load(ingested[0].to_yaml())
+    document["deploy"] = json.loads(settings(server, repository, "churn-reconcile").model_dump_json())
+    document["evaluate"] = {"baseline": str(record_uri)}
+    document["tracking"] = {"uri": f"http://127.0.0.1:{free_port()}", "timeout_seconds": 2, "retries": 0}
+    data = _artifact(Path(validation))
+
+    def deploy(run_id: str, package: Path) -> SimpleNamespace:
+        folder = tmp_path / "root" / "kfp-mlops-training" / run_id / "deploy-model"
+        folder.mkdir(parents=True)
+        deployment = _artifact(folder / "deployment")
+        assert executor.run(yaml.safe_dump(document), _artifact(package), data, deployment, run_id) > 0
+        return deployment
+
+    first = deploy("run-a", trained_package)
+    assert first.metadata["version"] == 1 and first.metadata["deployed"] is True
+    assert first.metadata["registry"]["aliases_moved"] is False and first.metadata["registry"]["version"] == 0
+    assert "registry unreachable" in first.metadata["registry"]["note"]
+    out = capsys.readouterr().out
+    assert "[deploy] registry: not registered (registry unreachable" in out and out.count("[tracking]") == 1
+    record_baseline(str(record_uri), str(trained_package), {"roc_auc": 0.7}, "sha256:a", "run-a", "",
+                    Deployment.model_validate(first.metadata["deployment"]),
+                    RegistryState.model_validate(first.metadata["registry"]))  # fmt: skip
+
+    document["tracking"] = {"uri": mlflow_server.env["MLFLOW_TRACKING_URI"], "experiment": "reconcile"}
+    second = deploy("run-b", other_package)
+    assert second.metadata["version"] == 2 and second.metadata["registry"]["aliases_moved"] is True
+    out = capsys.readouterr().out
+    assert re.search(r"registry: reconciled churn-reconcile version \d+ \(served as Triton version 1", out), out
+    assert "View run" not in out  # MLflow's own links stay out of the step's log
+    client = MlflowClient(mlflow_server.env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("churn-reconcile", CHAMPION)
+    previous = client.get_model_version_by_alias("churn-reconcile", PREVIOUS)
+    assert champion.tags["kfp.run_id"] == "run-b" and champion.tags["triton.version"] == "2"
+    assert previous.tags["kfp.run_id"] == "run-a" and previous.tags["triton.version"] == "1"

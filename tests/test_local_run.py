@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from mlflow import MlflowClient
 from support import configs as support_configs
 from support import weather
 from support.secret_scan import scan, unaccepted
@@ -124,13 +125,15 @@ def triton(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def deployed(package, sample_dir, triton, tmp_path_factory) -> TrainingRun:
+def deployed(package, sample_dir, triton, mlflow_server, tmp_path_factory) -> TrainingRun:
+    """Tracked to a real MLflow server (experiment local-run): the runs below register and move its aliases."""
     server, repository = triton
     work = tmp_path_factory.mktemp("deployed")
     record = work / "serving" / "record.json"
     deploy = {"model_repository": str(repository), "triton_url": server.grpc_url, "backend": "python",
               "model_name": "churn"}  # fmt: skip
-    config = write_config(work, str(sample_dir), evaluate={"baseline": str(record)}, deploy=deploy)
+    tracking = {"uri": mlflow_server.env["MLFLOW_TRACKING_URI"], "experiment": "local-run"}
+    config = write_config(work, str(sample_dir), evaluate={"baseline": str(record)}, deploy=deploy, tracking=tracking)
     with contextlib.redirect_stdout(io.StringIO()) as out:
         code = run_training(package, work / "root", "--config", str(config))
     return TrainingRun(code, out.getvalue(), run_dir_of(work / "root"), config, record, server, repository, sample_dir)
@@ -342,6 +345,57 @@ def test_the_served_weather_model_scores_every_class_on_a_stratified_split(weath
     assert "over the 5 classes with rows" in evaluation.averaging and 0.5 < evaluation.metrics["roc_auc"] <= 1.0
 
 
+def lineage_of(deployed: TrainingRun, spec: str) -> dict:
+    """``kfp-mlops lineage SPEC --format json`` against the run's tracking server."""
+    uri = yaml.safe_load(deployed.config.read_text())["tracking"]["uri"]
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["lineage", spec, "--tracking-uri", uri, "--format", "json"]) == 0
+    return json.loads(out.getvalue())
+
+
+def champion_and_previous(deployed: TrainingRun) -> tuple[int, int | None]:
+    chain = lineage_of(deployed, "churn@champion")
+    return chain["model"]["version"], (chain["previous"] or {}).get("version")
+
+
+@pytest.mark.servers
+def test_the_served_model_is_the_registrys_champion_with_its_lineage_from_data_to_triton(deployed):
+    """The training run from its YAML, tracked to a real MLflow server: one MLflow run with a nested run per step,
+    the deployed package registered as churn version 1 (champion), and the lineage read back from the registry."""
+    assert deployed.code == 0, deployed.out
+    assert "[deploy] registry: churn version 1 is the champion" in deployed.out
+    record = json.loads(deployed.record.read_text())
+    assert record["registry"] == {"model_name": "churn", "version": 1, "aliases_moved": True, "note": ""}
+    chain = lineage_of(deployed, "churn@champion")
+    assert chain["model"]["version"] == 1 and chain["model"]["aliases"] == ["champion"]
+    assert chain["model"]["tags"]["content_hash"] == record["content_hash"]
+    steps = chain["steps"]
+    assert set(steps) == {"ingest", "features", "train-model", "evaluate-model", "quantize-model", "deploy-model"}
+    assert (
+        all(step["status"] == "FINISHED" for step in steps.values()) and chain["pipeline_run"]["status"] == "FINISHED"
+    )
+    assert steps["ingest"]["tags"]["data.content_hash"] == record["content_hash"]
+    assert (
+        steps["ingest"]["params"]["deploy.model_name"] == "churn" and steps["ingest"]["params"]["train.epochs"] == "4"
+    )
+    assert steps["train-model"]["params"]["effective.precision"] == "fp32"
+    assert steps["evaluate-model"]["tags"]["blessed"] == "True"
+    assert steps["evaluate-model"]["metrics"]["roc_auc"] == pytest.approx(record["metrics"]["roc_auc"])
+    assert chain["model"]["tags"]["triton.version"] == "1" and chain["model"]["tags"]["metric.roc_auc"]
+    # the per-epoch series and the model package as the version's artifact
+    client = MlflowClient(yaml.safe_load(deployed.config.read_text())["tracking"]["uri"])
+    history = client.get_metric_history(steps["train-model"]["mlflow_run_id"], "val_loss")
+    assert sorted(point.step for point in history) == [1, 2, 3, 4]
+    assert "model.onnx" in [
+        Path(a.path).name for a in client.list_artifacts(steps["deploy-model"]["mlflow_run_id"], "model")
+    ]
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["lineage", "churn", "--tracking-uri", client.tracking_uri]) == 0
+    text = out.getvalue()
+    for link in ("data ", "ingest ", "features ", "training ", "evaluation ", "quantization ", "deployment "):
+        assert f"  {link}" in text, text
+
+
 @pytest.mark.servers
 def test_monitoring_on_a_clean_window_stops_after_the_drift_check(deployed, tmp_path, package_of):
     """A new window from the distribution the serving model learned (runs before the drifted window redeploys)."""
@@ -356,6 +410,9 @@ def test_monitoring_on_a_clean_window_stops_after_the_drift_check(deployed, tmp_
     run_dir = next((tmp_path / "root").glob("kfp-mlops-monitoring-*"))
     outcome = (run_dir / "report-outcome" / "outcome").read_text()
     assert "- Drift: no" in outcome and "- Retrained: no" in outcome and "- Deployed: no" in outcome
+    checks = lineage_of(deployed, "churn/1")["monitoring"]  # the check is in the served model's lineage
+    assert [check["drifted"] for check in checks] == [False] and checks[0]["action"] == "none"
+    assert champion_and_previous(deployed) == (1, None)
 
 
 @pytest.mark.servers
@@ -376,11 +433,13 @@ def test_monitoring_on_a_drifted_window_retrains_and_redeploys_only_a_blessed_mo
     assert "- Drift: yes" in outcome and "- Retrained: yes, in this run" in outcome
     blessed = metadata_of(run_dir / "evaluate-model", "blessing")["blessed"]
     record = json.loads(deployed.record.read_text())
-    if blessed:  # deployed as version 2; the record now points at the new model and its data
+    if blessed:  # deployed as version 2; the record now points at the new model and its data; champion moves
         assert "- Blessed: yes" in outcome and "- Deployed: churn version 2" in outcome
         assert record["deployment"]["version"] == 2 and record["reference_data"].startswith(str(run_dir))
-    else:  # not deployed: version 1 keeps serving and stays the record
+        assert champion_and_previous(deployed) == (2, 1) and record["registry"]["version"] == 2
+    else:  # not deployed: version 1 keeps serving and stays the record; the aliases stay
         assert "- Deployed: no" in outcome and record["deployment"]["version"] == 1
+        assert champion_and_previous(deployed) == (1, None)
     assert blessed == (metadata_of(run_dir / "evaluate-model", "metrics")["roc_auc"] >= 0.6)
 
 

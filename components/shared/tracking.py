@@ -138,6 +138,7 @@ class Tracker:
             os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(self.settings.timeout_seconds)
             os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(self.settings.retries)
             os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # each terminated run's link, in every log
             for name in ("mlflow", "alembic"):  # their INFO lines (schema migrations) are not the step's story
                 logging.getLogger(name).setLevel(logging.WARNING)
             from mlflow import MlflowClient  # 1.5 s to import: paid only by steps that track
