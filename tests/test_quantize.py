@@ -249,7 +249,7 @@ def test_component_compiles_on_the_quantize_image_without_installing_anything(tm
     component = spec["components"]["comp-quantize-model"]
     assert sorted(component["inputDefinitions"]["artifacts"]) == ["model", "train_data", "validation_data"]
     assert sorted(component["outputDefinitions"]["artifacts"]) == ["comparison", "metrics", "quantized_model"]
-    assert list(component["inputDefinitions"]["parameters"]) == ["config"]
+    assert list(component["inputDefinitions"]["parameters"]) == ["config", "run_id"]  # run_id: its MLflow run
     (container,) = [e["container"] for e in spec["deploymentSpec"]["executors"].values()]
     assert container["image"] == "r.example/x/kfp-mlops-quantize:t1"
     assert "pip install" not in " ".join(container["command"])

@@ -7,8 +7,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
+from support.configs import config_document
 
+from kfp_mlops.cli import main
+from kfp_mlops.cli_common import with_local_tracking
 from kfp_mlops.components.shared import registry, tracking
 from kfp_mlops.components.shared.config import TrackingConfig, parse_config
 from kfp_mlops.components.shared.errors import ConfigError
@@ -93,7 +97,7 @@ def test_a_step_logs_in_batches_into_its_own_run_nested_in_the_pipelines_and_a_r
     assert [a.path for a in client.list_artifacts(step_run)] == ["model_card.md"]
 
 
-def test_an_unreachable_server_is_reported_once_and_the_step_goes_on_unless_tracking_is_required(capsys):
+def test_an_unreachable_server_is_reported_once_and_the_step_goes_on_unless_tracking_is_required(capsys, monkeypatch):
     dead = f"http://127.0.0.1:{free_port()}"
     step = tracker(dead, "run-dead", "evaluate-model", timeout_seconds=2, retries=0)
     assert step.log_step(tracking.StepLog(metrics={"roc_auc": 0.8})) == ""
@@ -101,6 +105,12 @@ def test_an_unreachable_server_is_reported_once_and_the_step_goes_on_unless_trac
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[tracking]")]
     assert len(lines) == 1 and "failed to record this step" in lines[0] and "continues without tracking" in lines[0]
     assert registry.champion(step, "churn") is None  # the registry too: off for the rest of the step
+
+    monkeypatch.setenv(tracking.URI_ENV, dead.replace("http://", "http://bob:s3cret@"))  # from a Secret
+    from_secret = tracking.Tracker(TrackingConfig(timeout_seconds=2, retries=0), "run-dead", "/r/p/run-dead", "ingest")
+    assert from_secret.log_step(tracking.StepLog(metrics={"rows": 1})) == ""
+    said = capsys.readouterr().out
+    assert "bob:***@" in said and "s3cret" not in said
 
     required = tracker(dead, "run-dead", "evaluate-model", timeout_seconds=2, retries=0, required=True)
     with pytest.raises(tracking.TrackingError, match="tracking.required is true"):
@@ -165,3 +175,34 @@ def test_lineage_names_a_version_by_alias_or_number(spec, expected):
 def test_a_malformed_lineage_spec_says_what_is_expected(spec):
     with pytest.raises(ValueError, match="expected MODEL, MODEL@alias"):
         parse_spec(spec)
+
+
+def test_lineage_without_a_tracking_server_says_how_to_get_one_and_an_unknown_model_is_named(
+    mlflow_server, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # a fresh clone before `make demo`: no build/local-runs/mlflow.db
+    monkeypatch.delenv(tracking.URI_ENV, raising=False)
+    assert main(["lineage", "churn"]) == 2
+    assert (
+        "no tracking server: pass --tracking-uri, set MLFLOW_TRACKING_URI, or run a pipeline" in capsys.readouterr().err
+    )
+    assert main(["lineage", "no-such-model@champion", "--tracking-uri", mlflow_server.env["MLFLOW_TRACKING_URI"]]) == 1
+    assert "no-such-model@champion: no such model version in the registry" in capsys.readouterr().err
+
+
+def test_a_local_run_tracks_to_a_sqlite_file_beside_the_runs_unless_the_config_or_environment_says_otherwise(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv(tracking.URI_ENV, raising=False)
+    text = yaml.safe_dump(config_document("/data/"))
+    untracked = {"config": text}
+    assert with_local_tracking(untracked, tmp_path / "runs") == "" and untracked["config"] == text  # tests: off
+    document = config_document("/data/", tracking={})
+    arguments = {"config": yaml.safe_dump(document)}
+    uri = with_local_tracking(arguments, tmp_path / "runs")
+    assert uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert yaml.safe_load(arguments["config"])["tracking"]["uri"] == uri
+    monkeypatch.setenv(tracking.URI_ENV, "http://mlflow.example.com")
+    arguments = {"config": yaml.safe_dump(document)}
+    assert with_local_tracking(arguments, tmp_path / "runs") == "http://mlflow.example.com"
+    assert "uri" not in yaml.safe_load(arguments["config"]).get("tracking", {})  # the environment's, at run time

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
 
 T = TypeVar("T")
+_CREDENTIALS_IN_URL = re.compile(r"://([^:/@\s]+):[^@/\s]+@")  # user:password@ in a URL an error message quotes
+_HIDDEN = r"://\1:***@"
 
 
 class TrackingError(RuntimeError):
@@ -153,7 +156,8 @@ class Tracker:
         try:
             return call()
         except Exception as exc:
-            problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+            problem = f"{type(exc).__name__}: {_CREDENTIALS_IN_URL.sub(_HIDDEN, first_line)}"
             if self.settings.required:
                 raise TrackingError(
                     f"MLflow at {redacted(self.uri)} failed to {what} ({problem}) and tracking.required is true"

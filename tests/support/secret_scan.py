@@ -18,6 +18,8 @@ from kfp_mlops.components.shared.storage import (
     KFP_MINIO_SECRET_KEYS,
     STORAGE_SECRET,
 )
+from kfp_mlops.components.shared.tracking import SECRET as TRACKING_SECRET
+from kfp_mlops.components.shared.tracking import SECRET_KEYS as TRACKING_SECRET_KEYS
 from kfp_mlops.components.shared.triton_access import CONTROL_ENV, CONTROL_SECRET, CONTROL_SECRET_KEY
 from kfp_mlops.pipelines.train_and_deploy import FEAST_SECRET_KEYS
 
@@ -40,6 +42,8 @@ REFERENCE_NAMES = frozenset(
         CONTROL_SECRET_KEY,  # its key, control-key
         CONTROL_ENV,  # the variable it becomes, KFP_MLOPS_TRITON_CONTROL_KEY
         "kfp-mlops-triton-storage",  # Triton's read-only storage Secret (manifests/triton/base/deployment.yaml)
+        TRACKING_SECRET,  # kfp-mlops-tracking: the MLflow client's settings (tracking.py)
+        *TRACKING_SECRET_KEYS,  # its keys = the variables MLFLOW_TRACKING_URI/USERNAME/PASSWORD
     }
 )
 

@@ -1,5 +1,6 @@
 """Real servers as pytest fixtures, started once per session on free loopback ports: SeaweedFS S3
-(kfp_mlops.local_services), fake-gcs-server, redis-server and PostgreSQL (tests/support/services.py); and the
+(kfp_mlops.local_services), fake-gcs-server, redis-server, PostgreSQL and the MLflow tracking server on SQLite and
+on PostgreSQL (tests/support/services.py); and the
 Kubernetes API test double (no cluster runs here). tests/conftest.py registers this module as a plugin; tests that
 use a server carry the ``servers`` marker."""
 
