@@ -28,6 +28,9 @@ from support.secret_scan import scan, unaccepted
 from support.triton import running_triton
 
 from kfp_mlops.cli import main
+from kfp_mlops.cli_common import local_tracking_uri
+from kfp_mlops.components.shared import registry, tracking
+from kfp_mlops.components.shared.config import TrackingConfig
 from kfp_mlops.components.shared.images import ImageConfig
 from kfp_mlops.components.shared.model_package import Predictor
 from kfp_mlops.pipelines import compile_pipeline
@@ -444,18 +447,35 @@ def test_monitoring_on_a_drifted_window_retrains_and_redeploys_only_a_blessed_mo
 
 
 def test_model_worse_than_the_baseline_is_not_blessed_and_not_recorded(package, sample_dir, tmp_path, capsys):
+    """Tracked to the local default (a SQLite file beside the runs, no server), whose registry already has the
+    champion: a model that is not blessed registers nothing and moves no alias."""
+    root = tmp_path / "root"
+    root.mkdir()
+    champion_package = tmp_path / "champion"
+    champion_package.mkdir()
+    (champion_package / "model.onnx").write_bytes(b"retired")
+    seed = tracking.Tracker(
+        TrackingConfig(uri=local_tracking_uri(root)), "earlier", f"{root}/p/earlier", "deploy-model"
+    )
+    version = registry.register(seed, "kfp-mlops", str(champion_package), {})
+    assert registry.promote(seed, version, 1, "", "then").aliases_moved
     baseline = tmp_path / "baseline.json"
-    record = {"model": str(tmp_path / "retired-champion"), "metrics": {"roc_auc": 0.99}, "run_id": "earlier"}
+    record = {"model": str(tmp_path / "retired-champion"), "metrics": {"roc_auc": 0.99}, "run_id": "earlier",
+              "registry": {"model_name": "kfp-mlops", "version": 1, "aliases_moved": True, "note": ""}}  # fmt: skip
     baseline.write_text(json.dumps(record))
     evaluate = {"baseline": str(baseline), "allow_recorded_baseline_metrics": True}  # its model is gone
-    config = write_config(tmp_path, str(sample_dir), evaluate=evaluate)
-    root = tmp_path / "root"
+    config = write_config(tmp_path, str(sample_dir), evaluate=evaluate, tracking={})
     code = run_training(package, root, "--config", str(config))
     out = capsys.readouterr().out
     assert code == 0, out
     assert "NOT BLESSED: roc_auc" in out and "regresses more than 0.01 from the baseline's 0.9900" in out
     assert "record-baseline" not in out.split("Pipeline kfp-mlops-training:")[-1]
     assert json.loads(baseline.read_text()) == record
+    client = MlflowClient(local_tracking_uri(root))
+    assert [int(v.version) for v in client.search_model_versions("name = 'kfp-mlops'")] == [1]
+    assert int(client.get_model_version_by_alias("kfp-mlops", registry.CHAMPION).version) == 1
+    (evaluated,) = client.search_runs([seed.experiment_id()], filter_string="tags.`kfp.task` = 'evaluate-model'")
+    assert evaluated.data.tags["blessed"] == "False" and evaluated.data.metrics["baseline.roc_auc"] == 0.99
 
 
 def test_bad_data_fails_the_run_naming_the_step_and_error_with_no_outputs(package, sample_dir, tmp_path, capsys):
