@@ -106,6 +106,12 @@ def test_an_unreachable_server_is_reported_once_and_the_step_goes_on_unless_trac
     assert len(lines) == 1 and "failed to record this step" in lines[0] and "continues without tracking" in lines[0]
     assert registry.champion(step, "churn") is None  # the registry too: off for the rest of the step
 
+    warmed = tracking.for_step(
+        TrackingConfig(uri=dead, timeout_seconds=2, retries=0), "run-w", "/r/p/run-w", "quantize"
+    )
+    assert warmed.log_step(tracking.StepLog(metrics={"speedup": 1.0})) == ""  # what the warm-up met, said once
+    assert capsys.readouterr().out.count("[tracking] MLflow at") == 1
+
     monkeypatch.setenv(tracking.URI_ENV, dead.replace("http://", "http://bob:s3cret@"))  # from a Secret
     from_secret = tracking.Tracker(TrackingConfig(timeout_seconds=2, retries=0), "run-dead", "/r/p/run-dead", "ingest")
     assert from_secret.log_step(tracking.StepLog(metrics={"rows": 1})) == ""

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kfp_mlops.components.deploy import core
-from kfp_mlops.components.shared import outcomes, registry, runs
+from kfp_mlops.components.shared import outcomes, registry, runs, tracking
 from kfp_mlops.components.shared.artifacts import update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.shared.records import read_record
@@ -23,7 +23,7 @@ def run(config: str, model: Any, validation_data: Any, deployment: Any, run_id: 
     pipeline_config = load_config(config)
     settings = pipeline_config.deploy
     run_dir = runs.run_directory(deployment.uri, run_id) if run_id else ""
-    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "deploy-model", runs.pipeline_name(run_dir, run_id))
+    tracker = tracking.for_step(pipeline_config.tracking, run_id, run_dir, "deploy-model")
     lineage = {key: str(model.metadata[key]) for key in LINEAGE_METADATA if key in model.metadata}
     version = registry.register(tracker, settings.model_name, model.path, {**lineage, "package": _uri(model)})
     moved: dict[str, RegistryState] = {}

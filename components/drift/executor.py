@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kfp_mlops.components.drift.core import check_drift
-from kfp_mlops.components.shared import kfp_api, outcomes, runs
+from kfp_mlops.components.shared import kfp_api, outcomes, runs, tracking
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.cluster import pod_namespace
 from kfp_mlops.components.shared.config import load_config
@@ -18,7 +18,7 @@ from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.model_package import read_model_config
 from kfp_mlops.components.shared.outcomes import DriftOutcome, Outcomes, RetrainOutcome
 from kfp_mlops.components.shared.records import read_record
-from kfp_mlops.components.shared.tracking import TAG_COMPARED_WITH, StepLog, Tracker
+from kfp_mlops.components.shared.tracking import TAG_COMPARED_WITH, StepLog
 
 NO_ACTION = "none"
 # Where kfp.Client reads a projected token for the audience pipelines.kubeflow.org (KFP's multi-user auth):
@@ -37,6 +37,8 @@ def run(config: str, current: list[Any], run_id: str, report: Any, metrics: Any,
     """Compare the window (the ingest step's splits of it) with the data the serving model was trained on.
     Returns what to do: ``none`` without drift, else ``monitoring.retrain`` (``nested`` or ``kfp_api``)."""
     pipeline_config = load_config(config)
+    run_dir = runs.run_directory(report.uri, run_id) if run_id else ""
+    tracker = tracking.for_step(pipeline_config.tracking, run_id, run_dir, "drift-check")
     baseline = pipeline_config.evaluate.baseline
     record = read_record(baseline)
     if record is None or not record.reference_data:
@@ -50,8 +52,6 @@ def run(config: str, current: list[Any], run_id: str, report: Any, metrics: Any,
                          model.numeric, model.categorical, report.path, summary.path)  # fmt: skip
     log_metrics(metrics, result.metrics())
     action = pipeline_config.monitoring.retrain if result.drifted else NO_ACTION
-    run_dir = runs.run_directory(report.uri, run_id) if run_id else ""
-    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "drift-check", runs.pipeline_name(run_dir, run_id))
     compared = (
         f"{record.registry.model_name}/{record.registry.version}" if record.registry and record.registry.version else ""
     )

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from kfp_mlops.components.evaluate import core
-from kfp_mlops.components.shared import outcomes, registry, runs, storage
+from kfp_mlops.components.shared import outcomes, registry, runs, storage, tracking
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
 from kfp_mlops.components.shared.model_package import read_model_config
@@ -28,7 +28,7 @@ def run(
 ) -> bool:
     pipeline_config = load_config(config)
     run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
-    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "evaluate-model", runs.pipeline_name(run_dir, run_id))
+    tracker = tracking.for_step(pipeline_config.tracking, run_id, run_dir, "evaluate-model")
     record, fetch = baseline_source(tracker, pipeline_config)
     evaluation = core.evaluate(pipeline_config, model.path, test_data.path, record, fetch)
     log_metrics(metrics, evaluation.metrics)
@@ -84,7 +84,8 @@ def baseline_source(tracker: Tracker, config: PipelineConfig) -> tuple[ServingRe
         return record, storage.copy_tree
     print(f"[evaluate] baseline: {config.deploy.model_name} version {champion.version} (the registry's champion)")
     state = RegistryState(model_name=champion.name, version=champion.version, aliases_moved=True)
-    from_registry = ServingRecord(model=champion.source, metrics=champion.metrics,
+    metrics = registry.evaluation_metrics(tracker, champion)  # stand in when its package cannot be re-scored
+    from_registry = ServingRecord(model=champion.source, metrics=metrics,
                                   content_hash=champion.tags.get("content_hash", ""),
                                   run_id=champion.tags.get(TAG_RUN, ""), registry=state)  # fmt: skip
     return from_registry, lambda _uri, folder: registry.download(tracker, champion, folder)
@@ -97,19 +98,13 @@ def _registry_version(baseline: core.Baseline | None) -> int:
 def record(config: str, model: Any, metrics: Any, reference_data: Any, deployment: Any, run_id: str) -> None:
     """Record the blessed model (the package that serves, when deployed) in the serving record
     (evaluate.baseline), with its train split as the next drift check's reference and the registry version it
-    mirrors (whose tags get the metrics); without a record configured, say so."""
+    mirrors; without a record configured, say so."""
     pipeline_config = load_config(config)
     values = {
         k: float(v) for k, v in metrics.metadata.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     state = deployment.metadata.get("registry") if deployment is not None else None
     registered = RegistryState.model_validate(state) if state else None
-    if registered is not None and registered.version:
-        run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
-        tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "record-baseline")
-        registry.tag_version(tracker, registered.model_name, registered.version,
-                             {**{f"{registry.METRIC_TAG_PREFIX}{k}": str(v) for k, v in values.items()},
-                              "reference_data": reference_data.uri})  # fmt: skip
     uri = pipeline_config.evaluate.baseline
     if not uri:
         print("[record] evaluate.baseline is empty: no serving record kept")

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from kfp_mlops.components.features.core import FeaturesResult, build_feature_sets
-from kfp_mlops.components.shared import runs
+from kfp_mlops.components.shared import runs, tracking
 from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, update_metadata
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
 from kfp_mlops.components.shared.layout import FEATURE_STORE_YAML
 from kfp_mlops.components.shared.splits import SplitPaths
-from kfp_mlops.components.shared.tracking import StepLog, Tracker
+from kfp_mlops.components.shared.tracking import StepLog
 
 
 def run(
@@ -27,6 +27,8 @@ def run(
     run_id: str = "",
 ) -> None:
     pipeline_config = load_config(config)
+    run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
+    tracker = tracking.for_step(pipeline_config.tracking, run_id, run_dir, "features")
     result = build_feature_sets(
         pipeline_config,
         SplitPaths(train.path, validation.path, test.path),
@@ -35,8 +37,6 @@ def run(
     )
     datasets = {"train": train_features, "validation": validation_features, "test": test_features}
     publish(result, pipeline_config, feature_repo, datasets, metrics, train.metadata.get("content_hash", ""))
-    run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
-    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "features", runs.pipeline_name(run_dir, run_id))
     tracker.log_step(
         StepLog(
             params={"feast.project": result.project, "feast.view": result.view, "feast.entity": result.entity,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from kfp_mlops.components.ingest.core import IngestResult, ingest, render_summary
-from kfp_mlops.components.shared import runs, storage
+from kfp_mlops.components.shared import runs, storage, tracking
 from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.cluster import check_training_pod
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
@@ -35,7 +35,7 @@ def run(
     check_training_pod(**training_pod)
     pipeline_config = load_config(config, data_source=data_source)
     run_dir = runs.run_directory(train.uri, run_id)
-    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "ingest", runs.pipeline_name(run_dir, run_id))
+    tracker = tracking.for_step(pipeline_config.tracking, run_id, run_dir, "ingest")
     storage.check_access(runs.checkpoint_dir(run_dir, pipeline_config.train.checkpoint_dir, run_id))
     result = ingest(pipeline_config, SplitPaths(train.path, validation.path, test.path))
     print(f"[ingest] task: {result.task} ({result.task_reason})")

@@ -7,10 +7,10 @@ import math
 from typing import Any
 
 from kfp_mlops.components.quantize import core
-from kfp_mlops.components.shared import runs
+from kfp_mlops.components.shared import runs, tracking
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
-from kfp_mlops.components.shared.tracking import StepLog, Tracker
+from kfp_mlops.components.shared.tracking import StepLog
 
 CARRIED_METADATA = ("framework", "format", "onnx_file", "content_hash")  # of the input model, kept as they are
 
@@ -26,6 +26,8 @@ def run(
     run_id: str = "",
 ) -> core.QuantizeResult:
     pipeline_config = load_config(config)
+    run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
+    tracker = tracking.for_step(pipeline_config.tracking, run_id, run_dir, "quantize-model")
     result = core.quantize(pipeline_config, model.path, train_data.path, validation_data.path, quantized_model.path)
     log_metrics(metrics, result.metrics())
     write_text_atomically(comparison.path, result.table())
@@ -46,8 +48,6 @@ def run(
         | ({"task": result.task, "label_std": result.budget["label_std"]} if "label_std" in result.budget else {}),
     )
     print(result.summary())
-    run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
-    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "quantize-model", runs.pipeline_name(run_dir, run_id))
     finite = {name: value for name, value in result.metrics().items() if isinstance(value, (int, float))}
     tracker.log_step(
         StepLog(

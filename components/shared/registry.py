@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from kfp_mlops.components.shared import storage
-from kfp_mlops.components.shared.tracking import TAG_RUN, Tracker
+from kfp_mlops.components.shared.tracking import TAG_RUN, TAG_TASK, Tracker
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
@@ -31,7 +31,6 @@ MODEL_FOLDER = "model"  # the package, as the deploy step's run's artifact
 TAG_TRITON_VERSION = "triton.version"
 TAG_TRITON_REPOSITORY = "triton.repository"
 TAG_DEPLOYED_AT = "triton.deployed_at"
-METRIC_TAG_PREFIX = "metric."  # evaluation metrics, as tags of the version (the baseline's recorded metrics)
 
 
 class RegistryState(BaseModel):
@@ -55,11 +54,6 @@ class Version:
     run_id: str  # the MLflow run that registered it
     tags: dict[str, str] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return {k.removeprefix(METRIC_TAG_PREFIX): float(v) for k, v in self.tags.items()
-                if k.startswith(METRIC_TAG_PREFIX)}  # fmt: skip
 
     @property
     def triton_version(self) -> int:
@@ -169,13 +163,18 @@ def register_served(
         return register(tracker, name, local, {**tags, TAG_RUN: kfp_run_id})
 
 
-def tag_version(tracker: Tracker, name: str, version: int, tags: dict[str, str]) -> None:
-    def send() -> None:
-        for key, value in tags.items():
-            tracker.client.set_model_version_tag(name, str(version), key, value)
+def evaluation_metrics(tracker: Tracker, version: Version) -> dict[str, float]:
+    """The metrics the evaluate step logged for the run that trained ``version`` ({} when none can be read)."""
 
-    if tracker.enabled and tracker.settings.registry:
-        tracker.guarded(f"tag {name} version {version}", send)
+    def read() -> dict[str, float]:
+        kfp_run = version.tags.get(TAG_RUN, "")
+        found = tracker.client.search_runs(
+            [tracker.experiment_id()], f"tags.`{TAG_RUN}` = '{kfp_run}' and tags.`{TAG_TASK}` = 'evaluate-model'"
+        )
+        logged = found[0].data.metrics if found else {}
+        return {name: value for name, value in logged.items() if not name.startswith("baseline.")}
+
+    return tracker.guarded(f"read the metrics of {version.name} version {version.version}", read) or {}
 
 
 def download(tracker: Tracker, version: Version, destination: str) -> list[str]:

@@ -17,17 +17,22 @@ its artifacts in ``mlartifacts/`` beside the database file (the local default of
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import re
+import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from kfp_mlops.components.shared import runs
 from kfp_mlops.components.shared.config import TrackingConfig, check_tracking_uri
 from kfp_mlops.components.shared.errors import ConfigError
 
@@ -54,6 +59,8 @@ MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
 
+HEADER_PLUGINS = "mlflow.request_header_provider"  # an entry-point group of MLflow plugins (see connect)
+WARM_UP_IMPORT_SECONDS = 120  # beyond the requests' own bound: importing MLflow on a loaded node
 T = TypeVar("T")
 _CREDENTIALS_IN_URL = re.compile(r"://([^:/@\s]+):[^@/\s]+@")  # user:password@ in a URL an error message quotes
 _HIDDEN = r"://\1:***@"
@@ -61,6 +68,12 @@ _HIDDEN = r"://\1:***@"
 
 class TrackingError(RuntimeError):
     """The tracking server failed while ``tracking.required`` is true."""
+
+
+def for_step(settings: TrackingConfig, run_id: str, run_dir: str, task: str) -> Tracker:
+    """The Tracker of the step ``task`` of the KFP run ``run_id`` (whose directory ``run_dir`` names the pipeline),
+    warming up at once (``Tracker.start``): build it when the step starts, log when it ends."""
+    return Tracker(settings, run_id, run_dir, task, runs.pipeline_name(run_dir, run_id) if run_dir else "").start()
 
 
 def resolve_uri(settings: TrackingConfig) -> str:
@@ -112,6 +125,41 @@ class StepLog:
     artifacts: dict[str, str] = field(default_factory=dict)
 
 
+def connect(uri: str, timeout_seconds: int, retries: int) -> Any:
+    """An MlflowClient for tracking and registry at ``uri``: requests bounded, MLflow's own console links and INFO
+    lines off, and no request-header plugins (see ``_without_header_plugins``)."""
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_seconds)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # each terminated run's link, in every log
+    for name in ("mlflow", "alembic"):  # their INFO lines (schema migrations) are not the step's story
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow's SQL store on SQLAlchemy 2.1 (the local SQLite default): a deprecation of SQLAlchemy's, not ours
+    warnings.filterwarnings("ignore", message=r".*``noload`` loader strategy is deprecated")
+    _without_header_plugins()
+    from mlflow import MlflowClient  # 1.5 s to import: paid only by steps that track, in the warm-up thread
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _without_header_plugins() -> None:
+    """MLflow loads every installed ``mlflow.request_header_provider`` plugin when its header registry is first
+    imported (mlflow/tracking/request_header/registry.py, ``register_entrypoints``). Feast installs one whose loading
+    imports all of Feast (5–10 s in each step of the local virtualenv; benchmarks/tracking.py) and that adds a header
+    only inside Feast's own requests; no step needs any. The registry is imported here with the plugin lookup
+    answering none for that group, and stays so for the process."""
+    if "mlflow.tracking.request_header.registry" in sys.modules:
+        return
+    from mlflow.utils import plugins
+
+    lookup = plugins.get_entry_points
+    plugins.get_entry_points = lambda group: [] if group == HEADER_PLUGINS else lookup(group)
+    try:
+        importlib.import_module("mlflow.tracking.request_header.registry")
+    finally:
+        plugins.get_entry_points = lookup
+
+
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -127,6 +175,8 @@ class Tracker:
         self.run_id, self.run_dir, self.task, self.pipeline = run_id, run_dir, task, pipeline
         self.failed = ""  # why tracking stopped in this step, once it did
         self._client: Any = None
+        self._warm: threading.Thread | None = None
+        self._warm_error: BaseException | None = None
         self._experiment_id = ""
         self._parent_id = ""
 
@@ -136,18 +186,35 @@ class Tracker:
 
     @property
     def client(self) -> Any:
-        """The MlflowClient for tracking and registry, with every request bounded (see the module docstring)."""
+        """The MlflowClient for tracking and registry, with every request bounded (see the module docstring); waits
+        for the warm-up (``start``) and raises what it met."""
+        warm = self._warm
+        if warm is not None and warm is not threading.current_thread():
+            bound = self.settings.timeout_seconds * (self.settings.retries + 1) * 2 + WARM_UP_IMPORT_SECONDS
+            warm.join(bound)
+            self._warm = None
+            if warm.is_alive():
+                raise TimeoutError(f"no answer within {bound} s")
+            if self._warm_error is not None:
+                error, self._warm_error = self._warm_error, None
+                raise error
         if self._client is None:
-            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(self.settings.timeout_seconds)
-            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(self.settings.retries)
-            os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # each terminated run's link, in every log
-            for name in ("mlflow", "alembic"):  # their INFO lines (schema migrations) are not the step's story
-                logging.getLogger(name).setLevel(logging.WARNING)
-            from mlflow import MlflowClient  # 1.5 s to import: paid only by steps that track
-
-            self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self._client = connect(self.uri, self.settings.timeout_seconds, self.settings.retries)
         return self._client
+
+    def start(self) -> Tracker:
+        """Import MLflow, open the store and find the pipeline's run in a background thread, while the step works (a
+        step's process pays this once: 1–2 s of import, and up to a second to open a SQLite store)."""
+        if self.enabled and self._warm is None and self._client is None:
+            self._warm = threading.Thread(target=self._warm_up, name="mlflow-warm-up", daemon=True)
+            self._warm.start()
+        return self
+
+    def _warm_up(self) -> None:
+        try:
+            self.pipeline_run_id()  # the experiment, and the pipeline's run (the first step to log creates it)
+        except BaseException as exc:  # raised again where the step first uses the client
+            self._warm_error = exc
 
     def guarded(self, what: str, call: Callable[[], T]) -> T | None:
         """``call()``, or None after reporting (once) that tracking failed; TrackingError when it is required."""

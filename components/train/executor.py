@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kfp_mlops.components.shared import layout, runs
+from kfp_mlops.components.shared import layout, runs, tracking
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata
 from kfp_mlops.components.shared.cluster import PodResources, check_training_pod, train_pod_resources
 from kfp_mlops.components.shared.config import load_config
-from kfp_mlops.components.shared.tracking import StepLog, Tracker
+from kfp_mlops.components.shared.tracking import StepLog
 from kfp_mlops.components.train import core
 
 
@@ -57,8 +57,9 @@ def run(
     training_log: Any,
 ) -> None:
     pipeline_config = load_config(config)
-    checkpoint_dir = runs.checkpoint_dir(runs.run_directory(model.uri, run_id), pipeline_config.train.checkpoint_dir,
-                                         run_id)  # fmt: skip
+    run_dir = runs.run_directory(model.uri, run_id)
+    checkpoint_dir = runs.checkpoint_dir(run_dir, pipeline_config.train.checkpoint_dir, run_id)
+    tracker = tracking.for_step(pipeline_config.tracking, run_id, run_dir, "train-model")
     context = core.ClusterContext(
         image=cluster["image"],
         run_id=run_id,
@@ -95,8 +96,6 @@ def run(
             "batching": result.batching.as_dict() if result.batching else {},
         },
     )
-    run_dir = runs.run_directory(model.uri, run_id)
-    tracker = Tracker(pipeline_config.tracking, run_id, run_dir, "train-model", runs.pipeline_name(run_dir, run_id))
     tracker.log_step(training_log_entry(result, summary))
 
 
