@@ -44,14 +44,14 @@ CODE = ("pyproject.toml", "README.md", "kfp_mlops", "components", "pipelines")
 # Size budgets (MB, as the engine reports the image; measured on the podman base, README.md "Images run for real"):
 # 10 to 15 % above each image's size, so a new dependency is a decision, not an accident. train: torch's CUDA 13
 # build and its nvidia-* wheels (cuDNN, cuBLAS, NCCL, ...) are most of the image (README.md says how much).
-SIZE_BUDGET_MB = {
-    "ingest": 700,  # 612 MB on 2026-12-02
-    "features": 1050,  # 916
-    "train": 6500,  # 5786
-    "evaluate": 1100,  # 978
-    "quantize": 1100,  # 950
-    "deploy": 950,  # 809
-    "drift": 1400,  # 1237
+SIZE_BUDGET_MB = {  # sizes on 2026-12-02 with the MLflow client (mlflow-skinny, SQLAlchemy, Alembic: +70-100 MB each)
+    "ingest": 800,  # 712 MB (612 before the MLflow client)
+    "features": 1100,  # 979
+    "train": 6500,  # 5885
+    "evaluate": 1200,  # 1076
+    "quantize": 1200,  # 1049
+    "deploy": 1050,  # 907
+    "drift": 1500,  # 1333
 }
 
 
