@@ -267,7 +267,9 @@ def weather_run(package, triton, tmp_path_factory) -> TrainingRun:
     deploy = {"model_repository": str(repository), "triton_url": server.grpc_url, "backend": "python",
               "model_name": "weather"}  # fmt: skip
     config = work / "config.yaml"
-    config.write_text(yaml.safe_dump({"data": {"source": str(source)}, "schema": weather.schema(), "deploy": deploy}))
+    document = {"data": {"source": str(source)}, "schema": weather.schema(), "deploy": deploy,
+                "tracking": support_configs.UNTRACKED}  # fmt: skip
+    config.write_text(yaml.safe_dump(document))
     with contextlib.redirect_stdout(io.StringIO()) as out:
         code = run_training(package, work / "root", "--config", str(config))
     return TrainingRun(code, out.getvalue(), run_dir_of(work / "root"), config, work / "none", server, repository,

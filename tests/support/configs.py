@@ -58,6 +58,7 @@ def write_custom_model_config(directory: Path, triton_url: str, repository: Path
     document["evaluate"]["baseline"] = str(directory / "serving" / "record.json")
     document["deploy"] |= {"model_repository": str(repository), "triton_url": triton_url}
     document["train"] |= {"epochs": 4, "micro_batch_size": 64}
+    document["tracking"] = dict(UNTRACKED)
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
