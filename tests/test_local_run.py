@@ -520,37 +520,33 @@ def test_unknown_parameter_is_rejected_before_running(package, tmp_path, capsys)
 
 
 @pytest.mark.servers
-def test_ingest_step_reads_its_config_and_data_from_s3(package, s3, sample_dir, tmp_path, capsys):
+def test_ingest_reads_its_config_and_data_from_s3_and_later_steps_take_the_config_it_resolved(
+    package, s3, sample_dir, tmp_path, capsys
+):
+    """The config parameter is an S3 URI: ingest reads it (and the data) with the credentials in its environment, and
+    every later step takes ingest's resolved text, so an edit to the file mid-run or before a retry cannot mix two
+    configs in one run; the model keeps the config it was trained with."""
     from kfp_mlops.components.shared import storage
 
+    compiled = next(yaml.safe_load_all(package.read_text()))
+    shared_inputs = compiled["root"]["dag"]["tasks"]["train-and-deploy"]["inputs"]["parameters"]
+    assert shared_inputs["config"] == {
+        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "ingest"}
+    }
     storage.copy_tree(str(sample_dir), s3.uri("runs/raw"))
-    document = support_configs.config_document(s3.uri("runs/raw/"))
+    short = {"epochs": 4, "micro_batch_size": 64, "optimizer": {"lr": 0.003}}
+    document = support_configs.config_document(s3.uri("runs/raw/"), train=short)
     storage.write_bytes(s3.uri("runs/config.yaml"), yaml.safe_dump(document).encode())
     code = run_training(package, tmp_path / "root", "--param", f"config={s3.uri('runs/config.yaml')}")
     out = capsys.readouterr().out
     assert code == 0, out
     run_dir = run_dir_of(tmp_path / "root")
     assert pq.read_table(run_dir / "ingest" / "train").num_rows > 3_000
+    recorded = yaml.safe_load((run_dir / "train-model" / "model" / "pipeline_config.yaml").read_text())
+    assert recorded["data"]["source"] == s3.uri("runs/raw/") and recorded["train"]["epochs"] == 4
     # the run read S3 with the credentials in its environment; no step printed them
     credentials = (s3.env["AWS_ACCESS_KEY_ID"], s3.env["AWS_SECRET_ACCESS_KEY"])
     assert_no_credential_in_logs(run_dir, out, tmp_path, credentials)
-
-
-def test_later_steps_read_the_config_ingest_resolved_not_the_uri(package, sample_dir, tmp_path, capsys):
-    """Later steps take ingest's resolved config, so an edit to the file mid-run or before a retry cannot mix two
-    configs in one run; the model keeps the config it was trained with."""
-    config = write_config(tmp_path, str(sample_dir))
-    compiled = next(yaml.safe_load_all(package.read_text()))
-    shared_inputs = compiled["root"]["dag"]["tasks"]["train-and-deploy"]["inputs"]["parameters"]
-    assert shared_inputs["config"] == {
-        "taskOutputParameter": {"outputParameterKey": "Output", "producerTask": "ingest"}
-    }
-    code = run_training(package, tmp_path / "root", "--param", f"config={config}")
-    assert code == 0, capsys.readouterr().out
-    recorded = yaml.safe_load(
-        (run_dir_of(tmp_path / "root") / "train-model" / "model" / "pipeline_config.yaml").read_text()
-    )
-    assert recorded["data"]["source"] == str(sample_dir) and recorded["train"]["epochs"] == 4
 
 
 def test_a_training_config_error_fails_in_seconds_before_any_gpu_step_or_retry(package, sample_dir, tmp_path, capsys):

@@ -147,7 +147,7 @@ def mlflow_server(workdir: Path, backend_store_uri: str = "", timeout: float = 9
     backend = backend_store_uri or f"sqlite:///{workdir / 'mlflow.db'}"
     command = [str(MLFLOW), "server", "--backend-store-uri", backend, "--serve-artifacts",
                "--artifacts-destination", str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "2"]  # fmt: skip
+               "--workers", "1"]  # fmt: skip
     log = workdir / "mlflow-server.log"
     url = f"http://127.0.0.1:{port}"
     with running(command, log) as process:
