@@ -2,8 +2,9 @@
 
 Each image runs ``kfp_mlops/image_probe.py`` (its text, through ``python -c``) as the image's own user, with a
 read-only root filesystem, a ``/tmp`` in memory and no network, and the report is judged here: non-root; every module
-of the step and every library it requires imports, within ``IMPORT_BUDGET_S``; every distribution of the step's
-extra installed; ``pip check`` clean; no compiler; no pip inside the step's own environment. Every problem names the
+of the step and every library it requires imports (the seconds it took are reported, not judged: they depend on the
+page cache and the machine's load; ``benchmarks/images.py`` measures them); every distribution of the step's extra
+installed; ``pip check`` clean; no compiler; no pip inside the step's own environment. Every problem names the
 step, the image and, for an import, the missing module.
 """
 
@@ -18,10 +19,6 @@ from typing import Any
 from kfp_mlops.containers import Engine
 
 PROBE = Path(__file__).with_name("image_probe.py")
-# Seconds to import every module of a step and every library it requires, in its image, after the container started:
-# 0.5 to 3.5 s measured here (features and drift the slowest: Feast, Evidently); the budget leaves room for a loaded
-# 2-core CI machine. README.md, "Images run for real".
-IMPORT_BUDGET_S = 10.0
 RUN_USER_UID = 10001
 _MARK = "KFP_MLOPS_PROBE "
 # `pip check` lines that only the local stand-in base gives (Debian's Python 3.11.2, images/build_local.py): a
@@ -37,7 +34,7 @@ class ImageReport:
     report: dict[str, Any] = field(default_factory=dict)
     error: str = ""  # the container itself failed
 
-    def problems(self, import_budget_s: float = IMPORT_BUDGET_S) -> list[str]:
+    def problems(self) -> list[str]:
         where = f"step {self.step}, image {self.image}"
         if self.error:
             return [f"{where}: {self.error}"]
@@ -52,8 +49,6 @@ class ImageReport:
             found.append(f"{where}: not installed: {', '.join(report['missing_distributions'])}")
         if report.get("uid") != RUN_USER_UID:
             found.append(f"{where}: runs as uid {report.get('uid')}, expected {RUN_USER_UID} (non-root)")
-        if report.get("import_seconds", 0) > import_budget_s:
-            found.append(f"{where}: importing the step took {report['import_seconds']} s (budget {import_budget_s} s)")
         if broken := self.pip_check_problems():
             found.append(f"{where}: pip check: {'; '.join(broken)}")
         if report.get("compilers"):

@@ -73,7 +73,7 @@ def run_in_containers(pipeline: str, package: Path, root: Path, *args: str) -> t
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_image_runs_as_non_root_read_only_imports_its_step_in_budget_and_pip_check_is_clean(engine, step):
+def test_image_runs_as_non_root_read_only_imports_its_step_and_pip_check_is_clean(engine, step):
     result = image_checks.probe(engine, step, IMAGES.ref(step))
     summary = {k: v for k, v in result.report.items() if k not in ("traceback", "modules")}
     print(f"{step}: {json.dumps(summary)}")
