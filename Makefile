@@ -69,9 +69,12 @@ demo: install triton-venv  ## sample data, local Triton, the training pipeline f
 	echo; echo "Lineage of the served model, from the MLflow registry (build/local-runs/mlflow.db):"; \
 	$(BIN)/kfp-mlops lineage churn@champion
 
-system-deps:  ## Debian's redis-server and PostgreSQL, which the Feast tests start (installed only where missing)
+system-deps:  ## Debian's redis-server, PostgreSQL, Prometheus (promtool), Alertmanager, Pushgateway (where missing)
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }
+	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null \
+		&& command -v prometheus-pushgateway >/dev/null || { apt-get update -qq && apt-get install -y -qq \
+		--no-install-recommends prometheus prometheus-alertmanager prometheus-pushgateway; }
 
 $(MLFLOW):
 	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)

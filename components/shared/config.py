@@ -381,6 +381,64 @@ class MonitoringConfig(_Strict):
     wait_timeout_seconds: float = Field(28 * 3600, gt=0)
 
 
+class InferenceConfig(_Strict):
+    """Batch inference (pipelines/inference.py) and ``kfp-mlops predict --log``: entities at a time → Feast's
+    point-in-time features → the serving model's predictions → the prediction log
+    (components/shared/prediction_log.py)."""
+
+    entities: str = ""  # URI of entity ids (Parquet/CSV: the schema's entity column, and its timestamp column if
+    # each row has its own time); empty: every entity of the Feast feature view
+    as_of: str = ""  # ISO 8601 time the features are read at (rows without their own timestamp); empty: the run's start
+    log: str = ""  # URI (local, s3://, gs://) of the prediction log: Parquet partitioned date=YYYY-MM-DD
+    source: Literal["auto", "triton", "package"] = "auto"  # auto: Triton when the serving record names a
+    # deployment, else the model package in-process
+    batch_rows: int = Field(50_000, ge=1)  # rows read, scored and written at a time (memory is bounded by it)
+    request_rows: int = Field(0, ge=0)  # rows per Triton request; 0: deploy.max_batch_size
+    concurrency: int = Field(4, ge=1, le=64)  # Triton requests in flight
+    timeout_seconds: float = Field(60.0, gt=0)  # each Triton request
+
+
+class PerformanceConfig(_Strict):
+    """The performance check (components/performance/): predictions of a window joined with the labels that arrived
+    later, scored with evaluate's metrics (components/shared/metrics.py), judged per model.
+
+    A label row (entity, timestamp, label) is the outcome of the prediction of that entity at that timestamp (the
+    same meaning as a training row); it matches the latest prediction of the entity whose timestamp is at most
+    ``tolerance_hours`` before it (0: the same instant)."""
+
+    labels: str = ""  # URI of the labels (file, prefix or glob; Parquet/CSV); empty: no performance check
+    log: str = ""  # the prediction log to read; empty: inference.log
+    window_days: float | None = Field(None, gt=0)  # predictions of the last N days before the newest; None: all
+    tolerance_hours: float = Field(24.0, ge=0)
+    min_rows: int = Field(100, ge=1)  # fewer matched rows of the serving model: verdict "insufficient", no retrain
+    min_metrics: dict[HigherIsBetter, float] = {}  # absolute floors, e.g. {roc_auc: 0.7}
+    max_metrics: dict[LowerIsBetter, float] = {}  # absolute ceilings, e.g. {log_loss: 0.6}
+    # allowed change against the metrics the model had at evaluation (the serving record), e.g. {roc_auc: 0.05}
+    max_drop: dict[HigherIsBetter | LowerIsBetter, float] = {"roc_auc": 0.05}
+
+
+class AlertsConfig(_Strict):
+    """Where a monitoring verdict (drift, degraded performance) or a failed monitoring run is sent
+    (components/shared/alerts.py). Delivery is retried within a bound and never changes a step's result."""
+
+    alertmanager_url: str = ""  # e.g. http://alertmanager.monitoring:9093 (API v2: POST /api/v2/alerts)
+    webhook_url_env: str = ""  # name of an environment variable holding a webhook URL (a secret: never in config)
+    webhook_format: Literal["json", "slack"] = "json"
+    severity: str = "warning"  # of drift and degradation; a failed run is "critical"
+    resolve_after_minutes: int = Field(240, ge=1)  # endsAt sent to Alertmanager
+    timeout_seconds: float = Field(5.0, gt=0, le=60)  # each delivery attempt
+    retries: int = Field(2, ge=0, le=10)
+    run_url: str = ""  # the KFP UI's page of a run, {run_id} replaced; empty: tracking.run_url
+
+
+class ObservabilityConfig(_Strict):
+    """Prometheus: each step pushes its key figures to a Pushgateway (components/shared/observability.py)."""
+
+    pushgateway: str = ""  # e.g. http://pushgateway.monitoring:9091; empty: nothing is pushed
+    job: str = Field("kfp-mlops", min_length=1)
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 
 
@@ -446,6 +504,10 @@ class PipelineConfig(_Strict):
     drift: DriftConfig = DriftConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     tracking: TrackingConfig = TrackingConfig()
+    inference: InferenceConfig = InferenceConfig()
+    performance: PerformanceConfig = PerformanceConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
 
     @model_validator(mode="after")
     def _gates_fit_the_task(self) -> PipelineConfig:
