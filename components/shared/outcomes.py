@@ -68,6 +68,22 @@ class DriftOutcome(Outcome):
     action: str  # what the run does next: none, nested or kfp_api
 
 
+class PerformanceOutcome(Outcome):
+    """The performance check's verdict on the serving model (components/performance/)."""
+
+    STEP: ClassVar[str] = "performance"
+
+    verdict: str  # ok, degraded, insufficient or skipped (no labels configured)
+    reasons: list[str] = []
+    metrics: dict[str, float] = {}  # the serving model's, on the labelled window
+    reference_metrics: dict[str, float] = {}  # the same model's at evaluation
+    counts: dict[str, int] = {}
+    model_name: str = ""
+    model_version: int = 0
+    registry_version: str = ""
+    action: str = ""  # what the run does next (drift's reason included): none, nested or kfp_api
+
+
 class RetrainOutcome(Outcome):
     """A training run submitted through the KFP API, and how it ended."""
 
@@ -83,6 +99,7 @@ class Outcomes(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     drift: DriftOutcome | None = None
+    performance: PerformanceOutcome | None = None
     retrain: RetrainOutcome | None = None
     evaluate: EvaluateOutcome | None = None
     deploy: DeployOutcome | None = None
