@@ -1,11 +1,14 @@
-"""Monitoring pipeline: ingest the current window → drift check → on drift, retrain (the shared train-and-deploy
-steps in this run, or a run of the uploaded training pipeline through the KFP API) → deploy only a blessed model;
-an exit handler reports the outcome. On a window without drift the run stops after the drift check."""
+"""Monitoring pipeline: ingest the current window → drift check → performance check (the prediction log joined with
+the labels that arrived, when labels are given) → on drift or degraded performance, retrain (the shared
+train-and-deploy steps in this run, or a run of the uploaded training pipeline through the KFP API) → deploy only a
+blessed model; an exit handler reports the outcome and sends the alerts. On a window without drift or degradation
+the run stops after the performance check."""
 
 from kfp import dsl, kubernetes
 
 from kfp_mlops.components.drift import component as drift_component
 from kfp_mlops.components.ingest import component as ingest_component
+from kfp_mlops.components.performance import component as performance_component
 from kfp_mlops.components.shared import storage
 from kfp_mlops.components.shared.images import ImageConfig
 from kfp_mlops.pipelines import train_and_deploy
@@ -19,15 +22,17 @@ def build(images: ImageConfig):
     """The monitoring pipeline with every step on the image ``images`` names."""
     ingest_op = ingest_component.build(images)
     drift_op = drift_component.build(images)
+    performance_op = performance_component.build(images)
     submit_op = drift_component.build_submit_training(images)
     report_op = drift_component.build_report_outcome(images)
     shared_steps = train_and_deploy.build(images)
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Check the latest data for drift; retrain and redeploy only a "
-                  "better model.")  # fmt: skip
+    @dsl.pipeline(name=PIPELINE_NAME, description="Check the latest data for drift and the served model's "
+                  "performance on labelled predictions; retrain and redeploy only a better model.")  # fmt: skip
     def monitoring(
         config: str = DEFAULT_CONFIG,
         data_source: str = "",
+        labels: str = "",
         gpu_type: str = "nvidia.com/gpu",
         gpus_per_node: str = train_and_deploy.DEFAULT_GPUS_PER_NODE,
         train_cpu: str = train_and_deploy.DEFAULT_TRAIN_CPU,
@@ -44,6 +49,9 @@ def build(images: ImageConfig):
             config: Pipeline config (the training pipeline's): the URI of a YAML file or the YAML text itself.
             data_source: The current window: feature logs or inference inputs (file, prefix/directory or glob);
                 empty: data.source of the config (e.g. a prefix that always holds the latest window).
+            labels: The labels that arrived (entity, timestamp, label; file, prefix or glob) to judge the serving
+                model's predictions (the prediction log) with; empty: performance.labels of the config; neither:
+                no performance check.
             gpu_type: Accelerator resource of the training pod, e.g. nvidia.com/gpu.
             gpus_per_node: GPUs for the training pod (one DeepSpeed worker each), e.g. 1; 0 trains on CPU. Text,
                 as the KFP driver reads it into the pod (a number would be dropped); checked by ingest.
@@ -74,10 +82,19 @@ def build(images: ImageConfig):
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
             drift_task.set_display_name("drift check")
-            for task in (ingest_task, drift_task):
+            performance_task = performance_op(
+                config=run_config,
+                labels=labels,
+                drift_action=drift_task.outputs["Output"],
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            )
+            performance_task.set_display_name("performance check")
+            for task in (ingest_task, drift_task, performance_task):
                 train_and_deploy.configure(task, storage_secret)
+            # the next action: drift's, or retraining when the model degraded (performance_check decides both)
+            action = performance_task.outputs["Output"]
 
-            with dsl.If(drift_task.outputs["Output"] == "nested", name="drifted-retrain-here"):
+            with dsl.If(action == "nested", name="retrain-here"):
                 shared_steps(
                     config=run_config,
                     train=ingest_task.outputs["train"],
@@ -85,7 +102,7 @@ def build(images: ImageConfig):
                     test=ingest_task.outputs["test"],
                     **train_and_deploy.cluster_arguments(locals()),
                 ).set_display_name("retrain and deploy")
-            with dsl.If(drift_task.outputs["Output"] == "kfp_api", name="drifted-retrain-via-kfp-api"):
+            with dsl.If(action == "kfp_api", name="retrain-via-kfp-api"):
                 submit_task = submit_op(
                     config=run_config,
                     data_source=data_source,

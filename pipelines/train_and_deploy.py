@@ -35,6 +35,7 @@ TRAIN_TIMEOUT_SECONDS = 24 * 3600  # a hung collective must not hold a GPU node 
 TIMEOUTS = {
     "ingest": 2 * 3600,
     "drift-check": 3600,
+    "performance-check": 3600,
     # waits for the training run it starts: longer than that run may take (monitoring.wait_timeout_seconds, by
     # default 28 h, so the step gives up and cancels the run itself before its pod is stopped)
     "submit-training": 30 * 3600,
@@ -54,6 +55,7 @@ SHARED_MEMORY = "4Gi"  # NCCL needs more /dev/shm than a container's default 64 
 CACHING = {
     "ingest": False,  # the data behind a URI changes between runs
     "drift-check": False,  # the window behind its URI changes between runs
+    "performance-check": False,  # the labels and the prediction log behind their URIs grow between runs
     "submit-training": False,  # starts a run: a side effect
     "report-outcome": False,  # reads what this run's steps recorded
     "features": False,  # materializes into the online store: a side effect a cache hit would skip
@@ -72,6 +74,7 @@ CACHING = {
 RESOURCES = {
     "ingest": ("1", "2", "2Gi", "8Gi"),
     "drift-check": ("1", "4", "4Gi", "16Gi"),
+    "performance-check": ("1", "4", "4Gi", "16Gi"),  # 10M labelled predictions join in about 8 GB
     "submit-training": ("100m", "500m", "256Mi", "512Mi"),
     "report-outcome": ("100m", "500m", "256Mi", "512Mi"),
     "features": ("1", "4", "4Gi", "16Gi"),

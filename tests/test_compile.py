@@ -25,6 +25,7 @@ STEP_OF_EXECUTOR = {
     "exec-quantize-model": "quantize",
     "exec-deploy-model": "deploy",
     "exec-drift-check": "drift",
+    "exec-performance-check": "performance",
     "exec-submit-training": "drift",
     "exec-report-outcome": "drift",
 }
@@ -102,7 +103,9 @@ def test_every_step_runs_on_its_own_image_without_runtime_installs(compiled, nam
 def test_image_flags_reach_the_compiled_yaml(tmp_path):
     path = compile_pipeline("training", tmp_path / "t.yaml", ImageConfig(registry="r.local/ml", tag="sha-1"))
     images = {e["container"]["image"] for e in load_documents(path)[0]["deploymentSpec"]["executors"].values()}
-    assert images == {f"r.local/ml/kfp-mlops-{step}:sha-1" for step in set(STEP_OF_EXECUTOR.values()) - {"drift"}}
+    assert images == {
+        f"r.local/ml/kfp-mlops-{step}:sha-1" for step in set(STEP_OF_EXECUTOR.values()) - {"drift", "performance"}
+    }
 
 
 def test_pipeline_parameters_have_defaults_and_descriptions(compiled):
@@ -133,7 +136,7 @@ def test_caching_is_a_deliberate_choice_for_every_task(compiled, name):
         assert task.get("cachingOptions", {}).get("enableCache", False) is CACHING[step], step
 
 
-def test_monitoring_retrains_only_on_drift_and_reports_from_an_exit_handler(compiled):
+def test_monitoring_retrains_only_on_drift_or_degradation_and_reports_from_an_exit_handler(compiled):
     document = load_documents(compiled["monitoring"])[0]
     tasks = all_tasks(document)
     exit_handler = next(task for name, task in tasks.items() if name.startswith("exit-handler"))
@@ -142,9 +145,12 @@ def test_monitoring_retrains_only_on_drift_and_reports_from_an_exit_handler(comp
     inside = document["components"][exit_handler["componentRef"]["name"]]["dag"]["tasks"]
     conditions = {name: task for name, task in inside.items() if name.startswith("condition")}
     assert sorted(t["triggerPolicy"]["condition"] for t in conditions.values()) == [
-        "inputs.parameter_values['pipelinechannel--drift-check-Output'] == 'kfp_api'",
-        "inputs.parameter_values['pipelinechannel--drift-check-Output'] == 'nested'",
+        "inputs.parameter_values['pipelinechannel--performance-check-Output'] == 'kfp_api'",
+        "inputs.parameter_values['pipelinechannel--performance-check-Output'] == 'nested'",
     ]
+    # the performance check takes drift's decision and adds its own (components/performance/executor.py)
+    drift_action = inside["performance-check"]["inputs"]["parameters"]["drift_action"]
+    assert drift_action["taskOutputParameter"] == {"producerTask": "drift-check", "outputParameterKey": "Output"}
     groups = [document["components"][task["componentRef"]["name"]]["dag"]["tasks"] for task in conditions.values()]
     nested = {name for group in groups for name in group}
     assert nested == {"train-and-deploy", "submit-training"}

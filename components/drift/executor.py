@@ -120,12 +120,21 @@ def report(run_id: str, state: str, error: str, outcome: Any) -> None:
 
 def render_outcome(recorded: Outcomes, state: str, error: str) -> str:
     drift, evaluate, deploy, retrain = recorded.drift, recorded.evaluate, recorded.deploy, recorded.retrain
+    performance = recorded.performance
     lines = ["# Monitoring outcome", "", f"- Run: {state}{f' ({error})' if error else ''}"]
     if drift is None:
         lines.append("- Drift: not checked (the run stopped before the drift check)")
     else:
         columns = ", ".join(drift.drifted_columns) or "none"
         lines.append(f"- Drift: {'yes' if drift.drifted else 'no'} ({drift.share:.0%} of columns; {columns})")
+    if performance is None:
+        lines.append("- Performance: not checked (the run stopped before the performance check)")
+    elif performance.verdict == "skipped":
+        lines.append("- Performance: not checked (no labels)")
+    else:
+        why = f": {'; '.join(performance.reasons)}" if performance.reasons else ""
+        lines.append(f"- Performance: {performance.verdict}{why} ({performance.counts.get('matched', 0)} labelled "
+                     "predictions)")  # fmt: skip
     if evaluate is not None:
         lines.append("- Retrained: yes, in this run")
         lines.append(f"- Blessed: {'yes' if evaluate.blessed else 'no: ' + '; '.join(evaluate.reasons)}")
