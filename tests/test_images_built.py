@@ -34,7 +34,8 @@ TRAINING_STEPS = ("ingest", "features", "prepare-training", "train-model", "eval
 # The task -> the step image it runs in (the compiled YAML's executors).
 TASK_IMAGES = {"ingest": "ingest", "features": "features", "prepare-training": "train", "train-model": "train",
                "evaluate-model": "evaluate", "quantize-model": "quantize", "deploy-model": "deploy",
-               "record-baseline": "evaluate", "drift-check": "drift", "report-outcome": "drift"}  # fmt: skip
+               "record-baseline": "evaluate", "drift-check": "drift", "performance-check": "performance",
+               "report-outcome": "drift"}  # fmt: skip
 
 
 def _build_local():
@@ -222,7 +223,15 @@ def test_monitoring_in_containers_on_a_drifted_window_retrains_and_redeploys(dep
     assert code == 0, out
     assert re.search(r"^  drift-check +\[drift\] drift \(\d+ of 9 columns", out, re.MULTILINE), out
     (run_dir,) = (tmp_path / "root").glob("kfp-mlops-monitoring-*")
-    tasks = ("ingest", "drift-check", "features", "train-model", "evaluate-model", "report-outcome")
+    tasks = (
+        "ingest",
+        "drift-check",
+        "performance-check",
+        "features",
+        "train-model",
+        "evaluate-model",
+        "report-outcome",
+    )
     for task in tasks:
         assert re.search(rf"^{task} +SUCCESS", out, re.MULTILINE), f"{task} did not succeed:\n{out}"
     _ran_in_their_images(run_dir, tasks)
