@@ -32,7 +32,7 @@ STEPS := $(notdir $(patsubst %/,%,$(dir $(wildcard images/*/Dockerfile))))
 
 .PHONY: install system-deps checkov mlflow-venv triton-venv demo test lint golden constraints image-locks images \
 	container-deps images-local test-images \
-	bench-ingest bench-materialize bench-train bench-quantize bench-serve bench-drift bench-lease bench-tracking bench-images clean
+	bench-ingest bench-materialize bench-train bench-quantize bench-serve bench-drift bench-lease bench-tracking bench-images bench-performance clean
 
 # DeepSpeed is built here with its CPU shared-memory op compiled in (as the train image does), so no training process
 # compiles anything at start; it needs torch in the virtualenv first (--no-build-isolation).
@@ -150,6 +150,9 @@ bench-drift: install
 
 bench-tracking: install  ## tracking's cost on a training pipeline run, and batched against one call per metric
 	$(BIN)/python benchmarks/tracking.py
+
+bench-performance: install  ## the performance check's join + metrics on 10M predictions against pyarrow + sklearn
+	$(BIN)/python benchmarks/performance.py
 
 bench-images: install  ## each step image's import seconds (first and warm) against the same imports on the host
 	$(BIN)/python benchmarks/images.py

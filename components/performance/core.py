@@ -117,6 +117,9 @@ def deduplicate_predictions(table: pa.Table, entity: str, timestamp: str) -> tup
     """One prediction per (model, entity, timestamp): the latest ``predicted_at``; and how many were dropped."""
     if not table.num_rows:
         return table, 0
+    keys = [log.MODEL_URI, entity, timestamp]
+    if table.select(keys).group_by(keys).aggregate([]).num_rows == table.num_rows:
+        return table, 0  # no duplicate (the usual log): one hash pass instead of a sort
     order = pc.sort_indices(
         table,
         sort_keys=[(log.MODEL_URI, "ascending"), (entity, "ascending"), (timestamp, "ascending"),
@@ -166,6 +169,8 @@ def prepare_labels(
         entity: ids.to_pandas(), timestamp: times.cast(log.TIMESTAMP_TYPE).to_pandas(),
         label: labels.column(label).to_pandas(), _ROW: np.arange(labels.num_rows),
     })  # fmt: skip
+    if not config.regression:
+        frame["__class"], frame["__text"] = label_classes(labels.column(label), config)
     counts = Counts()
     null = frame[label].isna()
     counts.null_labels = int(null.sum())
@@ -185,49 +190,68 @@ def prepare_labels(
     return frame.sort_values(timestamp, kind="stable"), counts
 
 
-def join_labels(
-    predictions: pa.Table, labels: pd.DataFrame, config: ModelConfig, tolerance_hours: float
-) -> dict[str, pd.DataFrame]:
-    """For each model of the log: its predictions matched to labels (a frame per model URI, one row per label)."""
+def join_labels(predictions: pa.Table, labels: pd.DataFrame, config: ModelConfig, tolerance_hours: float
+                ) -> dict[str, pd.DataFrame]:  # fmt: skip
+    """For each model of the log: the labels its predictions matched (a frame per model URI, one row per label, with
+    ``__prediction``: the matched prediction's row in ``predictions``)."""
     entity, timestamp = config.entity, config.timestamp
-    tolerance = pd.Timedelta(hours=tolerance_hours)
-    columns = [entity, timestamp, log.MODEL_URI, log.PROBABILITIES, log.PREDICTION, log.MODEL_NAME,
-               log.MODEL_VERSION, log.REGISTRY_VERSION]  # fmt: skip
-    frame = predictions.select(columns).to_pandas(types_mapper=None)
+    frame = pd.DataFrame({
+        entity: predictions.column(entity).to_pandas(), "__predicted_for": predictions.column(timestamp).to_pandas(),
+        "__model": predictions.column(log.MODEL_URI).to_pandas(), "__prediction": np.arange(predictions.num_rows),
+    })  # fmt: skip
     matched = {}
-    for model_uri, group in frame.groupby(log.MODEL_URI, sort=True):
-        group = group.rename(columns={timestamp: "__predicted_for"}).sort_values("__predicted_for", kind="stable")
+    for model_uri, group in frame.groupby("__model", sort=True):
+        group = group.drop(columns="__model").sort_values("__predicted_for", kind="stable")
         joined = pd.merge_asof(
             labels, group, left_on=timestamp, right_on="__predicted_for", by=entity, direction="backward",
-            tolerance=tolerance, allow_exact_matches=True,
+            tolerance=pd.Timedelta(hours=tolerance_hours), allow_exact_matches=True,
         )  # fmt: skip
-        matched[model_uri] = joined[joined[log.MODEL_URI].notna()]
+        found = joined[joined["__prediction"].notna()]
+        matched[str(model_uri)] = found.assign(__prediction=found["__prediction"].astype(np.int64))
     return matched
 
 
-def _class_indices(values: pd.Series, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Class index of each label (-1: unknown), compared as text as the log's ``predicted`` column is."""
-    index = {str(c): i for i, c in enumerate(config.classes)}
-    text = values.map(lambda v: str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v))
-    indices = text.map(index).fillna(-1).astype(np.int64).to_numpy()
-    return indices, text.to_numpy()
+def label_classes(values: pa.ChunkedArray | pa.Array, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Each label's class index (-1: a class the model never saw) and its text, compared as text (the log's
+    ``predicted`` column and the model's classes alike; a float label of a whole number reads as that integer, as
+    CSV with a null reads an integer column)."""
+    if pa.types.is_floating(values.type):
+        whole = pc.all(pc.equal(pc.floor(values), values)).as_py()
+        values = values.cast(pa.int64()) if whole else values
+    text = pc.cast(values, pa.string())
+    index = pc.index_in(text, value_set=pa.array([str(c) for c in config.classes], pa.string()))
+    return index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64), text.to_numpy(zero_copy_only=False)
 
 
-def score(rows: pd.DataFrame, config: ModelConfig, evaluate: EvaluateConfig) -> tuple[Scores | None, int, list[str]]:
-    """Scores of matched rows with evaluate's metrics; the rows of unknown classes left out (their count, classes)."""
+def outputs(predictions: pa.Table, config: ModelConfig) -> np.ndarray:
+    """The log's outputs as one array: probabilities [N, classes] (float64), or a regression's values [N]."""
     if config.regression:
-        if rows.empty:
-            return None, 0, []
-        y = rows[config.label].to_numpy(dtype=float)
-        return compute_regression_metrics(y, rows[log.PREDICTION].to_numpy(dtype=float)), 0, []
-    y, text = _class_indices(rows[config.label], config)
+        return predictions.column(log.PREDICTION).to_numpy().astype(np.float64)
+    column = predictions.column(log.PROBABILITIES).combine_chunks()
+    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.float64)
+    width = len(config.classes)
+    if column.null_count or flat.size != width * len(column):
+        raise InputError(f"prediction log: {log.PROBABILITIES} does not hold {width} probabilities on every row (the "
+                         f"model has {width} classes): the log was written by another kind of model")  # fmt: skip
+    return flat.reshape(len(column), width)
+
+
+def score(rows: pd.DataFrame, values: np.ndarray, config: ModelConfig, evaluate: EvaluateConfig
+          ) -> tuple[Scores | None, int, list[str]]:  # fmt: skip
+    """Scores of one model's matched rows with evaluate's metrics (``values``: ``outputs`` of the log); the rows of
+    unknown classes left out (their count, and the classes)."""
+    if rows.empty:
+        return None, 0, []
+    chosen = values[rows["__prediction"].to_numpy()]
+    if config.regression:
+        return compute_regression_metrics(rows[config.label].to_numpy(dtype=float), chosen), 0, []
+    y = rows["__class"].to_numpy()
     unknown = y < 0
-    unknown_classes = sorted(set(text[unknown]))
-    y = y[~unknown]
-    if not len(y):
+    unknown_classes = sorted(set(rows["__text"].to_numpy()[unknown].tolist()))
+    if unknown.all():
         return None, int(unknown.sum()), unknown_classes
-    probabilities = np.stack(rows[log.PROBABILITIES].to_numpy()[~unknown]).astype(np.float64)
-    scores = compute_metrics(y, probabilities, evaluate, config.decision_threshold, config.classes)
+    known = ~unknown
+    scores = compute_metrics(y[known], chosen[known], evaluate, config.decision_threshold, config.classes)
     return scores, int(unknown.sum()), unknown_classes
 
 
@@ -282,25 +306,25 @@ def check_performance(
     frame, counts = prepare_labels(labels, config, predictions.schema.field(entity).type, labels_where)
     counts.predictions, counts.duplicate_predictions = predictions.num_rows, duplicates
     matched = join_labels(predictions, frame, config, settings.tolerance_hours) if predictions.num_rows else {}
-    label_rows = set()
-    models, used = [], 0
+    values = outputs(predictions, config) if matched else np.empty(0)
+    label_rows, used, models = [], 0, []
     for model_uri, rows in matched.items():
-        label_rows.update(rows[_ROW].tolist())
-        used += rows[[entity, "__predicted_for"]].drop_duplicates().shape[0]
-        scores, unknown, unknown_classes = score(rows, config, evaluate)
+        label_rows.append(rows[_ROW].to_numpy())
+        used += rows["__prediction"].nunique()
+        scores, unknown, unknown_classes = score(rows, values, config, evaluate)
         serving = model_uri == serving_model
         if serving:
             counts.unknown_class_labels, counts.unknown_classes = unknown, unknown_classes
-        first = rows.iloc[0] if len(rows) else None
+        first = predictions.slice(int(rows["__prediction"].iloc[0]), 1).to_pylist()[0] if len(rows) else {}
         models.append(ModelPerformance(
-            model_uri=model_uri, model_name=str(first[log.MODEL_NAME]) if first is not None else "",
-            model_version=int(first[log.MODEL_VERSION]) if first is not None else 0,
-            registry_version=str(first[log.REGISTRY_VERSION]) if first is not None else "",
+            model_uri=model_uri, model_name=str(first.get(log.MODEL_NAME, "")),
+            model_version=int(first.get(log.MODEL_VERSION) or 0),
+            registry_version=str(first.get(log.REGISTRY_VERSION) or ""),
             rows=len(rows) - unknown, scores=scores, serving=serving,
         ))  # fmt: skip
-    counts.matched = len(label_rows)
+    counts.matched = len(np.unique(np.concatenate(label_rows))) if label_rows else 0
     counts.unmatched_labels = counts.labels - counts.matched
-    counts.waiting_predictions = max(counts.predictions - used, 0)
+    counts.waiting_predictions = counts.predictions - used
     serving = next((m for m in models if m.serving), None)
     verdict, reasons = judge(serving.scores if serving else None, serving.rows if serving else 0, settings,
                              reference_metrics, config.task)  # fmt: skip
