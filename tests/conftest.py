@@ -1,5 +1,6 @@
-"""The one home of shared fixtures: the real servers (tests/support/servers.py, registered here as a plugin), the
-sample data, its ingested splits, a model trained on them for real and its package, and every pipeline compiled.
+"""The one home of shared fixtures: the real servers (tests/support/servers.py and monitoring_servers.py, registered
+here as plugins), the sample data, its ingested splits, a model trained on them for real and its package, and every
+pipeline compiled.
 Helpers shared by several test modules live in tests/support/; a fixture only one module uses stays there."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from support.kfp_cli import GOLDEN
 from support.packages import edited_package, halve_weights
 from support.packages import regression_package as build_regression_package
 
-pytest_plugins = ["support.servers"]
+pytest_plugins = ["support.servers", "support.monitoring_servers"]
 
 
 @pytest.fixture(scope="session")

@@ -417,6 +417,23 @@ class PerformanceConfig(_Strict):
     max_drop: dict[HigherIsBetter | LowerIsBetter, float] = {"roc_auc": 0.05}
 
 
+def check_server_url(url: str, key: str) -> str:
+    """``url`` if it is empty or ``http(s)://host[:port][/path]`` without a password (the config travels in the
+    compiled pipeline and its logs); else ValueError naming ``key``."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises on a malformed port)
+    except ValueError:
+        raise ValueError(f"{key} {url!r} has a malformed port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{key} {url!r} is not an http(s)://host[:port] URL")
+    if parts.password:
+        raise ValueError(f"{key} holds a password: the config is no place for one")
+    return url
+
+
 class AlertsConfig(_Strict):
     """Where a monitoring verdict (drift, degraded performance) or a failed monitoring run is sent
     (components/shared/alerts.py). Delivery is retried within a bound and never changes a step's result."""
@@ -430,13 +447,24 @@ class AlertsConfig(_Strict):
     retries: int = Field(2, ge=0, le=10)
     run_url: str = ""  # the KFP UI's page of a run, {run_id} replaced; empty: tracking.run_url
 
+    @field_validator("alertmanager_url")
+    @classmethod
+    def _alertmanager_url(cls, url: str) -> str:
+        return check_server_url(url, "alerts.alertmanager_url")
+
 
 class ObservabilityConfig(_Strict):
-    """Prometheus: each step pushes its key figures to a Pushgateway (components/shared/observability.py)."""
+    """Prometheus: each step pushes its key figures to a Pushgateway (components/shared/observability.py), grouped
+    by job, pipeline, task and model; a push replaces its group and never fails a step."""
 
     pushgateway: str = ""  # e.g. http://pushgateway.monitoring:9091; empty: nothing is pushed
     job: str = Field("kfp-mlops", min_length=1)
-    timeout_seconds: float = Field(5.0, gt=0, le=60)
+    timeout_seconds: float = Field(5.0, gt=0, le=60)  # the push (one attempt)
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _pushgateway_url(cls, url: str) -> str:
+        return check_server_url(url, "observability.pushgateway")
 
 
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
