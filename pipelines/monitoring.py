@@ -62,7 +62,7 @@ def build(images: ImageConfig):
             storage_secret: Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL.
             feast_secret: Kubernetes Secret with FEAST_REDIS_CONNECTION_STRING and FEAST_REGISTRY_URL.
         """
-        report_task = report_op(run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        report_task = report_op(config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         report_task.set_display_name("report the outcome")
         train_and_deploy.configure(report_task, storage_secret)
         with dsl.ExitHandler(report_task, name="monitor"):

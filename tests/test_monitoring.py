@@ -60,7 +60,7 @@ def test_retraining_through_the_kfp_api_runs_the_uploaded_training_pipeline_and_
     assert training_run.metadata == {"run_id": run["run_id"], "state": "SUCCEEDED"}
     # the exit handler, another task of the run, finds it through its own output's URI
     outcome = backend_artifact(tmp_path, "report-outcome", "outcome")
-    executor.report(RUN_ID, "SUCCEEDED", "", outcome)
+    executor.report(config, RUN_ID, "SUCCEEDED", "", outcome)
     assert f"- Retrained: yes, training run {run['run_id']} (SUCCEEDED)" in Path(outcome.path).read_text()
     assert outcome.metadata["retrain"] == {"run_id": run["run_id"], "state": "SUCCEEDED"}
 

@@ -4,11 +4,12 @@ artifact metadata and as JSON at ``deployment.path``. Imports no KFP."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from kfp_mlops.components.deploy import core
-from kfp_mlops.components.shared import outcomes, registry, runs, tracking
+from kfp_mlops.components.shared import observability, outcomes, registry, runs, tracking
 from kfp_mlops.components.shared.artifacts import update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.shared.records import read_record
@@ -20,6 +21,7 @@ def run(config: str, model: Any, validation_data: Any, deployment: Any, run_id: 
     """Deploy ``model`` as the pipeline config's ``deploy`` section says; returns the served version (0: not
     deployed). GPU instances when ``quantize.target`` is gpu (and ``deploy.instance_kind`` is auto). With a model
     registry, the package is registered first and the aliases move once Triton serves it (``registry``)."""
+    started = time.monotonic()
     pipeline_config = load_config(config)
     settings = pipeline_config.deploy
     run_dir = runs.run_directory(deployment.uri, run_id) if run_id else ""
@@ -84,6 +86,8 @@ def run(config: str, model: Any, validation_data: Any, deployment: Any, run_id: 
     verified = {f"verified.{key}": value for key, value in (served.verified if served else {}).items()}
     tracker.log_step(StepLog(metrics=verified, tags=tags))
     tracker.tag_pipeline({"deployed.version": str(result.version), "registry.version": str(state.version)})
+    observability.push_step(pipeline_config, run_dir, run_id, "deploy-model", started,
+                            {observability.DEPLOYED_VERSION: result.version})  # fmt: skip
     return result.version
 
 

@@ -46,11 +46,16 @@ def submit_training(config: str, data_source: str, run_id: str, training_run: Ou
     return executor.submit_training(config, data_source, run_id, training_run)
 
 
-def report_outcome(run_id: str, status: PipelineTaskFinalStatus, outcome: Output[Markdown]):
-    """The exit handler: what the run decided (drift, retraining, blessing, deployment), as Markdown."""
+def report_outcome(config: str, run_id: str, status: PipelineTaskFinalStatus, outcome: Output[Markdown]):
+    """The exit handler: what the run decided (drift, performance, retraining, blessing, deployment), as Markdown;
+    the alerts (drift, degradation, a failed run) and the run's failure flag for Prometheus.
+
+    Args:
+        config: The pipeline's config parameter (a URI or the YAML text): where alerts and figures go.
+    """
     from kfp_mlops.components.drift import executor
 
-    executor.report(run_id, status.state, status.error_message or "", outcome)
+    executor.report(config, run_id, status.state, status.error_message or "", outcome)
 
 
 def build(images: ImageConfig) -> PythonComponent:

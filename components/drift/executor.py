@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from kfp_mlops.components.drift.core import check_drift
-from kfp_mlops.components.shared import kfp_api, outcomes, runs, tracking
+from kfp_mlops.components.shared import alerts, kfp_api, observability, outcomes, runs, tracking
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.cluster import pod_namespace
 from kfp_mlops.components.shared.config import load_config
@@ -36,6 +37,7 @@ SETTING_NAMES = kfp_api.SettingNames(
 def run(config: str, current: list[Any], run_id: str, report: Any, metrics: Any, summary: Any) -> str:
     """Compare the window (the ingest step's splits of it) with the data the serving model was trained on.
     Returns what to do: ``none`` without drift, else ``monitoring.retrain`` (``nested`` or ``kfp_api``)."""
+    started = time.monotonic()
     pipeline_config = load_config(config)
     run_dir = runs.run_directory(report.uri, run_id) if run_id else ""
     tracker = tracking.for_step(pipeline_config.tracking, run_id, run_dir, "drift-check")
@@ -75,6 +77,8 @@ def run(config: str, current: list[Any], run_id: str, report: Any, metrics: Any,
     columns = f": {', '.join(result.drifted_columns)}" if result.drifted_columns else ""
     print(f"[drift] {verdict} ({len(result.drifted_columns)} of {len(result.columns)} columns{columns}); next: "
           f"{'retrain (' + action + ')' if result.drifted else 'nothing'}")  # fmt: skip
+    figures = {observability.DRIFT_DETECTED: float(result.drifted), observability.DRIFT_SHARE: result.share}
+    observability.push_step(pipeline_config, run_dir, run_id, "drift-check", started, figures)
     return action
 
 
@@ -109,13 +113,53 @@ def submit_training(config: str, data_source: str, run_id: str, training_run: An
     return outcome.state
 
 
-def report(run_id: str, state: str, error: str, outcome: Any) -> None:
-    """The run's outcome as Markdown: the drift verdict, whether it retrained, the blessing, the deployed version."""
-    recorded = outcomes.read_all(runs.run_directory(outcome.uri, run_id))
+def report(config: str, run_id: str, state: str, error: str, outcome: Any) -> None:
+    """The run's outcome as Markdown (the drift and performance verdicts, whether it retrained, the blessing, the
+    deployed version); then the alerts (``alerts``: drift, degradation, a failed run) and the run's failure flag for
+    Prometheus (``observability``). The report stands whatever the alerts meet (``alerts.send`` never raises)."""
+    run_dir = runs.run_directory(outcome.uri, run_id)
+    recorded = outcomes.read_all(run_dir)
     text = render_outcome(recorded, state, error)
     write_text_atomically(outcome.path, text)
     update_metadata(outcome, {"state": state, **recorded.facts()})
     print("[outcome] " + " | ".join(line.removeprefix("- ") for line in text.splitlines() if line.startswith("- ")))
+    try:
+        pipeline_config = load_config(config)
+    except (InputError, OSError) as exc:  # the run may have failed on this very config
+        print(f"[outcome] the config cannot be read ({exc}): no alert sent, nothing pushed")
+        return
+    model = pipeline_config.deploy.model_name
+    alerts.send(pipeline_config.alerts, run_alerts(recorded, state, error, model, run_id), run_id=run_id,
+                run_url=pipeline_config.tracking.run_url)  # fmt: skip
+    failed = {observability.MONITORING_RUN_FAILED: float(state not in ("SUCCEEDED", *CANCELLED))}
+    observability.push(pipeline_config.observability, pipeline=runs.pipeline_name(run_dir, run_id),
+                       task="report-outcome", model=model, figures=failed)  # fmt: skip
+
+
+CANCELLED = ("CANCELED", "CANCELLED", "CANCELING")  # an operator's decision: not a failure to alert on
+
+
+def run_alerts(recorded: Outcomes, state: str, error: str, model: str, run_id: str) -> list[alerts.Alert]:
+    """What a monitoring run alerts on: drift, a degraded serving model, and the run's failure."""
+    found = []
+    drift, performance = recorded.drift, recorded.performance
+    version = str(performance.model_version or "") if performance else ""
+    if drift is not None and drift.drifted:
+        columns = ", ".join(drift.drifted_columns) or "none"
+        found.append(alerts.Alert(
+            "drift", model, version, summary=f"{model}: drift in {drift.share:.0%} of the columns ({columns})",
+            description=f"The current window drifted from {drift.reference}; next: {drift.action}.",
+        ))  # fmt: skip
+    if performance is not None and performance.verdict == "degraded":
+        found.append(alerts.Alert(
+            "degraded", model, version, summary=f"{model}: performance degraded: {'; '.join(performance.reasons)}",
+            description=f"{performance.counts.get('matched', 0)} labelled predictions; next: {performance.action}.",
+            labels={"registry_version": performance.registry_version},
+        ))  # fmt: skip
+    if state not in ("SUCCEEDED", *CANCELLED):
+        found.append(alerts.Alert("failed", model, version, summary=f"{model}: monitoring run {run_id} {state}",
+                                  description=error or "see the run's logs"))  # fmt: skip
+    return found
 
 
 def render_outcome(recorded: Outcomes, state: str, error: str) -> str:

@@ -4,10 +4,11 @@ ClassificationMetrics (a note only, for a regression model), the model card and 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from kfp_mlops.components.evaluate import core
-from kfp_mlops.components.shared import outcomes, registry, runs, storage, tracking
+from kfp_mlops.components.shared import observability, outcomes, registry, runs, storage, tracking
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
 from kfp_mlops.components.shared.model_package import read_model_config
@@ -26,6 +27,7 @@ def run(
     blessing: Any,
     run_id: str = "",
 ) -> bool:
+    started = time.monotonic()
     pipeline_config = load_config(config)
     run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
     tracker = tracking.for_step(pipeline_config.tracking, run_id, run_dir, "evaluate-model")
@@ -71,6 +73,9 @@ def run(
             artifacts={model_card.path: "", blessing.path: ""},
         )
     )  # fmt: skip
+    observability.push_step(pipeline_config, run_dir, run_id, "evaluate-model", started,
+                            {observability.BLESSED: float(evaluation.blessed)},
+                            observability.model_metrics(evaluation.metrics, "evaluate"))  # fmt: skip
     return evaluation.blessed
 
 

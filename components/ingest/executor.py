@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from kfp_mlops.components.ingest.core import IngestResult, ingest, render_summary
-from kfp_mlops.components.shared import runs, storage, tracking
+from kfp_mlops.components.shared import observability, runs, storage, tracking
 from kfp_mlops.components.shared.artifacts import dataset_metadata, log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.cluster import check_training_pod
 from kfp_mlops.components.shared.config import PipelineConfig, load_config
@@ -32,6 +33,7 @@ def run(
     takes this text, so an edit to the config file mid-run or before a retry cannot mix two configs.
     First, the training pod's parameters must be valid and the object storage that training checkpoints to must
     accept writes: a wrong parameter or a missing Secret fails here, before any GPU is asked for."""
+    started = time.monotonic()
     check_training_pod(**training_pod)
     pipeline_config = load_config(config, data_source=data_source)
     run_dir = runs.run_directory(train.uri, run_id)
@@ -43,6 +45,8 @@ def run(
         print(f"[ingest] warning: {warning}")
     publish(result, pipeline_config, {"train": train, "validation": validation, "test": test}, metrics, summary)
     track(tracker, result, pipeline_config, summary.path)
+    figures = {observability.STEP_ROWS: sum(result.rows.values())}
+    observability.push_step(pipeline_config, run_dir, run_id, "ingest", started, figures)
     return pipeline_config.to_yaml()
 
 

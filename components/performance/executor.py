@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 from kfp_mlops.components.performance import core
-from kfp_mlops.components.shared import outcomes, prediction_log, runs, tracking
+from kfp_mlops.components.shared import observability, outcomes, prediction_log, runs, tracking
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.shared.errors import InputError
@@ -35,6 +36,7 @@ def run(
     """Judge the serving model on the labelled window; returns the next action: ``monitoring.retrain`` when drift
     asked for it (``drift_action``) or the model degraded, else ``none``. Without labels (``labels`` and
     ``performance.labels`` empty) nothing is judged and drift's action stands."""
+    started = time.monotonic()
     pipeline_config = load_config(config)
     settings = pipeline_config.performance
     run_dir = runs.run_directory(metrics.uri, run_id) if run_id else ""
@@ -97,6 +99,10 @@ def run(
     print(f"[performance] {result.verdict}{': ' + '; '.join(result.reasons) if result.reasons else ''} "
           f"({counts.matched} labelled of {counts.predictions} predictions, {counts.unmatched_labels} labels "
           f"unmatched); next: {'retrain (' + action + ')' if retrain else 'nothing'}")  # fmt: skip
+    figures = {observability.PERFORMANCE_DEGRADED: float(result.degraded),
+               observability.PERFORMANCE_MATCHED_ROWS: float(counts.matched)}  # fmt: skip
+    observability.push_step(pipeline_config, run_dir, run_id, "performance-check", started, figures,
+                            observability.model_metrics(scores.metrics if scores else {}, "performance"))  # fmt: skip
     return action
 
 

@@ -13,13 +13,15 @@ nothing, a failure is reported on the one ``[observability]`` line of the push, 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, pushadd_to_gateway
 
-from kfp_mlops.components.shared.config import ObservabilityConfig
+from kfp_mlops.components.shared import runs
+from kfp_mlops.components.shared.config import ObservabilityConfig, PipelineConfig
 
 STEP_DURATION = "kfp_mlops_step_duration_seconds"
 STEP_ROWS = "kfp_mlops_step_rows"
@@ -101,6 +103,23 @@ def push(
         return False
     print(f"[observability] {len(values)} figure(s) pushed to {where}{note}")
     return True
+
+
+def push_step(
+    config: PipelineConfig,
+    run_dir: str,
+    run_id: str,
+    task: str,
+    started: float,
+    figures: Mapping[str, float] | None = None,
+    labelled: Iterable[Labelled] = (),
+) -> bool:
+    """A task's push after it succeeded: its seconds since ``started`` (``time.monotonic()``), the time of its
+    success and ``figures``, grouped by its pipeline (from its run directory), task and ``deploy.model_name``."""
+    finished = {STEP_DURATION: time.monotonic() - started, STEP_LAST_SUCCESS: time.time(), **(figures or {})}
+    pipeline = runs.pipeline_name(run_dir, run_id) if run_dir else ""
+    return push(config.observability, pipeline=pipeline, task=task, model=config.deploy.model_name, figures=finished,
+                labelled=labelled)  # fmt: skip
 
 
 def display_url(url: str) -> str:
