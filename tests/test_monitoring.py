@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import requests
 import yaml
 from support.configs import config_document
 from support.kfp_api_server import FakeKfpApiServer
@@ -141,3 +142,45 @@ def test_the_outcome_report_says_what_the_run_decided(facts, state, expected):
     lines = text.splitlines()
     assert lines[0] == "# Monitoring outcome"
     assert [line for line in expected if line not in lines] == []
+
+
+@pytest.mark.servers
+def test_the_exit_handler_alerts_on_degradation_and_failure_and_pushes_the_runs_failure(
+    alertmanager_server, pushgateway_server, tmp_path
+):
+    model = f"churn-{uuid.uuid4().hex[:8]}"
+    alerting = {"alertmanager_url": alertmanager_server.bucket, "run_url": "https://kf.example/runs/{run_id}"}
+    sections = {"alerts": alerting, "observability": {"pushgateway": pushgateway_server.bucket},
+                "deploy": {"model_name": model}}  # fmt: skip
+    run_dir = str(tmp_path / "root" / "kfp-mlops-monitoring" / RUN_ID)
+    outcomes.record(run_dir, outcomes.DriftOutcome(drifted=False, share=0.1, drifted_columns=[], reference="r",
+                                                   serving_model="m", action="none"))  # fmt: skip
+    verdict = outcomes.PerformanceOutcome(verdict="degraded", reasons=["roc_auc 0.51 vs 0.84"],
+                                           counts={"matched": 700}, model_version=4, action="nested")  # fmt: skip
+    outcomes.record(run_dir, verdict)
+    outcome = backend_artifact(tmp_path, "report-outcome", "outcome")
+    executor.report(config_text(**sections), RUN_ID, "FAILED", "train-model: OOMKilled", outcome)
+    text = Path(outcome.path).read_text()
+    assert "- Performance: degraded: roc_auc 0.51 vs 0.84 (700 labelled predictions)" in text
+    held = requests.get(f"{alertmanager_server.bucket}/api/v2/alerts", params={"filter": f'model="{model}"'},
+                        timeout=5).json()  # fmt: skip
+    by_name = {alert["labels"]["alertname"]: alert for alert in held}
+    assert set(by_name) == {"KfpMlopsPerformanceDegraded", "KfpMlopsMonitoringFailed"}  # no drift: no drift alert
+    degraded = by_name["KfpMlopsPerformanceDegraded"]
+    assert degraded["labels"]["version"] == "4" and degraded["labels"]["reason"] == "degraded"
+    assert degraded["annotations"]["run_url"] == f"https://kf.example/runs/{RUN_ID}"
+    assert by_name["KfpMlopsMonitoringFailed"]["annotations"]["description"] == "train-model: OOMKilled"
+    metrics = requests.get(f"{pushgateway_server.bucket}/metrics", timeout=5).text
+    labels = f'instance="",job="kfp-mlops",model="{model}",pipeline="kfp-mlops-monitoring",task="report-outcome"'
+    assert f"kfp_mlops_monitoring_run_failed{{{labels}}} 1" in metrics
+
+
+def test_a_good_window_alerts_nothing():
+    good = outcomes.Outcomes(
+        drift=outcomes.DriftOutcome(drifted=False, share=0.0, drifted_columns=[], reference="r", serving_model="m",
+                                    action="none"),
+        performance=outcomes.PerformanceOutcome(verdict="ok", action="none"),
+    )  # fmt: skip
+    assert executor.run_alerts(good, "SUCCEEDED", "", "churn", RUN_ID) == []
+    assert [a.reason for a in executor.run_alerts(good, "FAILED", "x", "churn", RUN_ID)] == ["failed"]
+    assert executor.run_alerts(good, "CANCELED", "", "churn", RUN_ID) == []
