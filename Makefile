@@ -30,7 +30,7 @@ export CONTAINERS_STORAGE_CONF ?= $(CURDIR)/images/podman/storage.conf
 IMAGES_LOCAL_FLAGS ?=
 STEPS := $(notdir $(patsubst %/,%,$(dir $(wildcard images/*/Dockerfile))))
 
-.PHONY: install system-deps checkov mlflow-venv triton-venv demo test lint golden constraints image-locks images \
+.PHONY: install system-deps checkov mlflow-venv triton-venv demo demo-monitoring test lint golden constraints image-locks images \
 	container-deps images-local test-images \
 	bench-ingest bench-materialize bench-train bench-quantize bench-serve bench-drift bench-lease bench-tracking bench-images bench-performance clean
 
@@ -68,6 +68,18 @@ demo: install triton-venv  ## sample data, local Triton, the training pipeline f
 		--model churn --model-repository build/triton/models --feature-repo "$${run}features/feature_repo"; \
 	echo; echo "Lineage of the served model, from the MLflow registry (build/local-runs/mlflow.db):"; \
 	$(BIN)/kfp-mlops lineage churn@champion
+
+demo-monitoring: install triton-venv system-deps  ## the demo's training run, then batch inference, labels, performance, alerts
+	$(BIN)/kfp-mlops sample-data --output build/sample-data --rows $(ROWS)
+	$(BIN)/kfp-mlops compile --output-dir build/pipelines
+	mkdir -p build/triton/models
+	@set -e; \
+	$(BIN)/kfp-mlops local up --model-repository build/triton/models; \
+	trap '$(BIN)/kfp-mlops local down' EXIT; \
+	$(BIN)/kfp-mlops run training --local --package build/pipelines/training.yaml --config examples/training.yaml \
+		--pipeline-root build/local-runs; \
+	$(BIN)/python -m kfp_mlops.demo_monitoring --config examples/training.yaml --data build/sample-data \
+		--pipelines build/pipelines --directory build/monitoring
 
 system-deps:  ## Debian's redis-server, PostgreSQL, Prometheus (promtool), Alertmanager, Pushgateway (where missing)
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }

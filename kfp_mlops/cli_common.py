@@ -22,6 +22,10 @@ PATH_SETTINGS = (
     ("evaluate", "baseline"),
     ("deploy", "model_repository"),
     ("train", "checkpoint_dir"),
+    ("inference", "entities"),
+    ("inference", "log"),
+    ("performance", "labels"),
+    ("performance", "log"),
 )
 
 
