@@ -5,7 +5,8 @@ What runs for real here: promtool 2.42 (unit tests of every alert, a firing and 
 rule that must fail them; `check rules`; `check config`), kubectl kustomize, the Operator kinds validated against the
 Operator's own CRD schemas (tests/support/prometheus_operator.py), and a real Prometheus scraping a real local Triton
 2.51 under a predict load, with the rules loaded and their expressions evaluated through the query API; every
-dashboard expression is parsed by that Prometheus. Not here: the Operator itself, Grafana, Kubernetes discovery.
+dashboard expression is parsed by that Prometheus; the same Prometheus setup scrapes a real Pushgateway the way
+prometheus-scrape.yaml says and alerts on pushed verdicts. Not here: the Operator itself, Grafana, Kubernetes discovery.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pytest
 import tritonclient.http as httpclient
 import yaml
 from support.manifests import MANIFESTS, documents, kustomize, selector_matches, validate_document
-from support.prometheus import PrometheusServer, promtool, rule_file, running_prometheus
+from support.prometheus import PrometheusServer, promtool, push, rule_file, running_prometheus, running_pushgateway
 from support.triton import sample_inputs, signature_model
 
 from kfp_mlops import triton_local
@@ -443,3 +444,43 @@ def test_every_dashboard_query_parses_in_prometheus_and_the_serving_panels_have_
     assert len(serving) >= 6
     for title, expr in serving:
         assert poll(triton_and_prometheus[1], grafana_substituted(expr), bool), f"{title}: no data from {expr}"
+
+
+@pytest.mark.servers
+def test_pushed_verdicts_reach_the_pipeline_rules_only_with_honor_labels(tmp_path):
+    """A real Pushgateway scraped with prometheus-scrape.yaml's own job (honor_labels) and, for contrast, the same
+    job without honor_labels; verdicts pushed as the steps push them (grouping job, pipeline, task, model)."""
+    rules = alerts(prometheus_rule("pipeline-rules"))
+    with running_pushgateway(tmp_path / "pushgateway") as address:
+        group = {"job": PUSH_JOB, "pipeline": monitoring.PIPELINE_NAME, "task": "drift", "model": "churn"}
+        push(address, group, {"kfp_mlops_drift_detected": 1, "kfp_mlops_drift_share": 0.4,
+                              "kfp_mlops_step_last_success_timestamp_seconds": time.time()})  # fmt: skip
+        push(address, {**group, "model": "fraud"}, {"kfp_mlops_drift_detected": 0})
+        plain = yaml.safe_load((MONITORING / "prometheus-scrape.yaml").read_text())
+        (job,) = [j for j in plain["scrape_configs"] if j["job_name"] == "kfp-mlops-pushgateway"]
+        job = {**job, "scrape_interval": "1s", "static_configs": [{"targets": [address]}]}
+        contrast = {**job, "job_name": "without-honor-labels", "honor_labels": False}
+        rule_file(prometheus_rule("pipeline-rules"), tmp_path / "pipeline-rules.rules.yaml")
+        config = {"global": {"evaluation_interval": "1s"}, "rule_files": ["pipeline-rules.rules.yaml"],
+                  "scrape_configs": [job, contrast]}  # fmt: skip
+        with running_prometheus(config, tmp_path) as prometheus:
+            drift = poll(prometheus, rules["KfpMlopsDriftDetected"]["expr"], bool)
+            assert [s["metric"] for s in drift] == [{"pipeline": monitoring.PIPELINE_NAME, "model": "churn"}]
+            renamed = poll(prometheus, 'kfp_mlops_drift_detected{job="without-honor-labels"}', lambda r: len(r) == 2)
+            assert {s["metric"]["exported_job"] for s in renamed} == {PUSH_JOB}  # job= would not match the rules
+            fresh = prometheus.series(without_threshold(rules["KfpMlopsMonitoringStale"]["expr"]))
+            assert len(fresh) == 1 and float(fresh[0]["value"][1]) < 60
+            assert prometheus.series(rules["KfpMlopsMonitoringStale"]["expr"]) == []
+
+            def firing(result: Any) -> bool:
+                return any(a["labels"]["alertname"] == "KfpMlopsDriftDetected" and a["state"] == "firing"
+                           for a in result)  # fmt: skip
+
+            deadline = time.monotonic() + 20
+            while not firing(found := json.loads(_get(f"{prometheus.url}/api/v1/alerts"))["data"]["alerts"]):
+                assert time.monotonic() < deadline, found
+                time.sleep(0.5)
+            (alert,) = [a for a in found if a["labels"]["alertname"] == "KfpMlopsDriftDetected"]
+            assert alert["labels"]["model"] == "churn" and alert["annotations"]["summary"] == (
+                f"Drift in the data of churn ({monitoring.PIPELINE_NAME})"
+            )
