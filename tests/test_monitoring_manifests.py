@@ -274,16 +274,18 @@ def grafana_substituted(expr: str) -> str:
 
 
 def test_dashboard_is_what_the_grafana_sidecar_and_provisioning_load(rendered):
-    """What Grafana's sidecar (kiwigrid/k8s-sidecar: ConfigMaps labelled grafana_dashboard, each *.json key a file)
-    and file provisioning need, and the dashboard JSON model's required structure (grafana/grafana
-    docs/sources/dashboards/build-dashboards/view-dashboard-json-model): unique uid and title, a schemaVersion,
-    panels with unique ids on the 24-column grid, every query on the dashboard's Prometheus data source variable."""
+    """What Grafana's dashboard sidecar loads (kiwigrid/k8s-sidecar as the grafana chart runs it: ConfigMaps labelled
+    sidecar.dashboards.label, grafana_dashboard, value "1" in kube-prometheus-stack; each *.json key a file) and the
+    dashboard JSON model (grafana/grafana docs/sources/dashboards/build-dashboards/view-dashboard-json-model/
+    index.md: id null until saved, uid a string of 8 to 40, an integer schemaVersion, panels on the 24-column grid
+    with w 1-24), with every query on the dashboard's Prometheus data source variable. Grafana itself does not run
+    here: no published JSON schema of the dashboard model is usable offline (Grafana keeps it in CUE)."""
     (config_map,) = [d for d in rendered if d["kind"] == "ConfigMap"]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert config_map["data"] == {"kfp-mlops-dashboard.json": (MONITORING / "kfp-mlops-dashboard.json").read_text()}
     board = dashboard()
     assert "id" not in board or board["id"] is None  # provisioning assigns it
-    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,40}", board["uid"]) and board["title"]
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{8,40}", board["uid"]) and board["title"]
     assert isinstance(board["schemaVersion"], int) and board["schemaVersion"] >= 36
     variables = {v["name"]: v for v in board["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
@@ -292,7 +294,8 @@ def test_dashboard_is_what_the_grafana_sidecar_and_provisioning_load(rendered):
     assert len(ids) == len(set(ids))
     for panel in board["panels"]:
         grid = panel["gridPos"]
-        assert {"h", "w", "x", "y"} <= set(grid) and 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert {"h", "w", "x", "y"} <= set(grid) and 1 <= grid["w"] <= 24, panel["title"]
+        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24 and grid["h"] >= 1, panel["title"]
         assert panel["type"] in {"row", "timeseries", "stat", "state-timeline", "table"}, panel["type"]
         if panel["type"] == "row":
             continue
