@@ -278,8 +278,8 @@ def test_dashboard_is_what_the_grafana_sidecar_and_provisioning_load(rendered):
     sidecar.dashboards.label, grafana_dashboard, value "1" in kube-prometheus-stack; each *.json key a file) and the
     dashboard JSON model (grafana/grafana docs/sources/dashboards/build-dashboards/view-dashboard-json-model/
     index.md: id null until saved, uid a string of 8 to 40, an integer schemaVersion, panels on the 24-column grid
-    with w 1-24), with every query on the dashboard's Prometheus data source variable. Grafana itself does not run
-    here: no published JSON schema of the dashboard model is usable offline (Grafana keeps it in CUE)."""
+    with w 1-24), with every query on the dashboard's Prometheus data source variable. Grafana does not run here, and
+    no JSON Schema of the dashboard model was found to validate against offline: this is its documented structure."""
     (config_map,) = [d for d in rendered if d["kind"] == "ConfigMap"]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert config_map["data"] == {"kfp-mlops-dashboard.json": (MONITORING / "kfp-mlops-dashboard.json").read_text()}
