@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from kfp_mlops.components.shared.model_validation import model_problem
+from support import prometheus_operator
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -88,10 +89,16 @@ def validate_pod_default(document: dict[str, Any]) -> None:
 
 def validate_document(document: dict[str, Any]) -> None:
     """Built-in kinds against the Kubernetes 1.37 OpenAPI schemas (strict: unknown fields rejected); Kubeflow
-    Trainer kinds against their kubeflow-trainer-api model, Istio AuthorizationPolicy against its CRD's schema and
+    Trainer kinds against their kubeflow-trainer-api model, Prometheus Operator kinds against their vendored CRDs
+    (support/prometheus_operator.py), Istio AuthorizationPolicy against its CRD's schema and
     rules (unknown fields rejected too). Raises ValueError or kubernetes_validate.ValidationError naming the field."""
     from kubernetes_validate import validate
 
+    if prometheus_operator.is_operator_kind(document):  # PodMonitor, ServiceMonitor, PrometheusRule: their CRDs
+        problem = prometheus_operator.operator_kind_problem(document)
+        if problem:
+            raise ValueError(f"{document.get('kind')} {document.get('metadata', {}).get('name')}: {problem}")
+        return
     if (document.get("apiVersion"), document.get("kind")) == ISTIO_AUTHORIZATION_POLICY:
         problem = authorization_policy_problem(document)
         if problem:
