@@ -27,11 +27,12 @@ import pytest
 import tritonclient.http as httpclient
 import yaml
 from support.manifests import MANIFESTS, documents, kustomize, selector_matches, validate_document
-from support.prometheus import PrometheusServer, promtool, push, rule_file, running_prometheus, running_pushgateway
+from support.prometheus import PrometheusServer, promtool, rule_file, running_prometheus
 from support.triton import sample_inputs, signature_model
 
-from kfp_mlops import triton_local
-from kfp_mlops.components.shared import layout
+from kfp_mlops import monitoring_services, triton_local
+from kfp_mlops.components.shared import layout, observability
+from kfp_mlops.components.shared.config import ObservabilityConfig
 from kfp_mlops.pipelines import monitoring
 from kfp_mlops.processes import free_ports, wait_until
 
@@ -454,11 +455,14 @@ def test_pushed_verdicts_reach_the_pipeline_rules_only_with_honor_labels(tmp_pat
     """A real Pushgateway scraped with prometheus-scrape.yaml's own job (honor_labels) and, for contrast, the same
     job without honor_labels; verdicts pushed as the steps push them (grouping job, pipeline, task, model)."""
     rules = alerts(prometheus_rule("pipeline-rules"))
-    with running_pushgateway(tmp_path / "pushgateway") as address:
-        group = {"job": PUSH_JOB, "pipeline": monitoring.PIPELINE_NAME, "task": "drift", "model": "churn"}
-        push(address, group, {"kfp_mlops_drift_detected": 1, "kfp_mlops_drift_share": 0.4,
-                              "kfp_mlops_step_last_success_timestamp_seconds": time.time()})  # fmt: skip
-        push(address, {**group, "model": "fraud"}, {"kfp_mlops_drift_detected": 0})
+    with monitoring_services.pushgateway(tmp_path / "pushgateway") as pushgateway:
+        address = pushgateway.bucket.removeprefix("http://")
+        settings = ObservabilityConfig(pushgateway=pushgateway.bucket, job=PUSH_JOB)
+        group = {"pipeline": monitoring.PIPELINE_NAME, "task": "drift-check"}
+        figures = {observability.DRIFT_DETECTED: 1, observability.DRIFT_SHARE: 0.4,
+                   observability.STEP_LAST_SUCCESS: time.time()}  # fmt: skip
+        assert observability.push(settings, **group, model="churn", figures=figures)  # as the drift step pushes
+        assert observability.push(settings, **group, model="fraud", figures={observability.DRIFT_DETECTED: 0})
         plain = yaml.safe_load((MONITORING / "prometheus-scrape.yaml").read_text())
         (job,) = [j for j in plain["scrape_configs"] if j["job_name"] == "kfp-mlops-pushgateway"]
         job = {**job, "scrape_interval": "1s", "static_configs": [{"targets": [address]}]}

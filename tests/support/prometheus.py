@@ -23,7 +23,6 @@ from kfp_mlops.processes import free_port, running, wait_until
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-PUSHGATEWAY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
 INSTALL_HINT = "install Debian's prometheus package: `make system-deps`"
 
 
@@ -87,29 +86,3 @@ def running_prometheus(config: dict[str, Any], directory: Path, *, timeout: floa
         wait_until(lambda: urllib.request.urlopen(f"{server.url}/-/ready", timeout=2), "prometheus", process, log,
                    timeout)  # fmt: skip
         yield server
-
-
-@contextlib.contextmanager
-def running_pushgateway(directory: Path, *, timeout: float = 30) -> Iterator[str]:
-    """A real Pushgateway on a free loopback port (its persistence file under ``directory``, never Debian's default
-    /var/lib/prometheus); yields its ``host:port``; stopped on exit."""
-    if not Path(PUSHGATEWAY).exists():
-        raise FileNotFoundError(f"prometheus-pushgateway is missing: {INSTALL_HINT}")
-    directory.mkdir(parents=True, exist_ok=True)
-    address = f"127.0.0.1:{free_port()}"
-    log = directory / "pushgateway.log"
-    command = [PUSHGATEWAY, f"--web.listen-address={address}", f"--persistence.file={directory / 'pushgateway.data'}"]
-    with running(command, log) as process:
-        wait_until(lambda: urllib.request.urlopen(f"http://{address}/-/ready", timeout=2), "pushgateway", process, log,
-                   timeout)  # fmt: skip
-        yield address
-
-
-def push(address: str, grouping: dict[str, str], gauges: dict[str, float], *, timeout: float = 10) -> None:
-    """PUT ``gauges`` (name -> value, text format) to the group ``grouping`` (job first) of a Pushgateway, as a
-    step's push does: /metrics/job/<job>/<label>/<value>/..."""
-    path = "/".join(f"{key}/{urllib.parse.quote(value, safe='')}" for key, value in grouping.items())
-    body = "".join(f"# TYPE {name} gauge\n{name} {value}\n" for name, value in gauges.items()).encode()
-    request = urllib.request.Request(f"http://{address}/metrics/{path}", data=body, method="PUT")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        assert response.status in (200, 202), response.status
