@@ -1,7 +1,7 @@
-"""Prometheus test support: promtool, a real Prometheus server and a real Pushgateway on free loopback ports,
-Prometheus's query API, and the
-rule files promtool reads, extracted from the PrometheusRules of manifests/monitoring/. The binaries are Debian's
-Prometheus 2.42 (`make system-deps`; /work/shared/ENVIRONMENT.md, "Monitoring servers from Debian")."""
+"""Prometheus test support: promtool, a real Prometheus server on a free loopback port and its query API, and the
+rule files promtool reads, extracted from the PrometheusRules of manifests/monitoring/ (a real Pushgateway:
+kfp_mlops.monitoring_services). The binaries are Debian's Prometheus 2.42 (`make system-deps`;
+/work/shared/ENVIRONMENT.md, "Monitoring servers from Debian")."""
 
 from __future__ import annotations
 
