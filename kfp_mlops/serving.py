@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import ValidationError
 
 from kfp_mlops.components.shared import layout, storage, triton_access
 from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.errors import InputError, ServiceError
-from kfp_mlops.components.shared.layout import FEATURE_STORE_YAML, VERSION_METADATA_FILE
+from kfp_mlops.components.shared.feature_repo import feature_repo_dir, find_feature_view, open_feature_store
+from kfp_mlops.components.shared.layout import VERSION_METADATA_FILE
 from kfp_mlops.components.shared.model_package import MODEL_CONFIG_FILE, ModelConfig, raw_inputs
 
 if TYPE_CHECKING:
@@ -222,51 +219,6 @@ class TritonModel:
 
 
 # --- Feast -----------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def feature_repo_dir(uri: str) -> Iterator[Path]:
-    """The feature repository as a local directory: ``uri`` itself, or a temporary copy of an s3:// or gs://
-    prefix (removed on exit)."""
-    with contextlib.ExitStack() as stack:
-        if storage.is_remote(uri):
-            path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kfp-mlops-feature-repo-")))
-            storage.copy_tree(uri, str(path))
-        else:
-            path = Path(storage.parse(uri).key)
-        if not (path / FEATURE_STORE_YAML).is_file():
-            raise FileNotFoundError(f"{uri} is not a feature repository: {FEATURE_STORE_YAML} is missing")
-        yield path
-
-
-def open_feature_store(repo_dir: str | Path) -> FeatureStore:
-    """Feast on the repository's ``feature_store.yaml``; the ``${VAR}`` placeholders it holds (Redis connection
-    string, SQL registry URL) must be set in the environment, which Feast reads them from."""
-    from feast import FeatureStore
-
-    path = Path(repo_dir) / FEATURE_STORE_YAML
-    placeholders = re.findall(r"\$\{(\w+)\}", json.dumps(yaml.safe_load(path.read_text())))  # comments left out
-    unset = sorted({name for name in placeholders if not os.environ.get(name)})
-    if unset:
-        raise InputError(f"{path} reads environment variable(s) {unset}: set them (the Feast secrets) and retry")
-    return FeatureStore(repo_path=str(repo_dir))
-
-
-def find_feature_view(store: FeatureStore, config: ModelConfig, name: str | None = None) -> FeatureView:
-    """The feature view (``name``, or the only one) keyed by the model's entity that holds every model feature."""
-    views = [store.get_feature_view(name)] if name else store.list_feature_views()
-    fitting = [
-        v for v in views if config.entity in v.join_keys and set(config.features) <= {f.name for f in v.features}
-    ]
-    if len(fitting) == 1:
-        return fitting[0]
-    project = store.config.project
-    if not fitting:
-        raise InputError(
-            f"no feature view of project {project!r} is keyed by {config.entity!r} and holds the model's features "
-            f"{config.features}; views: {[v.name for v in views]}"
-        )
-    raise InputError(f"feature views {[v.name for v in fitting]} of project {project!r} all fit the model: name one")
 
 
 def entity_keys(store: FeatureStore, entity: str, entity_ids: Sequence[EntityId]) -> list[EntityId]:
