@@ -28,7 +28,7 @@ from kfp_mlops.components.shared.splits import SplitPaths
 from kfp_mlops.sample_data import ENTITY, TIMESTAMP
 
 MODEL = "churn"
-AFTER_ALL = datetime(2100, 1, 1, tzinfo=UTC)
+AFTER_ALL = datetime(2026, 1, 1, tzinfo=UTC)  # after every row, within the view's ttl
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def ids(rows) -> list[int]:
 
 @pytest.fixture
 def record(trained_package) -> ServingRecord:
-    return ServingRecord(model=str(trained_package), metrics={}, registry=RegistryState(model_name=MODEL, version="3"))
+    return ServingRecord(model=str(trained_package), metrics={}, registry=RegistryState(model_name=MODEL, version=3))
 
 
 def entities_file(directory: Path, values: dict, name: str = "entities.parquet") -> str:
@@ -81,8 +81,12 @@ def read_back(log: Path) -> pd.DataFrame:
 
 def expected_at(rows: pd.DataFrame, package: Path, keys: pd.DataFrame) -> np.ndarray:
     """The package's probabilities on each key's latest ingested row at or before its time (pandas merge_asof)."""
-    keys = keys.assign(**{TIMESTAMP: pd.to_datetime(keys[TIMESTAMP], utc=True)}).sort_values(TIMESTAMP)
-    source = rows.assign(**{TIMESTAMP: pd.to_datetime(rows[TIMESTAMP], utc=True)})
+
+    def nanoseconds(times: pd.Series) -> pd.Series:
+        return pd.to_datetime(times, utc=True).astype("datetime64[ns, UTC]")
+
+    keys = keys.assign(**{TIMESTAMP: nanoseconds(keys[TIMESTAMP])}).sort_values(TIMESTAMP)
+    source = rows.assign(**{TIMESTAMP: nanoseconds(rows[TIMESTAMP])})
     joined = pd.merge_asof(keys, source, on=TIMESTAMP, by=ENTITY, direction="backward")
     joined = joined.sort_values([ENTITY, TIMESTAMP]).reset_index(drop=True)
     probabilities, _ = Predictor(package).predict(pa.Table.from_pandas(joined, preserve_index=False))
@@ -109,7 +113,7 @@ def test_in_process_predictions_equal_the_package_on_the_latest_rows_and_fill_th
     assert (log["registry_version"] == "3").all() and (log["model_uri"] == str(trained_package)).all()
     assert (log["run_id"] == "run-1").all()
     assert [Path(f).name for f in result.files] == ["part-run-1-00000.parquet"]
-    assert "2100-01-01" in result.files[0]
+    assert "date=2026-01-01" in result.files[0]
     summary = core.render_summary(result)
     assert f"Predictions: {len(ids)} of {len(ids)} entities" in summary and "in-process" in summary
 
@@ -164,8 +168,8 @@ def test_unknown_entities_are_counted_and_left_out(repo, record, ids, tmp_path):
 
 
 def test_bad_input_is_an_input_error_naming_file_column_and_row(repo, record, ids, tmp_path):
-    def run(source: str, **more) -> None:
-        core.run_inference(settings(source, tmp_path / "log", **more), record, str(repo), "run-bad", AFTER_ALL)
+    def run(uri: str, **more) -> None:
+        core.run_inference(settings(uri, tmp_path / "log", **more), record, str(repo), "run-bad", AFTER_ALL)
 
     wrong = entities_file(tmp_path, {"id": ids[:3]}, "wrong.parquet")
     with pytest.raises(InputError, match=rf"entities file {wrong}: no column '{ENTITY}' .*columns: \['id'\]"):

@@ -211,7 +211,7 @@ def run_inference(
         raise InputError("run_id is empty: the prediction log names its files after the run (retries rewrite them)")
     started = time.perf_counter()
     config = read_model_config(record.model)
-    registry_version = record.registry.version if record.registry and record.registry.version else ""
+    registry_version = str(record.registry.version) if record.registry and record.registry.version else ""
     scorer = open_scorer(settings, record, config, triton_url)
     result = InferenceResult(log=log, source="package" if scorer.model_version == 0 else "triton",
                              model_name=scorer.model_name, model_version=scorer.model_version,

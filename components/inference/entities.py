@@ -62,14 +62,31 @@ def _file_columns(uri: str, path: Path, fmt: str) -> list[str]:
         raise InputError(f"entities file {uri}: not a readable {fmt.upper()} file ({exc})") from None
 
 
+def _convert(values: pa.Array, target: pa.DataType) -> pa.Array:
+    """``values`` as ``target``: timestamps in UTC (naive ones, and ISO 8601 text without an offset, read as UTC);
+    ids as the entity's type (a float id only when whole)."""
+    if pa.types.is_timestamp(target):
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            try:
+                return values.cast(target)  # with an offset
+            except pa.ArrowInvalid:
+                values = values.cast(pa.timestamp("us"))
+        if not pa.types.is_timestamp(values.type):
+            raise pa.ArrowInvalid(f"{values.type} is not a time")
+        if values.type.tz is None:
+            return pc.assume_timezone(values.cast(pa.timestamp("us")), "UTC")
+        return values.cast(target)
+    if pa.types.is_integer(target) and pa.types.is_floating(values.type):
+        if not pc.all(pc.equal(pc.floor(values), values)).as_py():
+            raise pa.ArrowInvalid("not whole")
+    return values.cast(target)
+
+
 def _first_bad(values: pa.Array, target: pa.DataType) -> int:
-    """The index of the first value that does not cast to ``target`` (or is null)."""
+    """The index of the first value that does not convert to ``target``."""
     for index in range(len(values)):
-        value = values.slice(index, 1)
-        if value.null_count:
-            return index
         try:
-            value.cast(target)
+            _convert(values.slice(index, 1), target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return index
     return 0
@@ -80,18 +97,7 @@ def _typed(uri: str, values: pa.Array, column: str, target: pa.DataType, offset:
         index = pc.index(pc.is_null(values), True).as_py()
         raise InputError(f"entities file {uri}: column {column!r}, {row_label(uri, offset + index)}: no {what}")
     try:
-        if pa.types.is_timestamp(target) and pa.types.is_timestamp(values.type):
-            if values.type.tz is None:
-                return pc.assume_timezone(values.cast(pa.timestamp("us")), "UTC")
-            return values.cast(target)
-        if pa.types.is_timestamp(target):  # text: ISO 8601, naive read as UTC
-            parsed = values.cast(pa.string()).cast(pa.timestamp("us"))
-            return pc.assume_timezone(parsed, "UTC") if not _has_zone(values) else values.cast(target)
-        if pa.types.is_integer(target) and pa.types.is_floating(values.type):
-            whole = pc.equal(pc.floor(values), values)
-            if not pc.all(whole).as_py():
-                raise pa.ArrowInvalid("not whole")
-        return values.cast(target)
+        return _convert(values, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         index = _first_bad(values, target)
         value = values[index].as_py()
@@ -99,11 +105,6 @@ def _typed(uri: str, values: pa.Array, column: str, target: pa.DataType, offset:
             f"entities file {uri}: column {column!r}, {row_label(uri, offset + index)}: {value!r} is not a {what} "
             f"({target})"
         ) from None
-
-
-def _has_zone(values: pa.Array) -> bool:
-    first = values.drop_null()[:1].to_pylist()
-    return bool(first) and isinstance(first[0], str) and (first[0].endswith("Z") or "+" in first[0][10:])
 
 
 def read_entities(
