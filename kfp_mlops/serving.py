@@ -22,14 +22,17 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import pyarrow as pa
 from pydantic import ValidationError
 
-from kfp_mlops.components.shared import layout, storage, triton_access
+from kfp_mlops.components.shared import layout, prediction_log, storage, triton_access
 from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.errors import InputError, ServiceError
 from kfp_mlops.components.shared.feature_repo import feature_repo_dir, find_feature_view, open_feature_store
@@ -72,6 +75,8 @@ class Predictions:
     task: str = "binary"  # binary, multiclass or regression (the model config's)
     label: str = ""  # the label column the model predicts
     predictions: np.ndarray | None = None  # regression: float32 [N], the predicted value in the label's units
+    features: dict[str, list[Any]] | None = None  # the model's raw features as served, per column (for the log)
+    timestamp: str = ""  # the schema's timestamp column (the model config's): the prediction log's time column
 
     @property
     def regression(self) -> bool:
@@ -302,13 +307,34 @@ def predict_entities(
             f"for {len(keys)} entities" + ("" if config.regression else f" and {len(config.classes)} classes")
         )
     common = {"entity": config.entity, "entity_ids": keys, "model": model_name, "version": triton.version,
-              "task": config.task, "label": config.label}  # fmt: skip
+              "task": config.task, "label": config.label, "timestamp": config.timestamp,
+              "features": {name: list(columns[name]) for name in config.features}}  # fmt: skip
     if config.regression:
         empty = np.zeros((len(keys), 0), np.float32)
         return Predictions(**common, classes=[], probabilities=empty, labels=[],
                            predictions=answers[0][:, 0].astype(np.float32))  # fmt: skip
     return Predictions(**common, classes=list(config.classes), probabilities=answers[0].astype(np.float32),
                        labels=layout.decode_labels(answers[1]))  # fmt: skip
+
+
+def log_predictions(predictions: Predictions, log: str, model_uri: str, at: datetime | None = None) -> list[str]:
+    """Append the predictions to the prediction log (components/shared/prediction_log.py) as one batch of the
+    writer ``predict-<UTC time>-<random>``, each row at the prediction time; returns the files written."""
+    at = (at or datetime.now(UTC)).astimezone(UTC)
+    writer = f"predict-{at:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}"
+    rows = len(predictions.entity_ids)
+    if predictions.regression:
+        outputs = {"probabilities": None, "predicted": None, "prediction": [float(v) for v in predictions.predictions]}
+    else:
+        outputs = {"probabilities": [list(map(float, p)) for p in predictions.probabilities],
+                   "predicted": [str(label) for label in predictions.labels], "prediction": None}  # fmt: skip
+    columns = prediction_log.log_columns(rows, **outputs, model_name=predictions.model,
+                                         model_version=int(predictions.version), registry_version="",
+                                         model_uri=model_uri, run_id=writer, predicted_at=at)  # fmt: skip
+    timestamp = predictions.timestamp or "event_timestamp"
+    table = pa.table({predictions.entity: predictions.entity_ids, timestamp: pa.array([at] * rows,
+                      prediction_log.TIMESTAMP_TYPE), **(predictions.features or {}), **columns})  # fmt: skip
+    return prediction_log.write_batch(log, table, timestamp, writer, 0)
 
 
 def format_predictions(predictions: Predictions, digits: int = 6) -> str:

@@ -16,6 +16,7 @@ import pytest
 from support.triton import running_triton
 
 from kfp_mlops import triton_local
+from kfp_mlops.cli import main
 from kfp_mlops.components.features.core import build_feature_sets
 from kfp_mlops.components.inference import core
 from kfp_mlops.components.shared import prediction_log
@@ -230,6 +231,27 @@ def test_triton_predictions_agree_with_the_package_in_process(repo, trained_pack
     with pytest.raises(InputError, match="request_rows 32 exceeds the served model's max_batch_size 16"):
         core.run_inference(settings(source, tmp_path / "x", request_rows=32), served, str(repo), "run-x", AFTER_ALL,
                            triton_url=triton.grpc_url)  # fmt: skip
+
+
+@pytest.mark.servers
+def test_predict_cli_appends_its_online_predictions_to_the_same_log(repo, trained_package, ids, triton, tmp_path):
+    """``kfp-mlops predict --log``: latest (online) features, Triton's answers, the batch step's log format."""
+    log = tmp_path / "log"
+    argv = ["predict", *(f"--entity={e}" for e in ids[:4]), f"--url={triton.grpc_url}", "--protocol=grpc",
+            f"--feature-repo={repo}", f"--model={MODEL}", f"--model-package={trained_package}", f"--log={log}"]  # fmt: skip
+    assert main(argv) == 0 and main(argv) == 0  # two calls: two writers, nothing replaced
+    online = read_back(log)
+    assert len(online) == 8 and online["run_id"].nunique() == 2
+    assert all(w.startswith("predict-") for w in online["run_id"]) and (online["model_version"] == 2).all()
+    assert (online["model_uri"] == str(trained_package)).all()
+    config = read_model_config(trained_package)
+    assert list(online.columns[: 2 + len(config.features)]) == [ENTITY, TIMESTAMP, *config.features]
+    served = ServingRecord(model=str(trained_package), metrics={})
+    source = entities_file(tmp_path, {ENTITY: ids[:4]})
+    core.run_inference(settings(source, tmp_path / "batch"), served, str(repo), "run-o", AFTER_ALL)
+    batch = read_back(tmp_path / "batch")
+    first = online.drop_duplicates(ENTITY).sort_values(ENTITY)
+    np.testing.assert_allclose(np.stack(first["probabilities"]), np.stack(batch["probabilities"]), atol=1e-4)
 
 
 def test_as_of_parsing_reads_iso_times_as_utc_and_names_a_bad_one():
