@@ -237,8 +237,16 @@ def test_triton_predictions_agree_with_the_package_in_process(repo, trained_pack
 def test_predict_cli_appends_its_online_predictions_to_the_same_log(repo, trained_package, ids, triton, tmp_path):
     """``kfp-mlops predict --log``: latest (online) features, Triton's answers, the batch step's log format."""
     log = tmp_path / "log"
-    argv = ["predict", *(f"--entity={e}" for e in ids[:4]), f"--url={triton.grpc_url}", "--protocol=grpc",
-            f"--feature-repo={repo}", f"--model={MODEL}", f"--model-package={trained_package}", f"--log={log}"]  # fmt: skip
+    argv = [
+        "predict",
+        *(f"--entity={e}" for e in ids[:4]),
+        f"--url={triton.grpc_url}",
+        "--protocol=grpc",
+        f"--feature-repo={repo}",
+        f"--model={MODEL}",
+        f"--model-package={trained_package}",
+        f"--log={log}",
+    ]
     assert main(argv) == 0 and main(argv) == 0  # two calls: two writers, nothing replaced
     online = read_back(log)
     assert len(online) == 8 and online["run_id"].nunique() == 2
