@@ -184,7 +184,7 @@ def main() -> None:
         ids = np.unique(pq.read_table(repo / "data" / "features.parquet", columns=["customer_id"])["customer_id"])
         print(f"whole step (Feast point-in-time, in-process, log), batch_rows {BATCH_ROWS:,}:")
         for rows in args.memory_rows:
-            result = memory_run(work, repo, package, ids.to_numpy(), rows)
+            result = memory_run(work, repo, package, ids, rows)
             print(f"  {rows:>10,} entity rows: {result['rows_per_second']:10,.0f} rows/s, {result['seconds']:7.1f} s, "
                   f"peak RSS {result['peak_rss_mb']:7.0f} MB, {result['files']} file(s)")  # fmt: skip
 
