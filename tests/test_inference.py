@@ -262,6 +262,21 @@ def test_predict_cli_appends_its_online_predictions_to_the_same_log(repo, traine
     np.testing.assert_allclose(np.stack(first["probabilities"]), np.stack(batch["probabilities"]), atol=1e-4)
 
 
+def test_the_inference_pipeline_is_scheduled_like_the_others(kfp_server, kfp_client_settings, tmp_path, capsys):
+    """``kfp-mlops schedule inference``: compiled from the registry, uploaded, a recurring run with its parameters
+    (against the KFP API test double, tests/support/kfp_api_server.py)."""
+    package = tmp_path / "inference.yaml"
+    assert main(["compile", "inference", "--output-dir", str(tmp_path)]) == 0
+    argv = ["schedule", "inference", "--host", kfp_server.url, "--package", str(package), "--cron", "0 0 2 * * *",
+            "--param", "entities=s3://bucket/ids/", "--param", "as_of=2026-01-31T00:00:00Z"]  # fmt: skip
+    assert main(argv) == 0
+    (created,) = kfp_server.recurring_runs.values()
+    assert created["display_name"] == "inference" and created["trigger"]["cron_schedule"]["cron"] == "0 0 2 * * *"
+    assert created["runtime_config"]["parameters"] == {"entities": "s3://bucket/ids/", "as_of": "2026-01-31T00:00:00Z"}
+    (version,) = kfp_server.versions.values()
+    assert created["pipeline_version_reference"]["pipeline_version_id"] == version["pipeline_version_id"]
+
+
 def test_as_of_parsing_reads_iso_times_as_utc_and_names_a_bad_one():
     default = datetime(2026, 1, 1, tzinfo=UTC)
     assert core.parse_as_of("", default) == default
