@@ -19,6 +19,7 @@ from kfp_mlops import triton_local
 from kfp_mlops.cli import main
 from kfp_mlops.components.features.core import build_feature_sets
 from kfp_mlops.components.inference import core
+from kfp_mlops.components.inference.scoring import TritonScorer
 from kfp_mlops.components.shared import prediction_log
 from kfp_mlops.components.shared.config import InferenceConfig
 from kfp_mlops.components.shared.errors import InputError
@@ -228,6 +229,11 @@ def test_triton_predictions_agree_with_the_package_in_process(repo, trained_pack
     np.testing.assert_allclose(np.stack(a["probabilities"]), np.stack(b["probabilities"]), atol=1e-4, rtol=0)
     assert a["predicted"].tolist() == b["predicted"].tolist()
     assert (a["model_version"] == 2).all() and (a["model_name"] == MODEL).all() and (a["registry_version"] == "").all()
+    config = read_model_config(trained_package)
+    for request_rows, default_rows, expected in ((0, 64, 16), (0, 8, 8), (5, 64, 5)):  # 0: deploy.max_batch_size
+        scorer = TritonScorer(triton.grpc_url, MODEL, 2, config, request_rows, 1, 10, default_rows)
+        assert scorer.request_rows == expected
+        scorer.close()
     with pytest.raises(InputError, match="request_rows 32 exceeds the served model's max_batch_size 16"):
         core.run_inference(settings(source, tmp_path / "x", request_rows=32), served, str(repo), "run-x", AFTER_ALL,
                            triton_url=triton.grpc_url)  # fmt: skip

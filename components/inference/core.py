@@ -84,14 +84,17 @@ def require_record(record: ServingRecord | None, baseline: str) -> ServingRecord
     return record
 
 
-def open_scorer(settings: InferenceConfig, record: ServingRecord, config: ModelConfig, triton_url: str) -> Scorer:
-    """Triton when ``source`` is triton, or auto and the record names a deployment; else the package in-process."""
+def open_scorer(settings: InferenceConfig, record: ServingRecord, config: ModelConfig, triton_url: str,
+                max_batch_size: int = 0) -> Scorer:  # fmt: skip
+    """Triton when ``source`` is triton, or auto and the record names a deployment; else the package in-process.
+    ``max_batch_size`` (deploy's): the request size when ``request_rows`` is 0."""
     deployment = record.deployment
     if settings.source == "triton" and deployment is None:
         raise InputError("inference.source is triton but the serving record names no deployment: use auto or package")
     if deployment is not None and settings.source != "package":
         return TritonScorer(triton_url or deployment.endpoint, deployment.model_name, deployment.version, config,
-                            settings.request_rows, settings.concurrency, settings.timeout_seconds)  # fmt: skip
+                            settings.request_rows, settings.concurrency, settings.timeout_seconds,
+                            max_batch_size)  # fmt: skip
     name = record.registry.model_name if record.registry else (deployment.model_name if deployment else "")
     return PackageScorer(record.model, name)
 
@@ -201,9 +204,12 @@ def run_inference(
     triton_url: str = "",
     feature_view: str | None = None,
     log: str | None = None,
+    max_batch_size: int = 0,
 ) -> InferenceResult:
     """Predict for the configured entities at ``as_of`` with the model the serving record names, appending the
-    predictions to ``log`` (default ``inference.log``) as batches ``0..n-1`` of writer ``run_id``."""
+    predictions to ``log`` (default ``inference.log``) as batches ``0..n-1`` of writer ``run_id``. Triton is reached
+    at ``triton_url`` (deploy.triton_url; empty: the deployment's endpoint), in requests of ``request_rows`` rows or,
+    when 0, ``max_batch_size`` (deploy.max_batch_size)."""
     log = log or settings.log
     if not log:
         raise InputError("inference.log is empty: name the prediction log's URI (local, s3:// or gs://)")
@@ -212,7 +218,7 @@ def run_inference(
     started = time.perf_counter()
     config = read_model_config(record.model)
     registry_version = str(record.registry.version) if record.registry and record.registry.version else ""
-    scorer = open_scorer(settings, record, config, triton_url)
+    scorer = open_scorer(settings, record, config, triton_url, max_batch_size)
     result = InferenceResult(log=log, source="package" if scorer.model_version == 0 else "triton",
                              model_name=scorer.model_name, model_version=scorer.model_version,
                              model_uri=record.model, as_of=as_of.isoformat())  # fmt: skip

@@ -55,7 +55,8 @@ def run(config: str, entities: str, as_of: str, feature_repo: str, run_id: str, 
     repo = feature_repo_of(feature_repo, record.reference_data)
     print(f"[inference] model {record.model}, features from {repo} as of {moment.isoformat()}, log {settings.log}")
     result = run_inference(settings, record, repo, run_id, moment, triton_url=pipeline_config.deploy.triton_url,
-                           feature_view=pipeline_config.features.view)  # fmt: skip
+                           feature_view=pipeline_config.features.view,
+                           max_batch_size=pipeline_config.deploy.max_batch_size)  # fmt: skip
     log_metrics(metrics, result.metrics())
     write_text_atomically(summary.path, render_summary(result))
     update_metadata(summary, {"log": result.log, "source": result.source, "model_name": result.model_name,

@@ -55,10 +55,11 @@ class PackageScorer:
 class TritonScorer:
     """A model version on Triton over gRPC. One client per worker thread (a tritonclient gRPC client is not
     thread-safe); the rows of a batch go out in requests of ``request_rows`` (0: the model's max_batch_size), at most
-    ``concurrency`` at a time, each with ``timeout`` seconds; the answers come back in the batch's order."""
+    ``concurrency`` at a time, each with ``timeout`` seconds; the answers come back in the batch's order.
+    ``request_rows`` 0: ``default_rows`` (deploy.max_batch_size), at most the served model's max_batch_size."""
 
     def __init__(self, url: str, model: str, version: int, config: ModelConfig, request_rows: int = 0,
-                 concurrency: int = 4, timeout: float = 60.0) -> None:  # fmt: skip
+                 concurrency: int = 4, timeout: float = 60.0, default_rows: int = 0) -> None:  # fmt: skip
         import tritonclient.grpc as client
 
         self._module, self.url, self.model_name, self.model_version = client, url, model, int(version)
@@ -77,11 +78,12 @@ class TritonScorer:
                 )
             served = probe.get_model_config(model, str(self.model_version), as_json=True, client_timeout=timeout)
             max_batch = int(served.get("config", served).get("max_batch_size", 0))
-        self.request_rows = request_rows or max_batch or 1024
-        if max_batch and self.request_rows > max_batch:
+        if request_rows and max_batch and request_rows > max_batch:
             raise InputError(
                 f"inference.request_rows {request_rows} exceeds the served model's max_batch_size {max_batch}"
             )
+        rows = request_rows or default_rows or max_batch or 1024
+        self.request_rows = min(rows, max_batch) if max_batch else rows
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="triton")
 
     def _client(self):
