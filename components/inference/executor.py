@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kfp_mlops.components.inference.core import parse_as_of, render_summary, require_record, run_inference
-from kfp_mlops.components.shared import runs, storage
+from kfp_mlops.components.shared import runs, storage, tracking
 from kfp_mlops.components.shared.artifacts import log_metrics, update_metadata, write_text_atomically
 from kfp_mlops.components.shared.config import load_config
 from kfp_mlops.components.shared.errors import InputError
 from kfp_mlops.components.shared.feature_repo import sibling_feature_repo
 from kfp_mlops.components.shared.records import read_record
+from kfp_mlops.components.shared.tracking import StepLog
 
 AS_OF_FILE = "inference/as_of"  # in the run's state folder: the run's as-of time, kept for its retries
 
@@ -51,6 +52,7 @@ def run(config: str, entities: str, as_of: str, feature_repo: str, run_id: str, 
     baseline = pipeline_config.evaluate.baseline
     record = require_record(read_record(baseline), baseline)
     run_dir = runs.run_directory(metrics.uri, run_id)
+    tracker = tracking.for_step(pipeline_config.tracking, run_id, run_dir, "batch-inference")
     moment = run_as_of(run_dir, settings.as_of)
     repo = feature_repo_of(feature_repo, record.reference_data)
     print(f"[inference] model {record.model}, features from {repo} as of {moment.isoformat()}, log {settings.log}")
@@ -62,6 +64,15 @@ def run(config: str, entities: str, as_of: str, feature_repo: str, run_id: str, 
     update_metadata(summary, {"log": result.log, "source": result.source, "model_name": result.model_name,
                               "model_version": result.model_version, "model_uri": result.model_uri,
                               "as_of": result.as_of, "files": len(result.files)})  # fmt: skip
+    tracker.log_step(
+        StepLog(
+            params={"inference": settings.model_dump(exclude={"entities", "log"})},
+            metrics={key: float(value) for key, value in result.metrics().items()},
+            tags={"prediction_log": result.log, "entities": settings.entities or "(the feature view)",
+                  "serving_model": record.model, "source": result.source, "as_of": result.as_of},
+            artifacts={summary.path: ""},
+        )
+    )  # fmt: skip
     print(f"[inference] {result.rows} predictions ({result.unknown_entities} unknown entities) in {result.batches} "
           f"batch(es), {result.rows_per_second:,.0f} rows/s, by {result.source}: {result.log}")  # fmt: skip
     return result.log
