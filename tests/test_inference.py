@@ -18,7 +18,7 @@ from support.triton import running_triton
 from kfp_mlops import triton_local
 from kfp_mlops.cli import main
 from kfp_mlops.components.features.core import build_feature_sets
-from kfp_mlops.components.inference import core
+from kfp_mlops.components.inference import core, executor
 from kfp_mlops.components.inference.scoring import TritonScorer
 from kfp_mlops.components.shared import prediction_log
 from kfp_mlops.components.shared.config import InferenceConfig
@@ -281,6 +281,19 @@ def test_the_inference_pipeline_is_scheduled_like_the_others(kfp_server, kfp_cli
     assert created["runtime_config"]["parameters"] == {"entities": "s3://bucket/ids/", "as_of": "2026-01-31T00:00:00Z"}
     (version,) = kfp_server.versions.values()
     assert created["pipeline_version_reference"]["pipeline_version_id"] == version["pipeline_version_id"]
+
+
+def test_a_retried_task_reads_at_the_same_time_and_the_feature_repo_is_found_beside_the_reference(tmp_path):
+    run_dir = str(tmp_path / "kfp-mlops-inference-2026-01-01-00-00-00-000000")
+    first = executor.run_as_of(run_dir, "")
+    assert executor.run_as_of(run_dir, "") == first  # kept in the run's state folder for its retries
+    assert executor.run_as_of(run_dir, "2026-02-01T00:00:00Z") == datetime(2026, 2, 1, tzinfo=UTC)
+    assert executor.feature_repo_of("", "s3://b/root/p/run/features/x1/train_features") == (
+        "s3://b/root/p/run/features/x1/feature_repo"
+    )
+    assert executor.feature_repo_of("gs://b/repo", "ignored") == "gs://b/repo"
+    with pytest.raises(InputError, match="no feature repository: pass feature_repo"):
+        executor.feature_repo_of("", "")
 
 
 def test_as_of_parsing_reads_iso_times_as_utc_and_names_a_bad_one():
