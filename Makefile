@@ -32,7 +32,7 @@ STEPS := $(notdir $(patsubst %/,%,$(dir $(wildcard images/*/Dockerfile))))
 
 .PHONY: install system-deps checkov mlflow-venv triton-venv demo demo-monitoring test lint golden constraints image-locks images \
 	container-deps images-local test-images \
-	bench-ingest bench-materialize bench-train bench-quantize bench-serve bench-drift bench-lease bench-tracking bench-images bench-performance clean
+	bench-ingest bench-materialize bench-train bench-quantize bench-serve bench-drift bench-inference bench-lease bench-tracking bench-images bench-performance clean
 
 # DeepSpeed is built here with its CPU shared-memory op compiled in (as the train image does), so no training process
 # compiles anything at start; it needs torch in the virtualenv first (--no-build-isolation).
@@ -159,6 +159,9 @@ bench-serve: triton-venv  ## Triton against a hand-written FastAPI server, drive
 
 bench-drift: install
 	$(BIN)/python benchmarks/drift.py
+
+bench-inference: triton-venv  ## batch inference: Triton gRPC batched vs in-process vs row by row; peak memory by size
+	$(BIN)/python benchmarks/inference.py
 
 bench-tracking: install  ## tracking's cost on a training pipeline run, and batched against one call per metric
 	$(BIN)/python benchmarks/tracking.py

@@ -21,22 +21,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import tempfile
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import yaml
+import pyarrow as pa
 from pydantic import ValidationError
 
-from kfp_mlops.components.shared import layout, storage, triton_access
+from kfp_mlops.components.shared import layout, prediction_log, storage, triton_access
 from kfp_mlops.components.shared.config import DeployConfig
 from kfp_mlops.components.shared.errors import InputError, ServiceError
-from kfp_mlops.components.shared.layout import FEATURE_STORE_YAML, VERSION_METADATA_FILE
+from kfp_mlops.components.shared.feature_repo import feature_repo_dir, find_feature_view, open_feature_store
+from kfp_mlops.components.shared.layout import VERSION_METADATA_FILE
 from kfp_mlops.components.shared.model_package import MODEL_CONFIG_FILE, ModelConfig, raw_inputs
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ class Predictions:
     task: str = "binary"  # binary, multiclass or regression (the model config's)
     label: str = ""  # the label column the model predicts
     predictions: np.ndarray | None = None  # regression: float32 [N], the predicted value in the label's units
+    features: dict[str, list[Any]] | None = None  # the model's raw features as served, per column (for the log)
+    timestamp: str = ""  # the schema's timestamp column (the model config's): the prediction log's time column
 
     @property
     def regression(self) -> bool:
@@ -224,51 +226,6 @@ class TritonModel:
 # --- Feast -----------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def feature_repo_dir(uri: str) -> Iterator[Path]:
-    """The feature repository as a local directory: ``uri`` itself, or a temporary copy of an s3:// or gs://
-    prefix (removed on exit)."""
-    with contextlib.ExitStack() as stack:
-        if storage.is_remote(uri):
-            path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kfp-mlops-feature-repo-")))
-            storage.copy_tree(uri, str(path))
-        else:
-            path = Path(storage.parse(uri).key)
-        if not (path / FEATURE_STORE_YAML).is_file():
-            raise FileNotFoundError(f"{uri} is not a feature repository: {FEATURE_STORE_YAML} is missing")
-        yield path
-
-
-def open_feature_store(repo_dir: str | Path) -> FeatureStore:
-    """Feast on the repository's ``feature_store.yaml``; the ``${VAR}`` placeholders it holds (Redis connection
-    string, SQL registry URL) must be set in the environment, which Feast reads them from."""
-    from feast import FeatureStore
-
-    path = Path(repo_dir) / FEATURE_STORE_YAML
-    placeholders = re.findall(r"\$\{(\w+)\}", json.dumps(yaml.safe_load(path.read_text())))  # comments left out
-    unset = sorted({name for name in placeholders if not os.environ.get(name)})
-    if unset:
-        raise InputError(f"{path} reads environment variable(s) {unset}: set them (the Feast secrets) and retry")
-    return FeatureStore(repo_path=str(repo_dir))
-
-
-def find_feature_view(store: FeatureStore, config: ModelConfig, name: str | None = None) -> FeatureView:
-    """The feature view (``name``, or the only one) keyed by the model's entity that holds every model feature."""
-    views = [store.get_feature_view(name)] if name else store.list_feature_views()
-    fitting = [
-        v for v in views if config.entity in v.join_keys and set(config.features) <= {f.name for f in v.features}
-    ]
-    if len(fitting) == 1:
-        return fitting[0]
-    project = store.config.project
-    if not fitting:
-        raise InputError(
-            f"no feature view of project {project!r} is keyed by {config.entity!r} and holds the model's features "
-            f"{config.features}; views: {[v.name for v in views]}"
-        )
-    raise InputError(f"feature views {[v.name for v in fitting]} of project {project!r} all fit the model: name one")
-
-
 def entity_keys(store: FeatureStore, entity: str, entity_ids: Sequence[EntityId]) -> list[EntityId]:
     """The ids as the entity's value type takes them: int for an integer entity, else str."""
     from feast import ValueType
@@ -350,13 +307,34 @@ def predict_entities(
             f"for {len(keys)} entities" + ("" if config.regression else f" and {len(config.classes)} classes")
         )
     common = {"entity": config.entity, "entity_ids": keys, "model": model_name, "version": triton.version,
-              "task": config.task, "label": config.label}  # fmt: skip
+              "task": config.task, "label": config.label, "timestamp": config.timestamp,
+              "features": {name: list(columns[name]) for name in config.features}}  # fmt: skip
     if config.regression:
         empty = np.zeros((len(keys), 0), np.float32)
         return Predictions(**common, classes=[], probabilities=empty, labels=[],
                            predictions=answers[0][:, 0].astype(np.float32))  # fmt: skip
     return Predictions(**common, classes=list(config.classes), probabilities=answers[0].astype(np.float32),
                        labels=layout.decode_labels(answers[1]))  # fmt: skip
+
+
+def log_predictions(predictions: Predictions, log: str, model_uri: str, at: datetime | None = None) -> list[str]:
+    """Append the predictions to the prediction log (components/shared/prediction_log.py) as one batch of the
+    writer ``predict-<UTC time>-<random>``, each row at the prediction time; returns the files written."""
+    at = (at or datetime.now(UTC)).astimezone(UTC)
+    writer = f"predict-{at:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}"
+    rows = len(predictions.entity_ids)
+    if predictions.regression:
+        outputs = {"probabilities": None, "predicted": None, "prediction": [float(v) for v in predictions.predictions]}
+    else:
+        outputs = {"probabilities": [list(map(float, p)) for p in predictions.probabilities],
+                   "predicted": [str(label) for label in predictions.labels], "prediction": None}  # fmt: skip
+    columns = prediction_log.log_columns(rows, **outputs, model_name=predictions.model,
+                                         model_version=int(predictions.version), registry_version="",
+                                         model_uri=model_uri, run_id=writer, predicted_at=at)  # fmt: skip
+    timestamp = predictions.timestamp or "event_timestamp"
+    table = pa.table({predictions.entity: predictions.entity_ids, timestamp: pa.array([at] * rows,
+                      prediction_log.TIMESTAMP_TYPE), **(predictions.features or {}), **columns})  # fmt: skip
+    return prediction_log.write_batch(log, table, timestamp, writer, 0)
 
 
 def format_predictions(predictions: Predictions, digits: int = 6) -> str:

@@ -13,7 +13,7 @@ import argparse
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from kfp_mlops.serving import format_predictions, predict_entities
+    from kfp_mlops.serving import format_predictions, log_predictions, predict_entities
 
     predictions = predict_entities(
         args.entities,
@@ -29,6 +29,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     print(f"model {predictions.model} version {predictions.version} on {args.url} ({args.protocol})")
     print(format_predictions(predictions))
+    if args.log:
+        from kfp_mlops.components.shared.layout import version_path
+
+        model_uri = (
+            args.model_package or f"{args.model_repository.rstrip('/')}/{version_path(args.model, predictions.version)}"
+        )
+        files = log_predictions(predictions, args.log, model_uri)
+        print(f"logged {len(predictions.entity_ids)} prediction(s) to {', '.join(files)}")
     return 0
 
 
@@ -77,4 +85,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--feature-view", help="the Feast feature view (default: the one holding the model's features)"
     )
     predict.add_argument("--timeout", type=float, default=30.0, help="seconds per Triton call (default: 30)")
+    predict.add_argument(
+        "--log",
+        metavar="URI",
+        help="append the predictions to this prediction log (inference.log: local, s3:// or gs://), as batch "
+        "inference writes it",
+    )
     predict.set_defaults(func=cmd_predict)

@@ -20,7 +20,17 @@ def _monitoring(images: ImageConfig):
     return build(images)
 
 
-PIPELINES: dict[str, Callable[[ImageConfig], Callable]] = {"training": _training, "monitoring": _monitoring}
+def _inference(images: ImageConfig):
+    from kfp_mlops.pipelines.inference import build
+
+    return build(images)
+
+
+PIPELINES: dict[str, Callable[[ImageConfig], Callable]] = {
+    "training": _training,
+    "monitoring": _monitoring,
+    "inference": _inference,
+}
 
 
 def compile_pipeline(name: str, output: str | Path, images: ImageConfig | None = None) -> Path:

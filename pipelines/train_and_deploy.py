@@ -47,6 +47,7 @@ TIMEOUTS = {
     "quantize-model": 2 * 3600,
     "deploy-model": 3600,  # staging, verification, promotion and any rollback of one model
     "record-baseline": 1800,
+    "batch-inference": 4 * 3600,  # the inference pipeline: every entity of the view, batch by batch
 }
 TIMEOUTS_ENV = "KFP_MLOPS_TASK_TIMEOUTS"
 SHARED_MEMORY = "4Gi"  # NCCL needs more /dev/shm than a container's default 64 MiB
@@ -65,6 +66,7 @@ CACHING = {
     "quantize-model": False,  # its model comes from the uncached train task: a hit is impossible
     "deploy-model": False,  # changes what Triton serves: a side effect
     "record-baseline": False,  # writes the serving record: a side effect
+    "batch-inference": False,  # the features and the model that serves change between runs; it appends to a log
 }
 
 
@@ -83,6 +85,7 @@ RESOURCES = {
     "quantize-model": ("1", "4", "2Gi", "8Gi"),
     "deploy-model": ("500m", "1", "1Gi", "4Gi"),
     "record-baseline": ("250m", "1", "512Mi", "2Gi"),
+    "batch-inference": ("1", "4", "4Gi", "16Gi"),  # memory: inference.batch_rows rows, plus Feast's offline source
 }
 
 

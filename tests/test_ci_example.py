@@ -321,7 +321,8 @@ def compiled(tmp_path_factory) -> Path:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KFP_MLOPS_IMAGE_")}
     result = subprocess.run([*program, *words], capture_output=True, text=True, timeout=90, env=env, cwd=output)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.split() == [str(output / "training.yaml"), str(output / "monitoring.yaml")]
+    names = ("training", "monitoring", "inference")
+    assert result.stdout.split() == [str(output / f"{name}.yaml") for name in names]
     return output
 
 
@@ -334,7 +335,7 @@ def images_in(package: Path) -> set[str]:
 def test_the_compiled_pipelines_name_the_images_tagged_with_the_commit(compiled):
     built = {path.parent.name for path in (ROOT / "images").glob("*/Dockerfile")}  # what `make images` pushes
     named = set()
-    for pipeline in ("training", "monitoring"):
+    for pipeline in ("training", "monitoring", "inference"):
         for image in images_in(compiled / f"{pipeline}.yaml"):
             match = re.fullmatch(rf"{re.escape(REGISTRY)}/kfp-mlops-([a-z]+):{SHA}", image)
             assert match, f"{pipeline}.yaml: {image} is not {REGISTRY}/kfp-mlops-<step>:{SHA}"

@@ -20,7 +20,8 @@ def test_compile_writes_every_pipeline_with_the_images_from_the_flags(tmp_path, 
     monkeypatch.setenv("KFP_MLOPS_IMAGE_TAG", "from-env")
     code = main(["compile", "--output-dir", str(tmp_path), "--image-registry", "reg.local/team", "--image-tag", "v9"])
     assert code == 0
-    assert capsys.readouterr().out.split() == [str(tmp_path / "training.yaml"), str(tmp_path / "monitoring.yaml")]
+    names = ("training", "monitoring", "inference")
+    assert capsys.readouterr().out.split() == [str(tmp_path / f"{name}.yaml") for name in names]
     assert "image: reg.local/team/kfp-mlops-ingest:v9" in (tmp_path / "training.yaml").read_text()
 
 

@@ -28,6 +28,7 @@ STEP_OF_EXECUTOR = {
     "exec-performance-check": "performance",
     "exec-submit-training": "drift",
     "exec-report-outcome": "drift",
+    "exec-batch-inference": "inference",
 }
 
 
@@ -103,9 +104,8 @@ def test_every_step_runs_on_its_own_image_without_runtime_installs(compiled, nam
 def test_image_flags_reach_the_compiled_yaml(tmp_path):
     path = compile_pipeline("training", tmp_path / "t.yaml", ImageConfig(registry="r.local/ml", tag="sha-1"))
     images = {e["container"]["image"] for e in load_documents(path)[0]["deploymentSpec"]["executors"].values()}
-    assert images == {
-        f"r.local/ml/kfp-mlops-{step}:sha-1" for step in set(STEP_OF_EXECUTOR.values()) - {"drift", "performance"}
-    }
+    training_steps = set(STEP_OF_EXECUTOR.values()) - {"drift", "performance", "inference"}
+    assert images == {f"r.local/ml/kfp-mlops-{step}:sha-1" for step in training_steps}
 
 
 def test_pipeline_parameters_have_defaults_and_descriptions(compiled):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -34,7 +35,7 @@ from kfp_mlops.components.shared.config import TrackingConfig
 from kfp_mlops.components.shared.images import ImageConfig
 from kfp_mlops.components.shared.model_package import Predictor
 from kfp_mlops.pipelines import compile_pipeline
-from kfp_mlops.sample_data import write_sample_data
+from kfp_mlops.sample_data import ENTITY, write_sample_data
 
 pytestmark = pytest.mark.local_run
 REPO = Path(__file__).resolve().parents[1]
@@ -418,6 +419,37 @@ def test_monitoring_on_a_clean_window_stops_after_the_drift_check(deployed, tmp_
     checks = lineage_of(deployed, "churn/1")["monitoring"]  # the check is in the served model's lineage
     assert [check["drifted"] for check in checks] == [False] and checks[0]["action"] == "none"
     assert champion_and_previous(deployed) == (1, None)
+
+
+@pytest.mark.servers
+def test_inference_yaml_predicts_with_the_served_model_into_the_prediction_log(deployed, tmp_path, package_of):
+    """The compiled inference YAML on the model that serves (through Triton): the feature repository found from the
+    serving record, entities streamed in batches, one log file per batch named after the run."""
+    assert deployed.code == 0, deployed.out
+    settings = yaml.safe_load(deployed.config.read_text())
+    settings["inference"] = {"log": str(tmp_path / "log"), "batch_rows": 200, "request_rows": 16}
+    config = tmp_path / "inference.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    (data,) = deployed.sample_dir.glob("*.parquet")
+    ids = sorted(set(pq.read_table(data, columns=[ENTITY])[ENTITY].to_pylist()))[:500]
+    entities = tmp_path / "entities.parquet"
+    pq.write_table(pa.table({ENTITY: [*ids, 1]}), entities)  # 1: an unknown entity
+    arguments = ["--package", str(package_of("inference")), "--pipeline-root", str(tmp_path / "root"),
+                 "--config", str(config), "--param", f"entities={entities}"]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = main(["run", "inference", "--local", *arguments])
+    assert code == 0, out.getvalue()
+    assert re.search(r"^batch-inference +SUCCESS", out.getvalue(), re.MULTILINE), out.getvalue()
+    task = next((tmp_path / "root").glob("kfp-mlops-inference-*")) / "batch-inference"
+    metrics = metadata_of(task, "metrics")
+    assert (metrics["rows"], metrics["unknown_entities"], metrics["batches"], metrics["files"]) == (500, 1, 3, 3)
+    assert executor_output(task)["parameterValues"]["Output"] == str(tmp_path / "log")
+    record = json.loads(deployed.record.read_text())
+    log = pa.concat_tables(pq.read_table(path) for path in sorted((tmp_path / "log").rglob("*.parquet")))
+    assert sorted(log[ENTITY].to_pylist()) == ids and len(set(log["run_id"].to_pylist())) == 1
+    assert set(log["model_version"].to_pylist()) == {record["deployment"]["version"]}
+    assert set(log["model_uri"].to_pylist()) == {record["model"]}
+    assert "- Predictions: 500 of 501 entities, 3 batch(es), 3 file(s)" in (task / "summary").read_text()
 
 
 @pytest.mark.servers

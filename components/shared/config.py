@@ -388,12 +388,13 @@ class InferenceConfig(_Strict):
 
     entities: str = ""  # URI of entity ids (Parquet/CSV: the schema's entity column, and its timestamp column if
     # each row has its own time); empty: every entity of the Feast feature view
-    as_of: str = ""  # ISO 8601 time the features are read at (rows without their own timestamp); empty: the run's start
+    as_of: str = ""  # ISO 8601 time the features are read at (rows without their own timestamp); empty: the run's
+    # start (kept in the run's state folder, so a retry reads the same features)
     log: str = ""  # URI (local, s3://, gs://) of the prediction log: Parquet partitioned date=YYYY-MM-DD
     source: Literal["auto", "triton", "package"] = "auto"  # auto: Triton when the serving record names a
     # deployment, else the model package in-process
     batch_rows: int = Field(50_000, ge=1)  # rows read, scored and written at a time (memory is bounded by it)
-    request_rows: int = Field(0, ge=0)  # rows per Triton request; 0: deploy.max_batch_size
+    request_rows: int = Field(0, ge=0)  # rows per Triton request; 0: deploy.max_batch_size (at most the served one's)
     concurrency: int = Field(4, ge=1, le=64)  # Triton requests in flight
     timeout_seconds: float = Field(60.0, gt=0)  # each Triton request
 

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-STEPS = ("ingest", "features", "train", "evaluate", "quantize", "deploy", "drift", "performance")
+STEPS = ("ingest", "features", "train", "evaluate", "quantize", "deploy", "drift", "performance", "inference")
 DEFAULT_REGISTRY = "ghcr.io/kfp-mlops"
 REGISTRY_ENV = "KFP_MLOPS_IMAGE_REGISTRY"
 TAG_ENV = "KFP_MLOPS_IMAGE_TAG"

@@ -164,7 +164,9 @@ def log_columns(
     """``LOG_COLUMNS`` for ``rows`` predictions: the per-row outputs (None: nulls) and the model's identity."""
     at = (predicted_at or datetime.now(UTC)).astimezone(UTC)
 
-    def per_row(values: Iterable | None, kind: pa.DataType) -> pa.Array:
+    def per_row(values: Iterable | pa.Array | None, kind: pa.DataType) -> pa.Array:
+        if isinstance(values, pa.Array):  # already columnar (e.g. a batch's probabilities): cast, not copied row by row
+            return values.cast(kind)
         return pa.nulls(rows, kind) if values is None else pa.array(values, kind)
 
     def constant(value, kind: pa.DataType) -> pa.Array:
