@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import requests
 import yaml
 from mlflow import MlflowClient
 from support import configs as support_configs
@@ -34,8 +35,9 @@ from kfp_mlops.components.shared import registry, tracking
 from kfp_mlops.components.shared.config import TrackingConfig
 from kfp_mlops.components.shared.images import ImageConfig
 from kfp_mlops.components.shared.model_package import Predictor
+from kfp_mlops.demo_monitoring import WindowFiles, window_files
 from kfp_mlops.pipelines import compile_pipeline
-from kfp_mlops.sample_data import ENTITY, write_sample_data
+from kfp_mlops.sample_data import ENTITY, TIMESTAMP, write_sample_data
 
 pytestmark = pytest.mark.local_run
 REPO = Path(__file__).resolve().parents[1]
@@ -88,9 +90,11 @@ def run_training(package: Path, root: Path, *args: str) -> int:
     return main(["run", "training", "--local", "--package", str(package), "--pipeline-root", str(root), *args])
 
 
-def run_monitoring(package: Path, root: Path, config: Path, window: Path) -> tuple[int, str]:
-    """``kfp-mlops run monitoring --local`` on ``window``; returns the exit code and the console."""
+def run_monitoring(package: Path, root: Path, config: Path, window: Path, labels: Path | None = None
+                   ) -> tuple[int, str]:  # fmt: skip
+    """``kfp-mlops run monitoring --local`` on ``window`` (and ``labels``); returns the exit code and the console."""
     arguments = ["--package", str(package), "--pipeline-root", str(root), "--config", str(config)]
+    arguments += ["--param", f"labels={labels}"] if labels else []
     with contextlib.redirect_stdout(io.StringIO()) as out:
         code = main(["run", "monitoring", "--local", *arguments, "--param", f"data_source={window}"])
     return code, out.getvalue()
@@ -403,64 +407,109 @@ def test_the_served_model_is_the_registrys_champion_with_its_lineage_from_data_t
 
 
 @pytest.mark.servers
-def test_monitoring_on_a_clean_window_stops_after_the_drift_check(deployed, tmp_path, package_of):
-    """A new window from the distribution the serving model learned (runs before the drifted window redeploys)."""
-    assert deployed.code == 0, deployed.out
+def test_monitoring_on_a_clean_window_with_true_labels_stops_after_the_performance_check(
+    deployed, scored, alertmanager_server, tmp_path, package_of
+):
+    """A new window from the distribution the serving model learned, and the true labels of what it predicted:
+    no drift, performance ok, no alert (runs before the drifted window redeploys)."""
+    assert deployed.code == 0 and scored.code == 0, scored.out
     window = tmp_path / "window"
     write_sample_data(str(window), rows=5_000, seed=2)
-    code, out = run_monitoring(package_of("monitoring"), tmp_path / "root", deployed.config, window)
+    code, out = run_monitoring(package_of("monitoring"), tmp_path / "root", scored.config, window, scored.files.labels)
     assert code == 0, out
-    assert "[drift] no drift" in out
+    assert "[drift] no drift" in out and "[performance] ok (600 labelled of 600 predictions" in out
     ran = re.findall(r"^(\S+) +SUCCESS", out, re.MULTILINE)
-    assert ran == ["ingest", "drift-check", "report-outcome"], out
+    assert ran == ["ingest", "drift-check", "performance-check", "report-outcome"], out
     run_dir = next((tmp_path / "root").glob("kfp-mlops-monitoring-*"))
     outcome = (run_dir / "report-outcome" / "outcome").read_text()
     assert "- Drift: no" in outcome and "- Retrained: no" in outcome and "- Deployed: no" in outcome
+    assert "- Performance: ok (600 labelled predictions)" in outcome
+    assert alerts_for(alertmanager_server.bucket, "churn") == {}
     checks = lineage_of(deployed, "churn/1")["monitoring"]  # the check is in the served model's lineage
     assert [check["drifted"] for check in checks] == [False] and checks[0]["action"] == "none"
     assert champion_and_previous(deployed) == (1, None)
 
 
-@pytest.mark.servers
-def test_inference_yaml_predicts_with_the_served_model_into_the_prediction_log(deployed, tmp_path, package_of):
-    """The compiled inference YAML on the model that serves (through Triton): the feature repository found from the
-    serving record, entities streamed in batches, one log file per batch named after the run."""
-    assert deployed.code == 0, deployed.out
+@dataclass
+class Scored:
+    """The inference pipeline's run on the model that serves, and the monitoring config that watches it."""
+
+    code: int
+    out: str
+    task: Path  # the batch-inference task's folder
+    log: Path
+    files: WindowFiles  # the entities scored, their true labels and their degraded labels
+    config: Path  # deployed.config with the prediction log, performance gates, Alertmanager and the Pushgateway
+
+
+@pytest.fixture(scope="module")
+def scored(deployed, package_of, alertmanager_server, pushgateway_server, tmp_path_factory) -> Scored:
+    """The compiled inference YAML on the latest 600 rows of the sample data, each entity at its own time (through
+    Triton, the feature repository found from the serving record, 3 batches)."""
+    work = tmp_path_factory.mktemp("scored")
+    files = window_files(deployed.sample_dir, work / "window", rows=600)
     settings = yaml.safe_load(deployed.config.read_text())
-    settings["inference"] = {"log": str(tmp_path / "log"), "batch_rows": 200, "request_rows": 16}
-    config = tmp_path / "inference.yaml"
+    settings["inference"] = {"log": str(work / "log"), "batch_rows": 250, "request_rows": 16}
+    settings["performance"] = {"tolerance_hours": 0, "min_rows": 100, "max_drop": {"roc_auc": 0.05}}
+    settings["alerts"] = {"alertmanager_url": alertmanager_server.bucket}
+    settings["observability"] = {"pushgateway": pushgateway_server.bucket}
+    config = work / "monitored.yaml"
     config.write_text(yaml.safe_dump(settings))
-    (data,) = deployed.sample_dir.glob("*.parquet")
-    ids = sorted(set(pq.read_table(data, columns=[ENTITY])[ENTITY].to_pylist()))[:500]
-    entities = tmp_path / "entities.parquet"
-    pq.write_table(pa.table({ENTITY: [*ids, 1]}), entities)  # 1: an unknown entity
-    arguments = ["--package", str(package_of("inference")), "--pipeline-root", str(tmp_path / "root"),
-                 "--config", str(config), "--param", f"entities={entities}"]  # fmt: skip
+    arguments = ["--package", str(package_of("inference")), "--pipeline-root", str(work / "root"),
+                 "--config", str(config), "--param", f"entities={files.entities}"]  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()) as out:
         code = main(["run", "inference", "--local", *arguments])
-    assert code == 0, out.getvalue()
-    assert re.search(r"^batch-inference +SUCCESS", out.getvalue(), re.MULTILINE), out.getvalue()
-    task = next((tmp_path / "root").glob("kfp-mlops-inference-*")) / "batch-inference"
-    metrics = metadata_of(task, "metrics")
-    assert (metrics["rows"], metrics["unknown_entities"], metrics["batches"], metrics["files"]) == (500, 1, 3, 3)
-    assert executor_output(task)["parameterValues"]["Output"] == str(tmp_path / "log")
-    record = json.loads(deployed.record.read_text())
-    log = pa.concat_tables(pq.read_table(path) for path in sorted((tmp_path / "log").rglob("*.parquet")))
-    assert sorted(log[ENTITY].to_pylist()) == ids and len(set(log["run_id"].to_pylist())) == 1
-    assert set(log["model_version"].to_pylist()) == {record["deployment"]["version"]}
-    assert set(log["model_uri"].to_pylist()) == {record["model"]}
-    assert "- Predictions: 500 of 501 entities, 3 batch(es), 3 file(s)" in (task / "summary").read_text()
+    task = next((work / "root").glob("kfp-mlops-inference-*"), work) / "batch-inference"
+    return Scored(code, out.getvalue(), task, work / "log", files, config)
+
+
+def alerts_for(alertmanager_url: str, model: str) -> dict[str, dict]:
+    """The alerts the real Alertmanager holds for ``model``, by alert name."""
+    held = requests.get(f"{alertmanager_url}/api/v2/alerts", params={"filter": f'model="{model}"'}, timeout=5)
+    return {alert["labels"]["alertname"]: alert for alert in held.json()}
 
 
 @pytest.mark.servers
-def test_monitoring_on_a_drifted_window_retrains_and_redeploys_only_a_blessed_model(deployed, tmp_path, package_of):
-    """From the compiled monitoring YAML: the drifted window is detected, the model is retrained on it and blessed
-    against the one that serves (re-scored on the window's test split), then deployed as version 2."""
-    assert deployed.code == 0, deployed.out
+def test_inference_yaml_predicts_with_the_served_model_into_the_prediction_log(deployed, scored):
+    """The compiled inference YAML on the model that serves: entities streamed in batches, one log file per batch
+    named after the run, each prediction at the entity's own time by Triton's version of the serving record."""
+    assert scored.code == 0, scored.out
+    assert re.search(r"^batch-inference +SUCCESS", scored.out, re.MULTILINE), scored.out
+    metrics = metadata_of(scored.task, "metrics")
+    assert (metrics["rows"], metrics["unknown_entities"], metrics["batches"], metrics["files"]) == (600, 0, 3, 3)
+    assert executor_output(scored.task)["parameterValues"]["Output"] == str(scored.log)
+    record = json.loads(deployed.record.read_text())
+    log = pa.concat_tables(pq.read_table(path) for path in sorted(scored.log.rglob("*.parquet")))
+    entities = pq.read_table(scored.files.entities)
+    assert sorted(zip(log[ENTITY].to_pylist(), log[TIMESTAMP].to_pylist(), strict=True)) == sorted(
+        zip(entities[ENTITY].to_pylist(), entities[TIMESTAMP].to_pylist(), strict=True)
+    )
+    assert len(set(log["run_id"].to_pylist())) == 1
+    assert set(log["model_version"].to_pylist()) == {record["deployment"]["version"]}
+    assert set(log["model_uri"].to_pylist()) == {record["model"]}
+
+
+@pytest.mark.servers
+def test_monitoring_on_a_drifted_window_with_degraded_labels_alerts_retrains_and_redeploys_only_a_blessed_model(
+    deployed, scored, alertmanager_server, pushgateway_server, tmp_path, package_of
+):
+    """From the compiled monitoring YAML: the drifted window is detected and the labels (60 % flipped) judge the
+    serving model degraded; both reach the real Alertmanager and the Pushgateway; the model is retrained on the window
+    and blessed against the one that serves (re-scored on the window's test split), then deployed as version 2."""
+    assert deployed.code == 0 and scored.code == 0, scored.out
     window = tmp_path / "window"
     write_sample_data(str(window), rows=5_000, seed=1, drift=True)
-    code, out = run_monitoring(package_of("monitoring"), tmp_path / "root", deployed.config, window)
+    labels = scored.files.degraded_labels
+    code, out = run_monitoring(package_of("monitoring"), tmp_path / "root", scored.config, window, labels)
     assert code == 0, out
+    assert re.search(r"^  performance-check +\[performance\] degraded: roc_auc \S+ vs \S+ at evaluation", out,
+                     re.MULTILINE), out  # fmt: skip
+    held = alerts_for(alertmanager_server.bucket, "churn")
+    assert set(held) == {"KfpMlopsDrift", "KfpMlopsPerformanceDegraded"}, held
+    assert held["KfpMlopsPerformanceDegraded"]["labels"]["version"] == "1"
+    pushed = requests.get(f"{pushgateway_server.bucket}/metrics", timeout=5).text
+    assert re.search(r'^kfp_mlops_performance_degraded\{[^}]*model="churn"[^}]*task="performance-check"\} 1$', pushed,
+                     re.MULTILINE), pushed  # fmt: skip
     assert re.search(r"^  drift-check +\[drift\] drift \(\d+ of 9 columns: .*plan", out, re.MULTILINE), out
     run_dir = next((tmp_path / "root").glob("kfp-mlops-monitoring-*"))
     for step in ("ingest", "drift-check", "features", "train-model", "evaluate-model", "report-outcome"):
@@ -468,6 +517,7 @@ def test_monitoring_on_a_drifted_window_retrains_and_redeploys_only_a_blessed_mo
     assert (run_dir / "drift-check" / "report").read_text().lstrip().lower().startswith("<")  # Evidently's HTML
     outcome = (run_dir / "report-outcome" / "outcome").read_text()
     assert "- Drift: yes" in outcome and "- Retrained: yes, in this run" in outcome
+    assert "- Performance: degraded: roc_auc" in outcome
     blessed = metadata_of(run_dir / "evaluate-model", "blessing")["blessed"]
     record = json.loads(deployed.record.read_text())
     if blessed:  # deployed as version 2; the record now points at the new model and its data; champion moves
