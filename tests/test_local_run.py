@@ -476,10 +476,17 @@ def test_inference_yaml_predicts_with_the_served_model_into_the_prediction_log(d
     assert scored.code == 0, scored.out
     assert re.search(r"^batch-inference +SUCCESS", scored.out, re.MULTILINE), scored.out
     metrics = metadata_of(scored.task, "metrics")
-    assert (metrics["rows"], metrics["unknown_entities"], metrics["batches"], metrics["files"]) == (600, 0, 3, 3)
+    files = sorted(scored.log.rglob("*.parquet"))  # one per batch and date (the rows span several days)
+    assert (metrics["rows"], metrics["unknown_entities"], metrics["batches"], metrics["files"]) == (
+        600,
+        0,
+        3,
+        len(files),
+    )
+    assert {path.name.rsplit("-", 1)[-1] for path in files} == {"00000.parquet", "00001.parquet", "00002.parquet"}
     assert executor_output(scored.task)["parameterValues"]["Output"] == str(scored.log)
     record = json.loads(deployed.record.read_text())
-    log = pa.concat_tables(pq.read_table(path) for path in sorted(scored.log.rglob("*.parquet")))
+    log = pa.concat_tables(pq.read_table(path) for path in files)
     entities = pq.read_table(scored.files.entities)
     assert sorted(zip(log[ENTITY].to_pylist(), log[TIMESTAMP].to_pylist(), strict=True)) == sorted(
         zip(entities[ENTITY].to_pylist(), entities[TIMESTAMP].to_pylist(), strict=True)
