@@ -79,7 +79,7 @@ demo-monitoring: install triton-venv system-deps  ## the demo's training run, th
 	$(BIN)/kfp-mlops run training --local --package build/pipelines/training.yaml --config examples/training.yaml \
 		--pipeline-root build/local-runs; \
 	$(BIN)/python -m kfp_mlops.demo_monitoring --config examples/training.yaml --data build/sample-data \
-		--pipelines build/pipelines --directory build/monitoring
+		--pipelines build/pipelines --directory build/monitoring --pipeline-root build/local-runs
 
 system-deps:  ## Debian's redis-server, PostgreSQL, Prometheus (promtool), Alertmanager, Pushgateway (where missing)
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }

@@ -83,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("build/sample-data"))
     parser.add_argument("--pipelines", type=Path, default=Path("build/pipelines"))
     parser.add_argument("--directory", type=Path, default=Path("build/monitoring"))
+    parser.add_argument("--pipeline-root", type=Path, default=Path("build/local-runs"),
+                        help="the training demo's: its MLflow file holds the lineage of every run")  # fmt: skip
     parser.add_argument("--rows", type=int, default=1_000)
     args = parser.parse_args(argv)
     directory = args.directory.resolve()
     files = window_files(args.data, directory, args.rows)
-    root = str(directory / "runs")
+    root = str(args.pipeline_root.resolve())
     with monitoring_services.alertmanager(directory / "alertmanager") as alertmanager, \
             monitoring_services.pushgateway(directory / "pushgateway") as pushgateway:  # fmt: skip
         print(f"Alertmanager at {alertmanager.bucket}, Pushgateway at {pushgateway.bucket}")
