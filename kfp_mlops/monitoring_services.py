@@ -38,12 +38,18 @@ def _ready(url: str) -> None:
         response.read()
 
 
+def _fresh(directory: Path) -> Path:
+    """``directory``, empty: what an earlier start of the same server left there (its alerts, its figures) goes."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
 @contextlib.contextmanager
 def alertmanager(workdir: Path, timeout: float = 60.0) -> Iterator[Service]:
     """Alertmanager on a free loopback port: the config above, fresh storage, clustering off (its gossip would
     listen on 0.0.0.0:9094); ready when ``/-/ready`` answers."""
-    directory = Path(workdir) / "alertmanager"
-    directory.mkdir(parents=True, exist_ok=False)
+    directory = _fresh(Path(workdir) / "alertmanager")
     config = directory / "alertmanager.yml"
     config.write_text(ALERTMANAGER_CONFIG)
     port = free_port()
@@ -60,8 +66,7 @@ def alertmanager(workdir: Path, timeout: float = 60.0) -> Iterator[Service]:
 def pushgateway(workdir: Path, timeout: float = 60.0) -> Iterator[Service]:
     """Pushgateway on a free loopback port, persisting to a fresh file (Debian's default is a system path);
     ready when ``/-/ready`` answers."""
-    directory = Path(workdir) / "pushgateway"
-    directory.mkdir(parents=True, exist_ok=False)
+    directory = _fresh(Path(workdir) / "pushgateway")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{port}",
