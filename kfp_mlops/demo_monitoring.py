@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000)
     args = parser.parse_args(argv)
     directory = args.directory.resolve()
+    shutil.rmtree(directory / "prediction-log", ignore_errors=True)  # this demo's predictions only
     files = window_files(args.data, directory, args.rows)
     root = str(args.pipeline_root.resolve())
     with monitoring_services.alertmanager(directory / "alertmanager") as alertmanager, \
