@@ -53,7 +53,7 @@ SIZE_BUDGET_MB = {  # sizes on 2026-12-02 with the MLflow client (mlflow-skinny,
     "deploy": 1050,  # 907
     "drift": 1500,  # 1333
     "performance": 1100,  # 996 (scikit-learn, scipy, pandas; no onnxruntime)
-    "inference": 1250,  # 1114 (Feast, tritonclient, onnxruntime)
+    "inference": 1250,  # 1150 (Feast, tritonclient with http and grpc, onnxruntime)
 }
 
 
